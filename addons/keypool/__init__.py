@@ -1,0 +1,4 @@
+"""keymux's pure core: config, providers, routing, key selection.
+
+Nothing in this package imports mitmproxy except ``keypool.mitm`` (the addon glue).
+"""

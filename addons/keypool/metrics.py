@@ -1,0 +1,99 @@
+"""Prometheus metrics, ``keymux_*``, in a registry this gateway owns.
+
+Labels come only from what the operator configured (provider and key names, status
+classes, model globs); a model a client invents is counted as ``other``.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from .globs import GlobSet
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+MAX_MODEL_LABELS = 100  # even configured globs must not grow the series without bound
+
+
+def status_class(status: int | None) -> str:
+    return f"{status // 100}xx" if status else "error"
+
+
+class Metrics:
+    def __init__(self, snapshot: Callable[[], list[dict]], wall_now: Callable[[], float]):
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("keymux_requests", "Upstream answers by key and status class",
+                                ["provider", "key", "status_class"], registry=r)
+        self.gateway_answers = Counter("keymux_gateway_answers",
+                                       "Answers the gateway gave itself, by status and code",
+                                       ["status", "code"], registry=r)
+        self.latency = Histogram("keymux_request_duration_seconds",
+                                 "Time from sending upstream to the last byte",
+                                 ["provider", "key"], buckets=LATENCY_BUCKETS, registry=r)
+        self.ttfb = Histogram("keymux_time_to_first_byte_seconds",
+                              "Time from sending upstream to the response headers",
+                              ["provider", "key"], buckets=LATENCY_BUCKETS, registry=r)
+        self.tokens = Counter("keymux_tokens", "Tokens reported by the upstream",
+                              ["provider", "key", "model", "direction"], registry=r)
+        r.register(_PoolCollector(snapshot, wall_now))
+        self._model_globs = GlobSet()
+        self._model_labels: set[str] = set()
+
+    def set_model_globs(self, globs: GlobSet) -> None:
+        self._model_globs = globs
+
+    def model_label(self, model: str | None) -> str:
+        if not model or not self._model_globs.matches(model):
+            return "other"
+        if model not in self._model_labels:
+            if len(self._model_labels) >= MAX_MODEL_LABELS:
+                return "other"
+            self._model_labels.add(model)
+        return model
+
+    def observe(self, provider: str, key: str, status: int | None, latency: float,
+                ttfb: float | None, model: str | None, tokens_in: int, tokens_out: int) -> None:
+        self.requests.labels(provider, key, status_class(status)).inc()
+        self.latency.labels(provider, key).observe(latency)
+        if ttfb is not None:
+            self.ttfb.labels(provider, key).observe(ttfb)
+        if tokens_in or tokens_out:
+            m = self.model_label(model)
+            self.tokens.labels(provider, key, m, "input").inc(tokens_in)
+            self.tokens.labels(provider, key, m, "output").inc(tokens_out)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _PoolCollector:
+    """Key states read at scrape time from a pool snapshot (no bookkeeping on the hot path)."""
+
+    STATES = ("ok", "cooling", "dead", "disabled")
+
+    def __init__(self, snapshot: Callable[[], list[dict]], wall_now: Callable[[], float]):
+        self.snapshot = snapshot
+        self.wall_now = wall_now
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        in_flight = GaugeMetricFamily("keymux_key_in_flight", "Requests in flight per key",
+                                      labels=["provider", "key"])
+        state = GaugeMetricFamily("keymux_key_state", "1 for the state each key is in",
+                                  labels=["provider", "key", "state"])
+        until = GaugeMetricFamily("keymux_key_cooldown_until_timestamp_seconds",
+                                  "When a cooling key becomes usable again (0: not cooling)",
+                                  labels=["provider", "key"])
+        now = self.wall_now()
+        for k in self.snapshot():
+            labels = [k["provider"], k["name"]]
+            in_flight.add_metric(labels, k["in_flight"])
+            for s in self.STATES:
+                state.add_metric(labels + [s], 1.0 if k["state"] == s else 0.0)
+            cooling = k["cooldown_s"] > 0
+            until.add_metric(labels, (now + k["cooldown_s"]) if cooling else 0.0)
+        yield from (in_flight, state, until)

@@ -1,0 +1,108 @@
+"""Token usage from provider answers: OpenAI, Responses API and Anthropic shapes.
+
+``SseTap`` is a ``flow.response.stream`` callable: it forwards every chunk as it comes
+(never buffering the stream), reads the usage on the way, and, when keymux itself asked
+the upstream for ``stream_options.include_usage``, removes what the client did not ask for.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Usage:
+    input: int = 0
+    output: int = 0
+    seen: bool = False
+
+    def absorb(self, usage: object) -> None:
+        """Merge one ``usage`` object; Anthropic's later counts are cumulative, so max wins."""
+        if not isinstance(usage, dict):
+            return
+        inp = _int(usage.get("prompt_tokens")) or _int(usage.get("input_tokens"))
+        inp += _int(usage.get("cache_creation_input_tokens"))
+        out = _int(usage.get("completion_tokens")) or _int(usage.get("output_tokens"))
+        self.input = max(self.input, inp)
+        self.output = max(self.output, out)
+        self.seen = True
+
+
+def _int(v: object) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
+
+
+def find_usage(obj: object) -> object:
+    """The usage object of an answer or stream event, wherever its shape keeps it."""
+    if not isinstance(obj, dict):
+        return None
+    if obj.get("usage") is not None:
+        return obj["usage"]
+    for holder in ("message", "response"):  # Anthropic message_start; Responses API events
+        inner = obj.get(holder)
+        if isinstance(inner, dict) and inner.get("usage") is not None:
+            return inner["usage"]
+    return None
+
+
+def usage_of_body(body: bytes) -> Usage:
+    """Usage of a whole (non-streamed) JSON answer; an unreadable body counts as none."""
+    u = Usage()
+    if b'"usage"' in body:
+        try:
+            u.absorb(find_usage(json.loads(body)))
+        except ValueError:
+            pass
+    return u
+
+
+_EVENT_END = re.compile(rb"\r?\n\r?\n")
+_NULL_USAGE = re.compile(rb',\s*"usage"\s*:\s*null')
+
+
+class SseTap:
+    """Forward an SSE stream chunk by chunk while reading its usage.
+
+    With ``strip_injected`` the tap removes the usage-only chunk (``"choices": []``) and the
+    ``"usage": null`` fields that ``include_usage`` adds, so the client sees what it asked for.
+    Complete events are then forwarded as soon as their blank line arrives.
+    """
+
+    def __init__(self, strip_injected: bool = False):
+        self.usage = Usage()
+        self.strip = strip_injected
+        self._tail = b""
+
+    def __call__(self, data: bytes) -> bytes:
+        if not data:  # end of stream: an unterminated last event goes out as it is
+            rest, self._tail = self._tail, b""
+            rest = self._event(rest) if rest else b""
+            return rest if self.strip else b""
+        buf = self._tail + data
+        cut = 0
+        kept: list[bytes] = []
+        for m in _EVENT_END.finditer(buf):
+            kept.append(self._event(buf[cut:m.end()]))
+            cut = m.end()
+        self._tail = buf[cut:]
+        return b"".join(kept) if self.strip else data
+
+    def _event(self, event: bytes) -> bytes:
+        """Read one event's usage; return what of it the client should get."""
+        if self.strip:
+            event = _NULL_USAGE.sub(b"", event)
+        n = event.count(b'"usage"')
+        if n == 0 or (n == 1 and _NULL_USAGE.search(event)):
+            return event
+        payload = b"".join(
+            line[5:].strip() for line in event.splitlines() if line.startswith(b"data:")
+        )
+        try:
+            obj = json.loads(payload)
+        except ValueError:
+            return event
+        self.usage.absorb(find_usage(obj))
+        if self.strip and isinstance(obj, dict) and obj.get("choices") == []:
+            return b""  # the usage-only chunk the client did not ask for
+        return event

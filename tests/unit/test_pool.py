@@ -1,0 +1,141 @@
+import random
+from collections import Counter
+
+import pytest
+
+from keypool.clock import FakeClock
+from keypool.pool import NoKeyAvailable, Pool
+
+from .helpers import config, key
+
+STRATS = ("round_robin", "weighted", "least_used", "least_busy", "random")
+
+
+def make(keys, strategy="round_robin", seed=1):
+    clock = FakeClock()
+    return Pool(config(keys=keys, strategy=strategy), clock, random.Random(seed)), clock
+
+
+def picks(pool, n, model=None, provider="openai", release=True):
+    out = []
+    for _ in range(n):
+        k = pool.pick(provider, model)
+        out.append(k.name)
+        if release:
+            pool.release(k, ok=True, latency=0.01)
+    return out
+
+
+def test_round_robin_is_smooth_and_weighted():
+    pool, _ = make([key("a", weight=1), key("b", weight=2), key("c", weight=1)])
+    seq = picks(pool, 8)
+    assert Counter(seq) == {"a": 2, "b": 4, "c": 2}
+    # smooth: within a cycle of 4 the heavy key's two turns are not back to back
+    assert seq[:4] == ["b", "a", "c", "b"]
+
+
+@pytest.mark.parametrize("strategy", ["round_robin", "weighted"])
+def test_weights_honoured_over_many_picks(strategy):
+    pool, _ = make([key("a", weight=1), key("b", weight=3)], strategy)
+    c = Counter(picks(pool, 4000))
+    assert 0.70 < c["b"] / 4000 < 0.80
+
+
+def test_random_is_roughly_uniform():
+    pool, _ = make([key("a"), key("b"), key("c", weight=5)], "random")
+    c = Counter(picks(pool, 3000))
+    assert all(800 < c[n] < 1200 for n in "abc")
+
+
+def test_least_used_evens_out_request_counts():
+    pool, _ = make([key("a"), key("b"), key("c")], "least_used")
+    pool.by_name["a"].requests = 10
+    assert Counter(picks(pool, 20)) == {"b": 10, "c": 10}
+    assert Counter(picks(pool, 3)) == {"a": 1, "b": 1, "c": 1}
+
+
+def test_least_busy_picks_fewest_in_flight():
+    pool, _ = make([key("a"), key("b"), key("c")], "least_busy")
+    held = picks(pool, 3, release=False)
+    assert sorted(held) == ["a", "b", "c"]
+    assert all(k.in_flight == 1 for k in pool.by_name.values())
+    b = pool.by_name["b"]
+    pool.release(b, ok=True, latency=0.1)
+    assert pool.pick("openai", None) is b
+
+
+@pytest.mark.parametrize("strategy", STRATS)
+def test_only_eligible_keys_are_picked(strategy):
+    pool, clock = make([
+        key("off", enabled=False),
+        key("other", "anthropic"),
+        key("mini", models=("gpt-4o-mini",)),
+        key("cool"),
+        key("any"),
+    ], strategy)
+    pool.by_name["cool"].cooldown_until = clock.monotonic() + 10
+    names = set(picks(pool, 200, model="gpt-4o"))
+    assert names == {"any"}
+    names = set(picks(pool, 200, model="gpt-4o-mini"))
+    assert "mini" in names and names <= {"any", "mini"}
+
+
+def test_exclude_skips_named_keys():
+    pool, _ = make([key("a"), key("b")])
+    assert {pool.pick("openai", None, exclude=frozenset({"a"})).name for _ in range(5)} == {"b"}
+
+
+def test_no_key_for_model_is_not_retryable():
+    pool, _ = make([key("mini", models=("gpt-4o-mini",))])
+    with pytest.raises(NoKeyAvailable) as e:
+        pool.pick("openai", "gpt-4o")
+    assert e.value.retry_after is None
+
+
+def test_all_cooling_reports_soonest_recovery():
+    pool, clock = make([key("a"), key("b")])
+    pool.by_name["a"].cooldown_until = clock.monotonic() + 30
+    pool.by_name["b"].cooldown_until = clock.monotonic() + 7
+    with pytest.raises(NoKeyAvailable) as e:
+        pool.pick("openai", None)
+    assert e.value.retry_after == pytest.approx(7)
+    clock.advance(7.01)
+    assert pool.pick("openai", None).name == "b"
+
+
+def test_acquire_and_release_accounting():
+    pool, _ = make([key("a")])
+    k = pool.pick("openai", None)
+    assert (k.in_flight, k.requests) == (1, 1)
+    pool.release(k, ok=False, latency=0.5, tokens_in=3, tokens_out=4)
+    snap = pool.snapshot()[0]
+    assert snap["in_flight"] == 0 and snap["failures"] == 1 and snap["tokens_out"] == 4
+    assert snap["avg_latency_s"] == 0.5 and snap["key"] == "sk-…0000"
+    assert "secret" not in repr(snap)
+
+
+def test_update_keeps_state_for_same_name_and_secret():
+    pool, _ = make([key("a"), key("b")])
+    a = pool.pick("openai", None)
+    pool.update(config(keys=[key("a", weight=5), key("b", secret="sk-new-secret-1111"), key("c")]))
+    assert pool.by_name["a"] is a and a.spec.weight == 5 and a.in_flight == 1
+    assert pool.by_name["b"].requests == 0  # a new secret starts fresh
+    assert "c" in pool.by_name
+
+
+def test_removed_key_takes_no_new_requests_but_finishes():
+    pool, _ = make([key("a"), key("b")])
+    held = [pool.pick("openai", None) for _ in range(2)]
+    pool.update(config(keys=[key("b")]))
+    gone = next(k for k in held if k.name == "a")
+    assert gone.retired
+    assert {pool.pick("openai", None).name for _ in range(4)} == {"b"}
+    pool.release(gone, ok=True, latency=0.1)
+    assert gone.in_flight == 0
+
+
+def test_selection_is_linear_in_provider_keys_only():
+    # 2000 keys of another provider must not slow openai picks: only its own list is scanned.
+    keys = [key(f"x{i}", "groq") for i in range(2000)] + [key("a"), key("b")]
+    pool, _ = make(keys)
+    assert len(pool.by_provider["openai"]) == 2

@@ -1,0 +1,85 @@
+import json
+
+from keypool.usage import SseTap, usage_of_body
+
+
+def sse(*objs):
+    return [b"data: " + json.dumps(o).encode() + b"\n\n" for o in objs] + [b"data: [DONE]\n\n"]
+
+
+def chunk(text, **extra):
+    return {"object": "chat.completion.chunk", "choices": [{"delta": {"content": text}}], **extra}
+
+
+USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+
+
+def run(tap, chunks):
+    out = [tap(c) for c in chunks]
+    out.append(tap(b""))
+    return out
+
+
+def test_passthrough_forwards_every_chunk_unchanged_and_reads_usage():
+    chunks = sse(chunk("a"), chunk("b"), {"choices": [], "usage": USAGE})
+    tap = SseTap()
+    out = run(tap, chunks)
+    assert out[:-1] == chunks and out[-1] == b""
+    assert (tap.usage.input, tap.usage.output) == (11, 7)
+
+
+def test_passthrough_does_not_wait_for_event_boundaries():
+    tap = SseTap()
+    assert tap(b"data: {\"cho") == b"data: {\"cho"  # forwarded at once, parsed later
+    tap(b"ices\": [], \"usage\": {\"prompt_tokens\": 2, \"completion_tokens\": 3}}\n\n")
+    assert tap.usage.output == 3
+
+
+def test_strip_removes_injected_usage_chunk_and_null_usage():
+    chunks = sse(chunk("a", usage=None), chunk("b", usage=None), {"choices": [], "usage": USAGE})
+    tap = SseTap(strip_injected=True)
+    body = b"".join(run(tap, chunks))
+    assert b"usage" not in body
+    assert body.count(b"data: ") == 3 and body.endswith(b"data: [DONE]\n\n")
+    assert tap.usage.output == 7
+    for line in body.split(b"\n\n")[:2]:
+        json.loads(line[6:])  # still valid JSON after the edit
+
+
+def test_strip_keeps_split_events_whole():
+    tap = SseTap(strip_injected=True)
+    event = sse(chunk("hello", usage=None))[0]
+    assert tap(event[:10]) == b""
+    assert tap(event[10:]) == event.replace(b', "usage": null', b"")
+
+
+def test_anthropic_usage_from_message_start_and_delta():
+    events = [
+        b'event: message_start\ndata: {"type":"message_start","message":{"usage":{"input_tokens":25,"output_tokens":1}}}\n\n',
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":{"text":"hi"}}\n\n',
+        b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":15}}\n\n',
+    ]
+    tap = SseTap()
+    run(tap, events)
+    assert (tap.usage.input, tap.usage.output) == (25, 15)
+
+
+def test_responses_api_usage_from_completed_event():
+    tap = SseTap()
+    run(tap, [b'event: response.completed\ndata: {"type":"response.completed","response":'
+              b'{"usage":{"input_tokens":4,"output_tokens":9}}}\n\n'])
+    assert (tap.usage.input, tap.usage.output) == (4, 9)
+
+
+def test_crlf_events():
+    tap = SseTap(strip_injected=True)
+    out = tap(b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}\r\n\r\n')
+    assert out == b"" and tap.usage.output == 2
+
+
+def test_body_usage_shapes():
+    assert usage_of_body(json.dumps({"usage": USAGE}).encode()).input == 11
+    u = usage_of_body(b'{"usage":{"input_tokens":3,"output_tokens":4}}')
+    assert (u.input, u.output) == (3, 4)
+    assert not usage_of_body(b"not json").seen
+    assert not usage_of_body(b'{"x":1}').seen
