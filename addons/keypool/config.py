@@ -1,0 +1,327 @@
+"""keys.yaml -> a frozen ``Config``; every problem is a ``ConfigError`` with its line.
+
+The schema is the one in INTERFACE.md. A config is built completely, then handed over as
+one object: the gateway swaps configs, it never patches one.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Mapping
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode
+
+from .envfile import INT_TAG, NodeReader, describe, is_null, line_of, parse_dotenv
+from .errors import ConfigError
+from .providers import AUTH_SCHEMES, PRESETS, ProviderSpec, split_base_url
+
+STRATEGIES = ("round_robin", "weighted", "least_used", "least_busy", "random")
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    name: str
+    provider: str
+    secret: str = field(repr=False)
+    enabled: bool = True
+    weight: float = 1.0
+    models: tuple[str, ...] = ()
+    rpm: int | None = None
+    tpm: int | None = None
+    max_in_flight: int | None = None
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    name: str
+    token: str = field(repr=False)
+    models: tuple[str, ...] = ()
+    rpm: int | None = None
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class Cooldown:
+    rate_limited_s: float = 30.0
+    server_error_s: float = 5.0
+    max_s: float = 600.0
+    auth_error_s: float = 3600.0
+
+
+@dataclass(frozen=True)
+class Routing:
+    strategy: str = "round_robin"
+    max_attempts: int = 4
+    timeout_s: float = 120.0
+    cooldown: Cooldown = Cooldown()
+    queue_s: float = 5.0
+    daily_reset: str = "00:00"
+
+
+@dataclass(frozen=True)
+class LoggingSpec:
+    bodies: bool = False
+    retention_days: int = 14
+
+
+@dataclass(frozen=True)
+class Config:
+    providers: Mapping[str, ProviderSpec]        # presets merged with the file's overrides
+    keys: tuple[KeySpec, ...] = ()               # usable keys only (unset ${VAR} ones skipped)
+    clients: tuple[ClientSpec, ...] | None = None  # None: no clients section, gateway is open
+    routing: Routing = Routing()
+    state_dir: Path = Path("state")
+    logging: LoggingSpec = LoggingSpec()
+    version: int = 1
+    source: str | None = None                    # the file it came from
+    warnings: tuple[str, ...] = ()               # e.g. "key openai-2 skipped: ${X} is not set"
+
+
+# -- loading ---------------------------------------------------------------------------
+
+TOP_FIELDS = ("version", "providers", "keys", "clients", "routing", "state_dir", "logging")
+PROVIDER_FIELDS = ("base_url", "auth", "models", "headers", "stream_usage")
+KEY_FIELDS = ("name", "provider", "key", "enabled", "weight", "models", "rpm", "tpm",
+              "max_in_flight")
+CLIENT_FIELDS = ("name", "token", "models", "rpm")
+ROUTING_FIELDS = ("strategy", "max_attempts", "timeout_s", "cooldown", "queue_s", "daily_reset")
+COOLDOWN_FIELDS = ("rate_limited_s", "server_error_s", "max_s", "auth_error_s")
+LOGGING_FIELDS = ("bodies", "retention_days")
+MIN_TOKEN_LEN = 8
+
+_PROVIDER_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*\Z")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_CLOCK = re.compile(r"(\d{1,2}):(\d{2})\Z")
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read ``path`` and the optional ``.env`` beside it; ``env`` (default os.environ) wins."""
+    path = Path(path)
+    text = _read(path)
+    variables: dict[str, str] = {}
+    dotenv = path.parent / ".env"
+    if dotenv.is_file():
+        try:
+            variables.update(parse_dotenv(_read(dotenv)))
+        except ConfigError as e:  # parse_dotenv knows the line, not the file
+            raise ConfigError(e.message, e.line, str(dotenv)) from None
+    variables.update(os.environ if env is None else env)
+    return parse_config(text, source=str(path), env=variables, base_dir=path.absolute().parent)
+
+
+def parse_config(
+    text: str,
+    *,
+    source: str | None = None,
+    env: Mapping[str, str] | None = None,
+    base_dir: Path | None = None,
+) -> Config:
+    """keys.yaml text -> Config; the first problem found raises ConfigError."""
+    root = _compose(text, source)
+    return _Reader(source, os.environ if env is None else env, base_dir).config(root)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise ConfigError("the file is not valid UTF-8", path=str(path)) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read the file: {e.strerror or e}", path=str(path)) from None
+
+
+def _compose(text: str, source: str | None) -> MappingNode:
+    """YAML text -> the root node; nodes (not objects) so that every value keeps its line."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        # Only the problem text, never a snippet: the offending line may hold a secret.
+        message = f"invalid YAML: {e.problem or e.context}"
+        if e.context and e.problem and e.context_mark:  # "while scanning ... on line 3: ..."
+            message = f"invalid YAML: {e.context} on line {e.context_mark.line + 1}: {e.problem}"
+        line = e.problem_mark.line + 1 if e.problem_mark else None
+        raise ConfigError(message, line, source) from None
+    except yaml.reader.ReaderError as e:
+        code = e.character if isinstance(e.character, int) else ord(e.character)
+        line = text.count("\n", 0, e.position) + 1
+        raise ConfigError(f"invalid YAML: {e.reason} (#x{code:04x})", line, source) from None
+    if root is None:
+        raise ConfigError("the file is empty", 1, source)
+    if not isinstance(root, MappingNode):
+        raise ConfigError("the top level must be a mapping (version:, providers:, keys:, ...)",
+                          line_of(root), source)
+    return root
+
+
+class _Reader(NodeReader):
+    """keys.yaml's schema: sections, names, URLs, headers, times."""
+
+    def __init__(self, source: str | None, env: Mapping[str, str], base_dir: Path | None):
+        super().__init__(source, env)
+        self.base_dir = base_dir
+
+    def name(self, node: Node, path: str) -> str:
+        value = self.string(node, path)
+        if not _NAME.match(value):
+            self.fail(node, f"{path}: {value!r} is not a valid name (up to 64 letters, digits"
+                            " and _ . : -, starting with a letter or digit)")
+        return value
+
+    def url(self, node: Node, path: str) -> str:
+        value = self.string(node, path)
+        try:
+            split_base_url(value)
+        except ValueError as e:
+            self.fail(node, f"{path}: {e}")
+        return value
+
+    def headers(self, node: Node, path: str) -> tuple[tuple[str, str], ...]:
+        out = []
+        for name, value_node in self.fields(node, path).items():
+            if not _HEADER_NAME.match(name):
+                self.fail(value_node, f"{path}: {name!r} is not a valid header name")
+            value = self.string(value_node, f"{path}.{name}")
+            if "\r" in value or "\n" in value:  # would let the config inject headers
+                self.fail(value_node, f"{path}.{name}: a header value must be a single line")
+            out.append((name.lower(), value))  # case-insensitive; the presets use lower case
+        return tuple(out)
+
+    def clock(self, node: Node, path: str) -> str:
+        # YAML 1.1 reads an unquoted 12:30 as the base-60 integer 750: take the text as written.
+        plain = isinstance(node, ScalarNode) and node.style is None
+        if plain and node.tag == INT_TAG and ":" in node.value:
+            value = node.value
+        else:
+            value = self.string(node, path)
+        m = _CLOCK.match(value)
+        if not m or int(m[1]) > 23 or int(m[2]) > 59:
+            self.fail(node, f'{path}: expected a time of day as "HH:MM" (24-hour), got {value!r}')
+        return f"{int(m[1]):02d}:{m[2]}"
+
+    # -- sections
+
+    def config(self, root: MappingNode) -> Config:
+        f = self.fields(root, "", TOP_FIELDS)
+        version = self.given(f, "", {"version": self.version}).get("version", 1)
+        providers = self.providers(f.get("providers"))
+        keys = self.keys(f.get("keys"), providers)
+        clients = None if is_null(f.get("clients")) else self.clients(f["clients"])
+        routing = self.routing(f.get("routing"))
+        state_dir = self.state_dir(f.get("state_dir"))
+        log_fields = self.fields(f.get("logging"), "logging", LOGGING_FIELDS)
+        logging = LoggingSpec(**self.given(log_fields, "logging",
+                                           {"bodies": self.boolean, "retention_days": self.count}))
+        return Config(providers, keys, clients, routing, state_dir, logging, version,
+                      self.source, tuple(self.warnings))
+
+    def version(self, node: Node, path: str) -> int:
+        value = self.typed(node, path)
+        if type(value) is not int or value != 1:
+            self.fail(node, f"version: only version 1 is supported, got {describe(node, value)}")
+        return value
+
+    def providers(self, node: Node | None) -> dict[str, ProviderSpec]:
+        out = dict(PRESETS)
+        self.fields(node, "providers")  # shape and duplicate names
+        for key, value in [] if is_null(node) else node.value:
+            if not _PROVIDER_NAME.match(key.value):
+                self.fail(key, f"providers: {key.value!r} is not a valid provider name (lowercase"
+                               " letters, digits and _ . -, starting with a letter or digit)")
+            out[key.value] = self.provider(key.value, value, f"providers.{key.value}")
+        return out
+
+    def provider(self, name: str, node: Node, path: str) -> ProviderSpec:
+        f = self.fields(node, path, PROVIDER_FIELDS)
+        kw = self.given(f, path, {"base_url": self.url, "auth": self.choice(AUTH_SCHEMES),
+                                  "models": self.globs, "headers": self.headers,
+                                  "stream_usage": self.boolean})
+        preset = PRESETS.get(name)
+        if preset is not None:
+            if "headers" in kw:  # added to the preset's (anthropic needs its version header)
+                kw["headers"] = tuple({**dict(preset.headers), **dict(kw["headers"])}.items())
+            return replace(preset, **kw)
+        if "base_url" not in kw:
+            self.fail(node, f"{path}: missing required field 'base_url' (only the presets"
+                            f" {', '.join(PRESETS)} have one built in)")
+        return ProviderSpec(name, **kw)
+
+    def unique_name(self, f: dict[str, Node], path: str, item: Node, seen: dict[str, int],
+                    what: str) -> str:
+        node = self.need(f, "name", path, item)
+        name = self.name(node, f"{path}.name")
+        if name in seen:
+            self.fail(node, f"{path}.name: duplicate {what} name {name!r}"
+                            f" (lines {seen[name]} and {line_of(node)})")
+        seen[name] = line_of(node)
+        return name
+
+    def keys(self, node: Node | None, providers: Mapping[str, ProviderSpec]) -> tuple[KeySpec, ...]:
+        out, seen = [], {}
+        for i, item in enumerate(self.items(node, "keys")):
+            path = f"keys[{i}]"
+            f = self.fields(item, path, KEY_FIELDS)
+            name = self.unique_name(f, path, item, seen, "key")
+            provider_node = self.need(f, "provider", path, item)
+            provider = self.string(provider_node, f"{path}.provider")
+            if provider not in providers:
+                self.fail(provider_node, f"{path}.provider: unknown provider {provider!r}; known"
+                                         f" providers: {', '.join(sorted(providers))}")
+            secret = self.secret(self.need(f, "key", path, item), f"{path}.key", name, "key")
+            kw = self.given(f, path, {"enabled": self.boolean, "weight": self.positive,
+                                      "models": self.globs, "rpm": self.count, "tpm": self.count,
+                                      "max_in_flight": self.count})
+            if secret is not None:
+                out.append(KeySpec(name, provider, secret, line=line_of(item), **kw))
+        return tuple(out)
+
+    def clients(self, node: Node) -> tuple[ClientSpec, ...]:
+        out, seen, tokens = [], {}, {}
+        for i, item in enumerate(self.items(node, "clients")):
+            path = f"clients[{i}]"
+            f = self.fields(item, path, CLIENT_FIELDS)
+            name = self.unique_name(f, path, item, seen, "client")
+            token_node = self.need(f, "token", path, item)
+            token = self.secret(token_node, f"{path}.token", name, "client")
+            kw = self.given(f, path, {"models": self.globs, "rpm": self.count})
+            if token is None:
+                continue
+            if len(token) < MIN_TOKEN_LEN:
+                self.fail(token_node, f"{path}.token: must be at least {MIN_TOKEN_LEN} characters")
+            if token in tokens:  # the token alone identifies a client
+                other, line = tokens[token]
+                self.fail(token_node, f"{path}.token: same token as client {other!r} (line {line});"
+                                      " every client needs its own")
+            tokens[token] = (name, line_of(item))
+            out.append(ClientSpec(name, token, line=line_of(item), **kw))
+        return tuple(out)
+
+    def routing(self, node: Node | None) -> Routing:
+        f = self.fields(node, "routing", ROUTING_FIELDS)
+        return Routing(**self.given(f, "routing", {
+            "strategy": self.choice(STRATEGIES), "max_attempts": self.count,
+            "timeout_s": self.positive, "cooldown": self.cooldown, "queue_s": self.seconds,
+            "daily_reset": self.clock}))
+
+    def cooldown(self, node: Node, path: str) -> Cooldown:
+        f = self.fields(node, path, COOLDOWN_FIELDS)
+        cd = Cooldown(**self.given(f, path, dict.fromkeys(COOLDOWN_FIELDS, self.seconds)))
+        if cd.max_s < cd.server_error_s:  # backoff grows from server_error_s up to max_s
+            blame = "max_s" if "max_s" in f else "server_error_s"
+            self.fail(f[blame], f"{path}: max_s ({cd.max_s:g}) must be at least"
+                                f" server_error_s ({cd.server_error_s:g})")
+        return cd
+
+    def state_dir(self, node: Node | None) -> Path:
+        if is_null(node):
+            path = Path("state")
+        else:
+            value = self.string(node, "state_dir")
+            if not value.strip():
+                self.fail(node, "state_dir: must not be empty")
+            path = Path(value).expanduser()
+        return path if self.base_dir is None or path.is_absolute() else Path(self.base_dir) / path
