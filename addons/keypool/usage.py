@@ -74,11 +74,13 @@ class SseTap:
         self.strip = strip_injected
         self._tail = b""
 
-    def __call__(self, data: bytes) -> bytes:
+    def __call__(self, data: bytes) -> bytes | list[bytes]:
+        # Returns a list when there may be nothing to send: an empty bytes chunk would be
+        # written as chunked encoding's terminator and end the client's response early.
         if not data:  # end of stream: an unterminated last event goes out as it is
             rest, self._tail = self._tail, b""
             rest = self._event(rest) if rest else b""
-            return rest if self.strip else b""
+            return [rest] if rest and self.strip else []
         buf = self._tail + data
         cut = 0
         kept: list[bytes] = []
@@ -86,7 +88,10 @@ class SseTap:
             kept.append(self._event(buf[cut:m.end()]))
             cut = m.end()
         self._tail = buf[cut:]
-        return b"".join(kept) if self.strip else data
+        if not self.strip:
+            return data
+        out = b"".join(kept)
+        return [out] if out else []
 
     def _event(self, event: bytes) -> bytes:
         """Read one event's usage; return what of it the client should get."""

@@ -14,9 +14,18 @@ def chunk(text, **extra):
 USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
 
 
+def flat(result):
+    """What mitmproxy sends for one call: bytes, or a list of chunks (never an empty one)."""
+    if isinstance(result, bytes):
+        assert result, "an empty chunk would terminate a chunked response"
+        return result
+    assert all(result), "an empty chunk would terminate a chunked response"
+    return b"".join(result)
+
+
 def run(tap, chunks):
-    out = [tap(c) for c in chunks]
-    out.append(tap(b""))
+    out = [flat(tap(c)) for c in chunks]
+    out.append(flat(tap(b"")))
     return out
 
 
@@ -49,8 +58,8 @@ def test_strip_removes_injected_usage_chunk_and_null_usage():
 def test_strip_keeps_split_events_whole():
     tap = SseTap(strip_injected=True)
     event = sse(chunk("hello", usage=None))[0]
-    assert tap(event[:10]) == b""
-    assert tap(event[10:]) == event.replace(b', "usage": null', b"")
+    assert tap(event[:10]) == []
+    assert flat(tap(event[10:])) == event.replace(b', "usage": null', b"")
 
 
 def test_anthropic_usage_from_message_start_and_delta():
@@ -74,7 +83,7 @@ def test_responses_api_usage_from_completed_event():
 def test_crlf_events():
     tap = SseTap(strip_injected=True)
     out = tap(b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}\r\n\r\n')
-    assert out == b"" and tap.usage.output == 2
+    assert out == [] and tap.usage.output == 2
 
 
 def test_body_usage_shapes():

@@ -1,0 +1,107 @@
+"""The ``keymux`` command: run the gateway, the demo, (later) the UI, without mitmproxy flags.
+
+    keymux run  [--config config/keys.yaml] [--port 8080] [--web] [-- extra mitmproxy args]
+    keymux demo [--config config/keys.yaml]   # + the built-in mock upstream on :9100
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+DEMO_UPSTREAM_PORT = 9100
+# The demo config's rate-limited key, as the mock upstream should treat it.
+DEMO_BEHAVIOURS = {"sk-demo-limited-00000003": {"rpm": 5, "window_s": 30}}
+
+
+def entry_script() -> Path:
+    """The file mitmproxy loads with ``-s``: the repo's addons/keymux.py, or the packaged one."""
+    here = Path(__file__).resolve().parent
+    in_tree = here.parent / "keymux.py"
+    return in_tree if in_tree.exists() else here / "mitm" / "entry.py"
+
+
+def mitmproxy_command(args: argparse.Namespace) -> list[str]:
+    tool = "mitmweb" if args.web else "mitmdump"
+    exe = Path(sys.executable).with_name(tool)
+    cmd = [str(exe) if exe.exists() else (shutil.which(tool) or tool),
+           "-s", str(entry_script()), "--mode", "reverse:https://api.openai.com",
+           "--listen-host", args.host, "-p", str(args.port),
+           "--set", f"keymux_config={Path(args.config).resolve()}"]
+    if not args.web and not args.verbose:
+        # Per-flow and per-connection lines cost ~14% of throughput; warnings still show.
+        cmd += ["--set", "flow_detail=0", "--set", "termlog_verbosity=warn"]
+    return cmd + list(args.mitmproxy_args)
+
+
+def run_gateway(args: argparse.Namespace) -> int:
+    if not Path(args.config).exists():
+        print(f"keymux: no config at {args.config} (see config/keys.yaml in the repository)",
+              file=sys.stderr)
+        return 2
+    print(f"keymux: gateway on http://{args.host}:{args.port} (config {args.config})", flush=True)
+    proc = subprocess.Popen(mitmproxy_command(args))
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        return proc.wait()
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from .demo.mock_upstream import MockUpstream
+
+    mock = MockUpstream(port=DEMO_UPSTREAM_PORT)
+    try:
+        mock.start()
+    except OSError as e:
+        print(f"keymux demo: cannot listen on 127.0.0.1:{DEMO_UPSTREAM_PORT}: {e}", file=sys.stderr)
+        return 1
+    for secret, behaviour in DEMO_BEHAVIOURS.items():
+        mock.set_behavior(secret, **behaviour)
+    print(DEMO_HELLO.format(port=args.port, upstream=mock.base_url), flush=True)
+    try:
+        return run_gateway(args)
+    finally:
+        mock.stop()
+
+
+DEMO_HELLO = """\
+keymux demo: mock upstream on {upstream}, gateway on http://127.0.0.1:{port}
+Try it from another terminal:
+  curl -s http://127.0.0.1:{port}/v1/chat/completions -H 'content-type: application/json' \\
+       -d '{{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "hi"}}]}}'
+  curl -s http://127.0.0.1:{port}/_keymux/stats        # which key served what
+  OPENAI_BASE_URL=http://127.0.0.1:{port}/v1 OPENAI_API_KEY=any python your_app.py
+Stop with Ctrl-C."""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="keymux", description="LLM key-pool gateway (mitmproxy addon)")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, help_ in (("run", "run the gateway"),
+                        ("demo", "run the gateway in front of the built-in mock upstream")):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("--config", default=os.environ.get("KEYMUX_CONFIG", "config/keys.yaml"))
+        s.add_argument("--host", default="127.0.0.1", help="gateway address (default 127.0.0.1)")
+        s.add_argument("--port", type=int, default=8080, help="gateway port (default 8080)")
+        s.add_argument("--web", action="store_true", help="use mitmweb, to inspect flows")
+        s.add_argument("-v", "--verbose", action="store_true", help="log every flow")
+        s.add_argument("mitmproxy_args", nargs=argparse.REMAINDER,
+                       help="after --: passed to mitmdump/mitmweb as they are")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.mitmproxy_args and args.mitmproxy_args[0] == "--":
+        args.mitmproxy_args = args.mitmproxy_args[1:]
+    return {"run": run_gateway, "demo": run_demo}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Run the real thing: a mitmdump process with the keymux addon, on loopback."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+MITMDUMP = Path(sys.executable).with_name("mitmdump")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class GatewayProcess:
+    """``mitmdump -s addons/keymux.py`` exactly as a user starts it."""
+
+    def __init__(self, workdir: Path, config_text: str, *, env: dict | None = None,
+                 args: tuple[str, ...] = (), confdir: Path | None = None):
+        self.workdir = workdir
+        self.config = workdir / "keys.yaml"
+        self.config.write_text(config_text)
+        self.log_path = workdir / "mitmdump.log"
+        self.port = free_port()
+        self.env = {**os.environ, **(env or {})}
+        self.confdir = confdir or workdir / "mitmproxy"
+        self.args = args
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20) -> "GatewayProcess":
+        cmd = [str(MITMDUMP), "-s", str(ROOT / "addons" / "keymux.py"),
+               "--mode", "reverse:https://api.openai.com", "--listen-host", "127.0.0.1",
+               "-p", str(self.port), "--set", f"keymux_config={self.config}",
+               "--set", f"confdir={self.confdir}", *self.args]
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=self.env, cwd=self.workdir)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mitmdump exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                urllib.request.urlopen(self.url + "/health", timeout=1).read()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"mitmdump did not come up:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc:
+            self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def __enter__(self) -> "GatewayProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
