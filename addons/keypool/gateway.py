@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass, field
-from typing import Mapping, MutableMapping
+from typing import Mapping
 
 from . import answers, endpoints
 from .answers import Answer
@@ -34,6 +34,7 @@ MODEL_PATHS = frozenset({
 })
 USAGE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 STRIP_HEADERS = CLIENT_AUTH_HEADERS + PROVIDER_HEADERS
+_DROP = frozenset(h.encode() for h in STRIP_HEADERS)
 
 
 @dataclass(slots=True)
@@ -53,15 +54,22 @@ class Plan:
     ttfb: float | None = None
     finished: bool = field(default=False)
 
-    def rewrite_headers(self, headers: MutableMapping[str, str]) -> None:
-        """Drop every client credential and routing hint; put the real key in its place."""
-        for name in STRIP_HEADERS:
-            if name in headers:
-                del headers[name]
+    def rewrite_fields(self, fields: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes], ...]:
+        """The request's header fields for upstream, in one pass over them: every client
+        credential and routing hint dropped, the real key in its place, the provider's
+        required headers added unless the client sent its own."""
+        drop = _DROP
+        kept = [(k, v) for k, v in fields if k.lower() not in drop]
+        present = {k.lower() for k, _ in kept}
         for name, value in self.provider.headers:
-            if name not in headers:
-                headers[name] = value
-        headers[self.provider.auth_header] = self.provider.auth_value(self.key.spec.secret)
+            if name.encode() not in present:
+                kept.append((name.encode(), value.encode()))
+        if self.stream:  # the usage tap reads plain SSE, not gzip
+            kept = [(k, v) for k, v in kept if k.lower() != b"accept-encoding"]
+            kept.append((b"accept-encoding", b"identity"))
+        kept.append((self.provider.auth_header.encode(),
+                     self.provider.auth_value(self.key.spec.secret).encode()))
+        return tuple(kept)
 
     @property
     def label(self) -> str:

@@ -40,6 +40,8 @@ class Metrics:
         r.register(_PoolCollector(snapshot, wall_now))
         self._model_globs = GlobSet()
         self._model_labels: set[str] = set()
+        # prometheus_client's labels() costs microseconds per call: resolve each child once.
+        self._children: dict[tuple, object] = {}
 
     def set_model_globs(self, globs: GlobSet) -> None:
         self._model_globs = globs
@@ -53,16 +55,23 @@ class Metrics:
             self._model_labels.add(model)
         return model
 
+    def _child(self, metric, *labels):
+        k = (id(metric), labels)
+        child = self._children.get(k)
+        if child is None:
+            child = self._children[k] = metric.labels(*labels)
+        return child
+
     def observe(self, provider: str, key: str, status: int | None, latency: float,
                 ttfb: float | None, model: str | None, tokens_in: int, tokens_out: int) -> None:
-        self.requests.labels(provider, key, status_class(status)).inc()
-        self.latency.labels(provider, key).observe(latency)
+        self._child(self.requests, provider, key, status_class(status)).inc()
+        self._child(self.latency, provider, key).observe(latency)
         if ttfb is not None:
-            self.ttfb.labels(provider, key).observe(ttfb)
+            self._child(self.ttfb, provider, key).observe(ttfb)
         if tokens_in or tokens_out:
             m = self.model_label(model)
-            self.tokens.labels(provider, key, m, "input").inc(tokens_in)
-            self.tokens.labels(provider, key, m, "output").inc(tokens_out)
+            self._child(self.tokens, provider, key, m, "input").inc(tokens_in)
+            self._child(self.tokens, provider, key, m, "output").inc(tokens_out)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -35,10 +35,11 @@ def test_plan_routes_and_rewrites_headers():
                 x_api_key="other", api_key="azure")
     assert isinstance(plan, Plan)
     assert plan.path == "/v1/chat/completions" and plan.provider.host == "api.openai.com"
-    headers = {"authorization": "Bearer client-token", "x-api-key": "x", "api-key": "y",
-               "x-goog-api-key": "z", "x-keymux-provider": "openai", "x-llm-provider": "o"}
-    plan.rewrite_headers(headers)
-    assert headers == {"authorization": "Bearer sk-openai-real-secret-9999"}
+    fields = ((b"Authorization", b"Bearer client-token"), (b"X-Api-Key", b"x"), (b"api-key", b"y"),
+              (b"x-goog-api-key", b"z"), (b"X-Keymux-Provider", b"openai"),
+              (b"x-llm-provider", b"o"), (b"user-agent", b"sdk"))
+    assert plan.rewrite_fields(fields) == (
+        (b"user-agent", b"sdk"), (b"authorization", b"Bearer sk-openai-real-secret-9999"))
     assert plan.label == "key o1 (sk-…9999)"
 
 
@@ -46,12 +47,11 @@ def test_anthropic_plan_uses_x_api_key_and_version():
     g = gw(keys=[key("a1", "anthropic", secret="sk-ant-real-000011112222")])
     plan = post(g, json.dumps({"model": "claude-3-haiku", "max_tokens": 5}).encode(), "/v1/messages",
                 x_api_key="client")
-    headers = {"x-api-key": "client"}
-    plan.rewrite_headers(headers)
-    assert headers == {"anthropic-version": "2023-06-01", "x-api-key": "sk-ant-real-000011112222"}
-    headers = {"anthropic-version": "2024-01-01"}
-    plan.rewrite_headers(headers)
-    assert headers["anthropic-version"] == "2024-01-01"  # the client's own version wins
+    assert plan.rewrite_fields(((b"x-api-key", b"client"),)) == (
+        (b"anthropic-version", b"2023-06-01"), (b"x-api-key", b"sk-ant-real-000011112222"))
+    # the client's own version wins
+    assert plan.rewrite_fields(((b"Anthropic-Version", b"2024-01-01"),))[0] == (
+        b"Anthropic-Version", b"2024-01-01")
 
 
 def test_provider_path_mapping():
@@ -116,6 +116,8 @@ def test_stream_usage_is_requested_and_marked_for_stripping():
     body = json.dumps({"model": "gpt-4o", "stream": True, "messages": []}).encode()
     plan = post(gw(), body)
     assert plan.stream and plan.strip_usage
+    fields = plan.rewrite_fields(((b"Accept-Encoding", b"gzip, deflate"),))
+    assert (b"accept-encoding", b"identity") in fields and len(fields) == 2
     assert json.loads(plan.body)["stream_options"] == {"include_usage": True}
     body = json.dumps({"model": "gpt-4o", "stream": True,
                        "stream_options": {"include_usage": True}}).encode()

@@ -77,9 +77,7 @@ class Keymux:
         req.path = plan.path
         if plan.body is not None:
             req.content = plan.body
-        if plan.stream:
-            req.headers["accept-encoding"] = "identity"  # the usage tap reads plain SSE
-        plan.rewrite_headers(req.headers)
+        req.headers.fields = plan.rewrite_fields(req.headers.fields)
         self.plans[flow] = plan
         flow.comment = plan.label
         flow.metadata["keymux"] = {"key": plan.key.name, "provider": p.name, "model": plan.model,
@@ -131,8 +129,6 @@ def _mask_client_auth(req: http.Request) -> None:
 
 
 def _body_usage(resp: http.Response) -> Usage:
-    if "json" not in resp.headers.get("content-type", ""):
-        return Usage()
     return usage_of_body(resp.get_content(strict=False) or b"")
 
 
