@@ -88,3 +88,13 @@ def test_saved_flows_name_the_key_and_hold_no_secret(closed, mock):
     refused = [f for f in flows if f.response and f.response.status_code == 401]
     assert refused and all("keymux" not in f.metadata for f in refused)
     assert K1 not in closed.log()
+
+
+def test_stream_large_bodies_is_refused(mock, tmp_path, confdir):
+    # With stream_large_bodies mitmproxy sends a big request on before the request hook
+    # runs: the client's token upstream, no key. keymux refuses to start with it.
+    gw = GatewayProcess(tmp_path, pool_yaml(mock.base_url), env={"MOCK_KEY_2": K2},
+                        args=("--set", "stream_large_bodies=10"), confdir=confdir)
+    with pytest.raises(RuntimeError, match="stream_large_bodies must stay unset"):
+        gw.start()
+    assert mock.count() == 0

@@ -39,6 +39,13 @@ class Keymux:
         if ctx.options.connection_strategy != "lazy":
             # A request the gateway refuses must not open an upstream connection.
             ctx.options.update(connection_strategy="lazy")
+        if ctx.options.stream_large_bodies:
+            # mitmproxy would send a large request on, with the client's headers, before
+            # the request hook could route it and put a key in (it re-streams even when a
+            # requestheaders hook says no). Refuse rather than leak a client token.
+            raise exceptions.OptionsError(
+                "keymux: stream_large_bodies must stay unset (request bodies are read whole "
+                "to route them; responses that are event streams are streamed anyway)")
 
     def _load(self, path: str) -> None:
         try:
@@ -50,11 +57,6 @@ class Keymux:
         self.gateway = runtime.gateway_for(
             str(Path(path).resolve()), config, admin_token=os.environ.get("KEYMUX_ADMIN_TOKEN"))
         _log_loaded(config)
-
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
-        # The request hook must see the whole body (to read the model) before anything is
-        # sent: a streamed request would leave with the client's headers.
-        flow.request.stream = False
 
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live or self.gateway is None:
