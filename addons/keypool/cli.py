@@ -45,6 +45,8 @@ def run_gateway(args: argparse.Namespace) -> int:
         return 2
     print(f"keymux: gateway on http://{args.host}:{args.port} (config {args.config})", flush=True)
     proc = subprocess.Popen(mitmproxy_command(args))
+    # A service manager stops us with SIGTERM: pass it on, then wait for a clean exit.
+    signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
     try:
         return proc.wait()
     except KeyboardInterrupt:
