@@ -69,6 +69,13 @@ class LoggingSpec:
 
 
 @dataclass(frozen=True)
+class AdminSpec:
+    # A werkzeug password hash (``keymux hash-password``) for the web UI's login; the
+    # environment's KEYMUX_ADMIN_TOKEN works as well.
+    password_hash: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class Config:
     providers: Mapping[str, ProviderSpec]        # presets merged with the file's overrides
     keys: tuple[KeySpec, ...] = ()               # usable keys only (unset ${VAR} ones skipped)
@@ -79,11 +86,13 @@ class Config:
     version: int = 1
     source: str | None = None                    # the file it came from
     warnings: tuple[str, ...] = ()               # e.g. "key openai-2 skipped: ${X} is not set"
+    admin: AdminSpec = AdminSpec()
 
 
 # -- loading ---------------------------------------------------------------------------
 
-TOP_FIELDS = ("version", "providers", "keys", "clients", "routing", "state_dir", "logging")
+TOP_FIELDS = ("version", "providers", "keys", "clients", "routing", "state_dir", "logging",
+              "admin")
 PROVIDER_FIELDS = ("base_url", "auth", "models", "headers", "stream_usage")
 KEY_FIELDS = ("name", "provider", "key", "enabled", "weight", "models", "rpm", "tpm",
               "max_in_flight")
@@ -216,8 +225,10 @@ class _Reader(NodeReader):
         log_fields = self.fields(f.get("logging"), "logging", LOGGING_FIELDS)
         logging = LoggingSpec(**self.given(log_fields, "logging",
                                            {"bodies": self.boolean, "retention_days": self.count}))
+        admin = AdminSpec(**self.given(self.fields(f.get("admin"), "admin", ("password_hash",)),
+                                       "admin", {"password_hash": self.string}))
         return Config(providers, keys, clients, routing, state_dir, logging, version,
-                      self.source, tuple(self.warnings))
+                      self.source, tuple(self.warnings), admin)
 
     def version(self, node: Node, path: str) -> int:
         value = self.typed(node, path)

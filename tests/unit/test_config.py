@@ -578,3 +578,12 @@ def test_load_config_rejects_non_utf8(tmp_path: Path) -> None:
     path = tmp_path / "keys.yaml"
     path.write_bytes(b"state_dir: \xff\xfe\n")
     assert load_error(path).message == "the file is not valid UTF-8"
+
+
+def test_admin_password_hash_section():
+    cfg = parse_config('admin:\n  password_hash: "scrypt:32768:8:1$abc$def"\n')
+    assert cfg.admin.password_hash.startswith("scrypt:")
+    assert "scrypt" not in repr(cfg.admin)
+    assert parse_config("keys: []\n").admin.password_hash is None
+    with pytest.raises(ConfigError, match="unknown field"):
+        parse_config("admin:\n  password: x\n")
