@@ -1,90 +1,43 @@
-"""The gateway's decisions, free of I/O: a request's facts in, an ``Answer`` or a ``Plan`` out.
+"""The gateway's decisions, free of I/O.
 
-    request -> reserved path? -> authenticate -> read model -> route -> allowed? -> pick key
-            -> Plan (rewrite the request, send it)         ... upstream answers ...
-            -> finish(plan, status, usage) -> pool counters, metrics
+    admit(request)  -> Answer (the gateway answers itself) | Ticket
+    pick(ticket)    -> Plan (one attempt on one key)      | NoKeyAvailable
+    judge(plan, status, headers, body) -> Verdict: cool the key? re-issue?
+    finish(plan, status, usage)        -> pool counters, limits, metrics
 
-The mitmproxy glue (``keypool.mitm``) applies a Plan to a flow; tests call ``handle``
-directly. Headers are a case-insensitive mapping (mitmproxy's ``Headers``) or a dict with
-lower-case names.
+``keypool.reissue`` drives these for one request, attempt after attempt; the mitmproxy
+glue (``keypool.mitm``) does the I/O. Headers are a case-insensitive mapping (mitmproxy's
+``Headers``) or a dict with lower-case names.
 """
 from __future__ import annotations
 
-import json
 import random
-from dataclasses import dataclass, field
 from typing import Mapping
 
-from . import answers, endpoints
+from . import answers, endpoints, policy
 from .answers import Answer
 from .clients import ClientAuth, presented_token
 from .clock import Clock, SystemClock
 from .config import Config
 from .globs import GlobSet
+from .limits import ClientRate, estimate_tokens
 from .metrics import Metrics
-from .pool import KeyState, NoKeyAvailable, Pool
-from .providers import CLIENT_AUTH_HEADERS, ProviderSpec
-from .routing import PROVIDER_HEADERS, Route, RouteError, Router
+from .pool import WHOLE_KEY, NoKeyAvailable, Pool
+from .routing import PROVIDER_HEADERS, RouteError, Router
+from .ticket import MODEL_PATHS, Plan, Ticket, read_json, rewrite_body
 from .usage import Usage
-
-# Paths whose body names the model; a request there without a JSON model is a 400.
-MODEL_PATHS = frozenset({
-    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses",
-    "/v1/messages", "/v1/messages/count_tokens",
-})
-USAGE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
-STRIP_HEADERS = CLIENT_AUTH_HEADERS + PROVIDER_HEADERS
-_DROP = frozenset(h.encode() for h in STRIP_HEADERS)
-
-
-@dataclass(slots=True)
-class Plan:
-    """One upstream attempt: which key, where to, and what to change in the request."""
-
-    key: KeyState
-    provider: ProviderSpec
-    model: str | None
-    client: str | None
-    path: str                      # upstream path, query included
-    body: bytes | None             # a rewritten body, or None to send the client's as is
-    stream: bool                   # the client asked for a stream
-    strip_usage: bool              # keymux asked for stream usage: remove it again
-    started: float                 # monotonic, when the plan was made
-    rule: int                      # the routing rule that chose the provider
-    ttfb: float | None = None
-    finished: bool = field(default=False)
-
-    def rewrite_fields(self, fields: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes], ...]:
-        """The request's header fields for upstream, in one pass over them: every client
-        credential and routing hint dropped, the real key in its place, the provider's
-        required headers added unless the client sent its own."""
-        drop = _DROP
-        kept = [(k, v) for k, v in fields if k.lower() not in drop]
-        present = {k.lower() for k, _ in kept}
-        for name, value in self.provider.headers:
-            if name.encode() not in present:
-                kept.append((name.encode(), value.encode()))
-        if self.stream:  # the usage tap reads plain SSE, not gzip
-            kept = [(k, v) for k, v in kept if k.lower() != b"accept-encoding"]
-            kept.append((b"accept-encoding", b"identity"))
-        kept.append((self.provider.auth_header.encode(),
-                     self.provider.auth_value(self.key.spec.secret).encode()))
-        return tuple(kept)
-
-    @property
-    def label(self) -> str:
-        """How a flow names its key: never the secret."""
-        return f"key {self.key.name} ({self.key.masked})"
 
 
 class Gateway:
     def __init__(self, config: Config, clock: Clock | None = None,
                  rng: random.Random | None = None, admin_token: str | None = None):
         self.clock = clock or SystemClock()
+        self.rng = rng or random.Random()
         self.admin_token = admin_token or None
         self.started_wall = self.clock.wall()
         self.reload_error: str | None = None
-        self.pool = Pool(config, self.clock, rng)
+        self.pool = Pool(config, self.clock, self.rng)
+        self.client_rate = ClientRate()
         self.metrics = Metrics(self.pool.snapshot, self.clock.wall)
         self.update(config)
 
@@ -92,6 +45,7 @@ class Gateway:
         """Swap in a new config as one step; key state carries over (see Pool.update)."""
         self.router = Router(config)
         self.clients = ClientAuth(config.clients)
+        self.client_rate.forget_except({c.name for c in config.clients or ()})
         self.pool.update(config)
         globs = [g for p in config.providers.values() for g in p.models]
         self.metrics.set_model_globs(GlobSet(globs + [g for k in config.keys for g in k.models]))
@@ -100,16 +54,20 @@ class Gateway:
 
     # -- request side --------------------------------------------------------------
 
-    def handle(self, method: str, path: str, headers: Mapping[str, str],
-               body: bytes | None) -> Answer | Plan:
-        result = self._handle(method, path, headers, body)
-        if isinstance(result, Answer) and result.status >= 400:
-            self.metrics.gateway_answers.labels(str(result.status),
-                                                result.headers.get("x-keymux-error", "")).inc()
+    def admit(self, method: str, path: str, headers: Mapping[str, str],
+              body: bytes | None) -> Answer | Ticket:
+        result = self._admit(method, path, headers, body)
+        if isinstance(result, Answer):
+            self.count_answer(result)
         return result
 
-    def _handle(self, method: str, path: str, headers: Mapping[str, str],
-                body: bytes | None) -> Answer | Plan:
+    def count_answer(self, answer: Answer) -> None:
+        if answer.status >= 400:
+            self.metrics.gateway_answers.labels(
+                str(answer.status), answer.headers.get("x-keymux-error", "")).inc()
+
+    def _admit(self, method: str, path: str, headers: Mapping[str, str],
+               body: bytes | None) -> Answer | Ticket:
         route_path = path.partition("?")[0]
         own = endpoints.reserved(self, method, route_path, headers)
         if own is not None:
@@ -126,7 +84,7 @@ class Gateway:
                                      anthropic=anthropic)
         if method == "GET" and (route_path == "/v1/models" or route_path.startswith("/v1/models/")):
             return endpoints.models(self, route_path, headers, client)
-        data, bad = _read_json(route_path, headers, body)
+        data, bad = read_json(route_path, headers, body)
         if bad:
             return answers.error(400, bad, "invalid_json", anthropic=anthropic)
         model = data.get("model") if data else None
@@ -137,79 +95,124 @@ class Gateway:
                                  anthropic=anthropic)
         header = headers.get(PROVIDER_HEADERS[0]) or headers.get(PROVIDER_HEADERS[1])
         try:
-            route: Route | None = self.router.resolve(path=route_path, model=model, header=header)
-            route_error = None
+            route = self.router.resolve(path=route_path, model=model, header=header)
         except RouteError as e:
             route, route_error = None, e
         wanted = route.model if route else model
         if not self.clients.allows(client, wanted):
             return answers.error(403, f"client '{client.name}' may not use model '{wanted[:100]}'",
                                  "model_not_allowed", anthropic=anthropic)
-        if route_error:
+        if route is None:
             return answers.error(route_error.status, route_error.message, route_error.code,
                                  anthropic=anthropic)
+        now = self.clock.monotonic()
+        if client is not None and client.rpm:
+            wait = self.client_rate.check(client.name, client.rpm, now)
+            if wait > 0:
+                return answers.error(429, f"client '{client.name}' is over its {client.rpm} "
+                                     "requests per minute", "client_rate_limited",
+                                     retry_after=wait, anthropic=anthropic)
+        new_body, strip = rewrite_body(route_path, route, data, model, body)
+        return Ticket(path=path, route=route, client=client.name if client else None,
+                      body=new_body, stream=bool(data and data.get("stream") is True),
+                      strip_usage=strip, anthropic=anthropic,
+                      est_tokens=estimate_tokens(data, len(body or b"")),
+                      arrived=now, deadline=now + self.config.routing.timeout_s)
+
+    def pick(self, ticket: Ticket) -> Plan:
+        """Lease a key not yet tried for this ticket, or raise NoKeyAvailable."""
+        route = ticket.route
+        lease = self.pool.pick(route.provider.name, route.model, exclude=ticket.tried,
+                               est_tokens=ticket.est_tokens)
+        return Plan(ticket=ticket, lease=lease, started=self.clock.monotonic())
+
+    def handle(self, method: str, path: str, headers: Mapping[str, str],
+               body: bytes | None) -> Answer | Plan:
+        """admit + one pick: the first attempt, without queueing (tests, simple callers)."""
+        ticket = self.admit(method, path, headers, body)
+        if isinstance(ticket, Answer):
+            return ticket
         try:
-            key = self.pool.pick(route.provider.name, route.model)
+            return self.pick(ticket)
         except NoKeyAvailable as e:
-            if e.retry_after is None:
-                return answers.error(404, e.message, "no_key_available", anthropic=anthropic)
-            return answers.error(429, e.message, "all_keys_cooling", retry_after=e.retry_after,
-                                 anthropic=anthropic)
-        new_body, strip = _rewrite_body(route_path, route, data, model, body)
-        return Plan(key=key, provider=route.provider, model=route.model,
-                    client=client.name if client else None,
-                    path=route.provider.upstream_path(path), body=new_body,
-                    stream=bool(data and data.get("stream") is True), strip_usage=strip,
-                    started=self.clock.monotonic(), rule=route.rule)
+            return self.refuse(ticket, e)
+
+    def refuse(self, ticket: Ticket, e: NoKeyAvailable) -> Answer:
+        """The answer when no (further) key can take the ticket."""
+        if e.retry_after is not None:
+            answer = answers.error(429, e.message, "all_keys_busy", retry_after=e.retry_after,
+                                   anthropic=ticket.anthropic)
+        elif ticket.attempts:
+            answer = self.exhausted(ticket)
+        else:
+            answer = answers.error(404, e.message, "no_key_available", anthropic=ticket.anthropic)
+        self.count_answer(answer)
+        return answer
+
+    def exhausted(self, ticket: Ticket) -> Answer:
+        """Every attempt failed: 429 if only limits stood in the way, else 502."""
+        story = ", ".join(f"{a['key']}: {a['status'] or a['error']}" for a in ticket.attempts)
+        if all(a["outcome"] in ("rate_limited", "quota") for a in ticket.attempts):
+            wait = self.pool.soonest(ticket.route.provider.name, ticket.route.model)
+            return answers.error(429, f"every key tried is rate limited ({story})",
+                                 "all_keys_rate_limited", retry_after=wait or 1.0,
+                                 anthropic=ticket.anthropic)
+        return answers.error(502, f"the upstream failed on every attempt ({story})",
+                             "upstream_failed", anthropic=ticket.anthropic)
+
+    def timed_out(self, ticket: Ticket) -> Answer:
+        answer = answers.error(504, f"no answer within timeout_s "
+                               f"({self.config.routing.timeout_s:g} s)", "timeout",
+                               anthropic=ticket.anthropic)
+        self.count_answer(answer)
+        return answer
 
     # -- answer side ---------------------------------------------------------------
 
     def first_byte(self, plan: Plan) -> None:
         plan.ttfb = self.clock.monotonic() - plan.started
 
-    def finish(self, plan: Plan, status: int | None, usage: Usage | None = None) -> None:
-        """Account one attempt exactly once: status None means no answer (reset, disconnect)."""
+    def judge(self, plan: Plan, status: int | None, headers: Mapping[str, str],
+              body: bytes | None, error: str | None = None) -> policy.Verdict:
+        """Classify an attempt's answer: cool its key, learn its budget, record it.
+
+        A failed attempt is finished here; a successful or passed-through one is finished
+        by the caller once its body (or stream) is complete."""
+        key = plan.key
+        v = policy.classify(status, headers, body, cooldown=self.config.routing.cooldown,
+                            failures_in_row=key.failures_in_row, now=self.clock.wall(),
+                            rng=self.rng)
+        if v.cooldown_s > 0:
+            scope = plan.model if v.scope == "model" and plan.model else WHOLE_KEY
+            self.pool.cool_down(key, scope, v.cooldown_s, v.outcome)
+        if v.outcome == "ok":
+            b = policy.budget(headers, self.clock.wall())
+            if b is not None:
+                key.limits.learn(self.clock.monotonic(), b.remaining_requests, b.requests_reset_s,
+                                 b.remaining_tokens, b.tokens_reset_s)
+        plan.ticket.attempts.append({
+            "key": key.name, "status": status, "error": error, "outcome": v.outcome,
+            "latency_s": round(self.clock.monotonic() - plan.started, 4)})
+        if v.retry:
+            self.finish(plan, status, outcome=v.outcome)
+        return v
+
+    def abandon(self, plan: Plan) -> None:
+        """The client went away mid-attempt: free the key, blame nobody."""
+        self.finish(plan, None, outcome="cancelled")
+
+    def finish(self, plan: Plan, status: int | None, usage: Usage | None = None,
+               outcome: str | None = None) -> None:
+        """Account one attempt exactly once."""
         if plan.finished:
             return
         plan.finished = True
         latency = self.clock.monotonic() - plan.started
         u = usage or Usage()
-        ok = status is not None and status < 400
-        self.pool.release(plan.key, ok=ok, latency=latency, tokens_in=u.input, tokens_out=u.output)
+        if outcome is None:
+            outcome = "ok" if status is not None and status < 400 else (
+                "client_error" if status is not None and status < 500 else "server")
+        self.pool.release(plan.lease, outcome=outcome, latency=latency,
+                          tokens_in=u.input, tokens_out=u.output)
         self.metrics.observe(plan.provider.name, plan.key.name, status, latency, plan.ttfb,
                              plan.model, u.input, u.output)
-
-
-def _read_json(route_path: str, headers: Mapping[str, str], body: bytes | None):
-    """The body as a JSON object where the model must be read (or JSON is declared)."""
-    must = route_path in MODEL_PATHS
-    if not body or not (must or "json" in headers.get("content-type", "")):
-        return None, ("the request body must be JSON naming a 'model'" if must and not body else None)
-    try:
-        data = json.loads(body)
-    except ValueError as e:
-        return None, (f"the request body is not valid JSON: {e}" if must else None)
-    if not isinstance(data, dict):
-        return None, ("the request body must be a JSON object" if must else None)
-    return data, None
-
-
-def _rewrite_body(route_path: str, route: Route, data: dict | None, model: str | None,
-                  body: bytes | None) -> tuple[bytes | None, bool]:
-    """Strip a routing prefix from the model, and ask for stream usage where we can."""
-    if data is None:
-        return None, False
-    opts = data.get("stream_options")
-    inject = (route.provider.stream_usage and route_path in USAGE_PATHS
-              and data.get("stream") is True
-              and not (isinstance(opts, dict) and opts.get("include_usage") is True))
-    if route.model == model and not inject:
-        return None, False
-    if route.model == model and opts is None:
-        # The common case: splice the option in front instead of re-encoding a long prompt.
-        i = body.index(b"{") + 1
-        return body[:i] + b'"stream_options":{"include_usage":true},' + body[i:], True
-    data = dict(data, model=route.model)
-    if inject:
-        data["stream_options"] = dict(opts if isinstance(opts, dict) else {}, include_usage=True)
-    return json.dumps(data, ensure_ascii=False).encode(), inject

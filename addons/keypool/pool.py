@@ -2,6 +2,10 @@
 
 All methods are synchronous and O(keys of one provider); the event loop calls them between
 awaits, so a pick and its acquire cannot interleave with another flow's.
+
+Cooldowns have a scope: ``""`` is the whole key (auth, quota, server errors), a model name
+is the (key, model) pair (rate limits). When a cooldown runs out the scope is *half-open*:
+exactly one request probes it while the others keep away; its success reopens the scope.
 """
 from __future__ import annotations
 
@@ -12,8 +16,12 @@ from dataclasses import dataclass, field
 from .clock import Clock
 from .config import Config, KeySpec
 from .globs import GlobSet
+from .limits import DailyCounters, KeyLimits, Reservation
 from .redact import mask
 from .strategies import STRATEGIES
+
+WHOLE_KEY = ""
+IN_FLIGHT_POLL_S = 0.05  # a key at max_in_flight frees up when a request ends; look again soon
 
 
 @dataclass(eq=False, slots=True)
@@ -21,15 +29,21 @@ class KeyState:
     spec: KeySpec
     masked: str = ""
     globs: GlobSet = field(default_factory=GlobSet)
+    limits: KeyLimits = field(default_factory=lambda: KeyLimits(None, None))
+    daily: DailyCounters = field(default_factory=DailyCounters)
     in_flight: int = 0
     requests: int = 0
     successes: int = 0
     failures: int = 0
+    failures_by_class: dict[str, int] = field(default_factory=dict)
     latency_sum: float = 0.0
     tokens_in: int = 0
     tokens_out: int = 0
-    cooldown_until: float = 0.0  # monotonic seconds; 0 = not cooling
-    cooldown_reason: str = ""
+    cool: dict[str, float] = field(default_factory=dict)  # scope -> monotonic end
+    reason: dict[str, str] = field(default_factory=dict)  # scope -> outcome that cooled it
+    needs_probe: set[str] = field(default_factory=set)
+    probing: set[str] = field(default_factory=set)
+    failures_in_row: int = 0
     last_used: float = -math.inf
     rr_current: float = 0.0
     retired: bool = False  # removed from the config; finishes its in-flight requests only
@@ -41,29 +55,53 @@ class KeyState:
     def allows(self, model: str | None) -> bool:
         return not self.globs or model is None or self.globs.matches(model)
 
+    def blocked_until(self, model: str | None, now: float) -> float:
+        """0.0 if this key may take a request for ``model`` now, else when it may."""
+        until = 0.0
+        for scope in (WHOLE_KEY, model) if model else (WHOLE_KEY,):
+            end = self.cool.get(scope, 0.0)
+            if end > now:
+                until = max(until, end)
+            elif scope in self.probing:  # half-open and its one probe is still out
+                until = max(until, now + IN_FLIGHT_POLL_S)
+        if self.spec.max_in_flight and self.in_flight >= self.spec.max_in_flight:
+            until = max(until, now + IN_FLIGHT_POLL_S)
+        return until
+
     def state(self, now: float) -> str:
         if not self.spec.enabled:
             return "disabled"
-        if self.cooldown_until > now:
-            return "dead" if self.cooldown_reason == "auth" else "cooling"
+        if self.cool.get(WHOLE_KEY, 0.0) > now:
+            return "dead" if self.reason.get(WHOLE_KEY) == "auth" else "cooling"
+        if any(end > now for end in self.cool.values()):
+            return "cooling"
         return "ok"
 
 
-def _new_state(spec: KeySpec) -> KeyState:
-    return KeyState(spec=spec, masked=mask(spec.secret), globs=GlobSet(spec.models))
+def _new_state(spec: KeySpec, daily_reset: str) -> KeyState:
+    return KeyState(spec=spec, masked=mask(spec.secret), globs=GlobSet(spec.models),
+                    limits=KeyLimits(spec.rpm, spec.tpm), daily=DailyCounters(daily_reset))
 
 
 class NoKeyAvailable(Exception):
     """No key can take this request now.
 
     ``retry_after`` is None when no key could ever serve it (answer 404), else the seconds
-    until the soonest cooling key recovers (answer 429 with Retry-After).
+    until the soonest key may take it (queue, or answer 429 with Retry-After).
     """
 
     def __init__(self, message: str, retry_after: float | None):
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+
+
+@dataclass(slots=True)
+class Lease:
+    """One request's hold on a key: released exactly once."""
+    key: KeyState
+    reservation: Reservation
+    probes: tuple[str, ...]
 
 
 class Pool:
@@ -82,9 +120,10 @@ class Pool:
             prev = old.get(spec.name)
             if prev is not None and prev.spec.secret == spec.secret:
                 prev.spec, prev.globs = spec, GlobSet(spec.models)
+                prev.limits.update_limits(spec.rpm, spec.tpm)
                 fresh[spec.name] = prev
             else:
-                fresh[spec.name] = _new_state(spec)
+                fresh[spec.name] = _new_state(spec, config.routing.daily_reset)
         for name, prev in old.items():
             if fresh.get(name) is not prev:
                 prev.retired = True
@@ -94,7 +133,8 @@ class Pool:
             self.by_provider.setdefault(state.spec.provider, []).append(state)
         self.choose = STRATEGIES[config.routing.strategy]
 
-    def pick(self, provider: str, model: str | None, exclude: frozenset[str] = frozenset()) -> KeyState:
+    def pick(self, provider: str, model: str | None, exclude: frozenset[str] | set[str] = frozenset(),
+             est_tokens: int = 1) -> Lease:
         """Choose and acquire a key, or raise NoKeyAvailable."""
         now = self.clock.monotonic()
         cands: list[KeyState] = []
@@ -102,52 +142,107 @@ class Pool:
         for k in self.by_provider.get(provider, ()):
             if not k.spec.enabled or k.name in exclude or not k.allows(model):
                 continue
-            if k.cooldown_until > now:
-                soonest = min(soonest, k.cooldown_until)
+            until = max(k.blocked_until(model, now), now + k.limits.wait_for(now, est_tokens))
+            if until > now:
+                soonest = min(soonest, until)
                 continue
             cands.append(k)
         if not cands:
             what = f"model '{model}'" if model else "this request"
             if soonest < math.inf:
                 raise NoKeyAvailable(f"every key of provider '{provider}' that serves {what} "
-                                     "is cooling down", soonest - now)
+                                     "is cooling down or at its limits", soonest - now)
             raise NoKeyAvailable(f"no enabled key of provider '{provider}' serves {what}", None)
         key = self.choose(cands, self.rng) if len(cands) > 1 else cands[0]
+        return self._acquire(key, model, now, est_tokens)
+
+    def _acquire(self, key: KeyState, model: str | None, now: float, est_tokens: int) -> Lease:
+        probes = tuple(s for s in ((WHOLE_KEY, model) if model else (WHOLE_KEY,))
+                       if s in key.needs_probe)
+        key.probing.update(probes)
         key.in_flight += 1
         key.requests += 1
         key.last_used = now
-        return key
+        return Lease(key, key.limits.reserve(now, est_tokens), probes)
 
-    def release(self, key: KeyState, *, ok: bool, latency: float,
+    def release(self, lease: Lease, *, outcome: str, latency: float,
                 tokens_in: int = 0, tokens_out: int = 0) -> None:
+        """End a lease: ``outcome`` is a policy outcome ("ok", "rate_limited", ...)."""
+        key = lease.key
         key.in_flight -= 1
         key.latency_sum += latency
+        if outcome in ("ok", "client_error"):
+            key.limits.settle(lease.reservation, tokens_in + tokens_out)
         key.tokens_in += tokens_in
         key.tokens_out += tokens_out
-        if ok:
+        key.daily.add(self.clock.wall(), requests=1, tokens_in=tokens_in, tokens_out=tokens_out)
+        key.probing.difference_update(lease.probes)
+        if outcome == "ok":
             key.successes += 1
+            key.failures_in_row = 0
+            key.needs_probe.difference_update(lease.probes)
         else:
             key.failures += 1
+            key.failures_by_class[outcome] = key.failures_by_class.get(outcome, 0) + 1
+
+    def cool_down(self, key: KeyState, scope: str, seconds: float, outcome: str) -> None:
+        """Rest ``key`` (for ``scope``) ``seconds`` from now; it is probed once afterwards."""
+        end = self.clock.monotonic() + seconds
+        if end > key.cool.get(scope, 0.0):
+            key.cool[scope] = end
+            key.reason[scope] = outcome
+        key.needs_probe.add(scope)
+        if outcome == "server":
+            key.failures_in_row += 1
+
+    def soonest(self, provider: str, model: str | None) -> float | None:
+        """Seconds until some key of ``provider`` could serve ``model`` again (None: never)."""
+        now = self.clock.monotonic()
+        waits = [max(0.0, k.blocked_until(model, now) - now) for k in self.by_provider.get(provider, ())
+                 if k.spec.enabled and k.allows(model)]
+        return min(waits) if waits else None
+
+    def reset_cooldown(self, name: str) -> bool:
+        key = self.by_name.get(name)
+        if key is None:
+            return False
+        key.cool.clear()
+        key.reason.clear()
+        key.needs_probe.clear()
+        key.failures_in_row = 0
+        return True
 
     def snapshot(self) -> list[dict]:
         """Per-key facts for stats, metrics and the UI: names and masks, never secrets."""
         now = self.clock.monotonic()
-        out = []
-        for k in self.by_name.values():
-            done = k.successes + k.failures
-            out.append({
-                "name": k.name,
-                "provider": k.spec.provider,
-                "key": k.masked,
-                "state": k.state(now),
-                "cooldown_s": round(max(0.0, k.cooldown_until - now), 3),
-                "weight": k.spec.weight,
-                "in_flight": k.in_flight,
-                "requests": k.requests,
-                "successes": k.successes,
-                "failures": k.failures,
-                "avg_latency_s": round(k.latency_sum / done, 4) if done else None,
-                "tokens_in": k.tokens_in,
-                "tokens_out": k.tokens_out,
-            })
-        return out
+        wall = self.clock.wall()
+        return [_describe(k, now, wall) for k in self.by_name.values()]
+
+
+def _describe(k: KeyState, now: float, wall: float) -> dict:
+    done = k.successes + k.failures
+    whole = max(0.0, k.cool.get(WHOLE_KEY, 0.0) - now)
+    limits = k.limits.snapshot(now)
+    return {
+        "name": k.name,
+        "provider": k.spec.provider,
+        "key": k.masked,
+        "enabled": k.spec.enabled,
+        "state": k.state(now),
+        "cooldown_s": round(max([whole] + [e - now for e in k.cool.values()]), 3),
+        "cooldown_reason": k.reason.get(WHOLE_KEY, "") if whole else "",
+        "cooling_models": {m: round(e - now, 3) for m, e in k.cool.items() if m and e > now},
+        "weight": k.spec.weight,
+        "in_flight": k.in_flight,
+        "max_in_flight": k.spec.max_in_flight,
+        "requests": k.requests,
+        "successes": k.successes,
+        "failures": k.failures,
+        "failures_by_class": dict(k.failures_by_class),
+        "avg_latency_s": round(k.latency_sum / done, 4) if done else None,
+        "tokens_in": k.tokens_in,
+        "tokens_out": k.tokens_out,
+        "rpm_used": limits["rpm_used"], "rpm_limit": limits["rpm_limit"],
+        "tpm_used": limits["tpm_used"], "tpm_limit": limits["tpm_limit"],
+        "today": k.daily.today(wall),
+    }

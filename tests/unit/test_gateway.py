@@ -67,7 +67,7 @@ def test_open_gateway_ignores_tokens_closed_one_checks_them():
     assert err(post(g, authorization="Bearer wrong-token"))[0] == 401
     assert isinstance(post(g, authorization=f"Bearer {TOKEN}"), Plan)
     assert isinstance(post(g, x_api_key=TOKEN), Plan)  # Anthropic SDK style
-    assert post(g, authorization=f"Bearer {TOKEN}").client == "app"
+    assert post(g, authorization=f"Bearer {TOKEN}").ticket.client == "app"
 
 
 def test_client_model_allow_list_is_403():
@@ -99,7 +99,7 @@ def test_no_key_for_model_is_404():
 
 def test_all_keys_cooling_is_429_with_retry_after():
     g = gw()
-    g.pool.by_name["o1"].cooldown_until = g.clock.monotonic() + 12.2
+    g.pool.cool_down(g.pool.by_name["o1"], "", 12.2, "server")
     a = post(g)
     assert err(a)[0] == 429 and a.headers["retry-after"] == "13"
     assert a.reason == "Too Many Requests"
@@ -109,28 +109,29 @@ def test_prefix_strip_rewrites_model_only():
     g = gw(keys=[key("o1"), key("a1", "anthropic")])
     body = json.dumps({"model": "openai/gpt-4o", "messages": [{"content": "héllo"}]}).encode()
     plan = post(g, body)
-    assert json.loads(plan.body) == {"model": "gpt-4o", "messages": [{"content": "héllo"}]}
+    assert json.loads(plan.ticket.body) == {"model": "gpt-4o", "messages": [{"content": "héllo"}]}
 
 
 def test_stream_usage_is_requested_and_marked_for_stripping():
     body = json.dumps({"model": "gpt-4o", "stream": True, "messages": []}).encode()
     plan = post(gw(), body)
-    assert plan.stream and plan.strip_usage
+    assert plan.ticket.stream and plan.ticket.strip_usage
     fields = plan.rewrite_fields(((b"Accept-Encoding", b"gzip, deflate"),))
     assert (b"accept-encoding", b"identity") in fields and len(fields) == 2
-    assert json.loads(plan.body)["stream_options"] == {"include_usage": True}
+    assert json.loads(plan.ticket.body)["stream_options"] == {"include_usage": True}
     body = json.dumps({"model": "gpt-4o", "stream": True,
                        "stream_options": {"include_usage": True}}).encode()
     plan = post(gw(), body)
-    assert plan.body is None and not plan.strip_usage
+    assert plan.ticket.body == body and not plan.ticket.strip_usage
     body = json.dumps({"model": "gpt-4o", "stream": True, "stream_options": {"x": 1}}).encode()
-    assert json.loads(post(gw(), body).body)["stream_options"] == {"x": 1, "include_usage": True}
+    assert json.loads(post(gw(), body).ticket.body)["stream_options"] == {"x": 1, "include_usage": True}
 
 
 def test_no_stream_usage_injection_where_provider_does_not_support_it():
     g = gw(keys=[key("m1", "mistral")])
-    plan = post(g, json.dumps({"model": "mistral-small", "stream": True}).encode())
-    assert plan.body is None and not plan.strip_usage
+    body = json.dumps({"model": "mistral-small", "stream": True}).encode()
+    plan = post(g, body)
+    assert plan.ticket.body == body and not plan.ticket.strip_usage
 
 
 def test_models_list_union_of_configured_models():

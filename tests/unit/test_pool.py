@@ -19,11 +19,15 @@ def make(keys, strategy="round_robin", seed=1):
 def picks(pool, n, model=None, provider="openai", release=True):
     out = []
     for _ in range(n):
-        k = pool.pick(provider, model)
-        out.append(k.name)
+        lease = pool.pick(provider, model)
+        out.append(lease.key.name)
         if release:
-            pool.release(k, ok=True, latency=0.01)
+            pool.release(lease, outcome="ok", latency=0.01)
     return out
+
+
+def cool(pool, name, seconds, scope="", outcome="rate_limited"):
+    pool.cool_down(pool.by_name[name], scope, seconds, outcome)
 
 
 def test_round_robin_is_smooth_and_weighted():
@@ -56,12 +60,12 @@ def test_least_used_evens_out_request_counts():
 
 def test_least_busy_picks_fewest_in_flight():
     pool, _ = make([key("a"), key("b"), key("c")], "least_busy")
-    held = picks(pool, 3, release=False)
+    pool.leases = [pool.pick("openai", None) for _ in range(3)]
+    held = [lease.key.name for lease in pool.leases]
     assert sorted(held) == ["a", "b", "c"]
     assert all(k.in_flight == 1 for k in pool.by_name.values())
-    b = pool.by_name["b"]
-    pool.release(b, ok=True, latency=0.1)
-    assert pool.pick("openai", None) is b
+    pool.release(held_leases(pool, "b"), outcome="ok", latency=0.1)
+    assert pool.pick("openai", None).key.name == "b"
 
 
 @pytest.mark.parametrize("strategy", STRATS)
@@ -73,7 +77,7 @@ def test_only_eligible_keys_are_picked(strategy):
         key("cool"),
         key("any"),
     ], strategy)
-    pool.by_name["cool"].cooldown_until = clock.monotonic() + 10
+    cool(pool, "cool", 10)
     names = set(picks(pool, 200, model="gpt-4o"))
     assert names == {"any"}
     names = set(picks(pool, 200, model="gpt-4o-mini"))
@@ -82,7 +86,7 @@ def test_only_eligible_keys_are_picked(strategy):
 
 def test_exclude_skips_named_keys():
     pool, _ = make([key("a"), key("b")])
-    assert {pool.pick("openai", None, exclude=frozenset({"a"})).name for _ in range(5)} == {"b"}
+    assert {pool.pick("openai", None, exclude=frozenset({"a"})).key.name for _ in range(5)} == {"b"}
 
 
 def test_no_key_for_model_is_not_retryable():
@@ -94,29 +98,30 @@ def test_no_key_for_model_is_not_retryable():
 
 def test_all_cooling_reports_soonest_recovery():
     pool, clock = make([key("a"), key("b")])
-    pool.by_name["a"].cooldown_until = clock.monotonic() + 30
-    pool.by_name["b"].cooldown_until = clock.monotonic() + 7
+    cool(pool, "a", 30)
+    cool(pool, "b", 7)
     with pytest.raises(NoKeyAvailable) as e:
         pool.pick("openai", None)
     assert e.value.retry_after == pytest.approx(7)
     clock.advance(7.01)
-    assert pool.pick("openai", None).name == "b"
+    assert pool.pick("openai", None).key.name == "b"
 
 
 def test_acquire_and_release_accounting():
     pool, _ = make([key("a")])
-    k = pool.pick("openai", None)
-    assert (k.in_flight, k.requests) == (1, 1)
-    pool.release(k, ok=False, latency=0.5, tokens_in=3, tokens_out=4)
+    lease = pool.pick("openai", None)
+    assert (lease.key.in_flight, lease.key.requests) == (1, 1)
+    pool.release(lease, outcome="server", latency=0.5, tokens_in=3, tokens_out=4)
     snap = pool.snapshot()[0]
     assert snap["in_flight"] == 0 and snap["failures"] == 1 and snap["tokens_out"] == 4
+    assert snap["failures_by_class"] == {"server": 1}
     assert snap["avg_latency_s"] == 0.5 and snap["key"] == "sk-…0000"
     assert "secret" not in repr(snap)
 
 
 def test_update_keeps_state_for_same_name_and_secret():
     pool, _ = make([key("a"), key("b")])
-    a = pool.pick("openai", None)
+    a = pool.pick("openai", None).key
     pool.update(config(keys=[key("a", weight=5), key("b", secret="sk-new-secret-1111"), key("c")]))
     assert pool.by_name["a"] is a and a.spec.weight == 5 and a.in_flight == 1
     assert pool.by_name["b"].requests == 0  # a new secret starts fresh
@@ -127,11 +132,15 @@ def test_removed_key_takes_no_new_requests_but_finishes():
     pool, _ = make([key("a"), key("b")])
     held = [pool.pick("openai", None) for _ in range(2)]
     pool.update(config(keys=[key("b")]))
-    gone = next(k for k in held if k.name == "a")
-    assert gone.retired
-    assert {pool.pick("openai", None).name for _ in range(4)} == {"b"}
-    pool.release(gone, ok=True, latency=0.1)
-    assert gone.in_flight == 0
+    gone = next(lease for lease in held if lease.key.name == "a")
+    assert gone.key.retired
+    assert {pool.pick("openai", None).key.name for _ in range(4)} == {"b"}
+    pool.release(gone, outcome="ok", latency=0.1)
+    assert gone.key.in_flight == 0
+
+
+def held_leases(pool, name):
+    return next(lease for lease in pool.leases if lease.key.name == name)
 
 
 def test_selection_is_linear_in_provider_keys_only():

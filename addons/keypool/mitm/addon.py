@@ -1,33 +1,50 @@
 """The mitmproxy addon: applies the gateway's decisions to flows. The only mitmproxy glue.
 
-Hooks stay short and never block: the decisions live in ``keypool.gateway``.
+Every upstream attempt is sent by keymux itself (``upstream.Upstream``), so failures are
+re-issued before the client sees anything; the winning answer becomes the flow's response,
+and a winning *stream* is handed to mitmproxy through ``relay.Relay`` so it streams.
+Hooks never block: the decisions live in ``keypool.gateway`` and ``keypool.reissue``.
 """
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from weakref import WeakKeyDictionary
 
 from mitmproxy import ctx, exceptions, http
 
-from ..answers import Answer
+from .. import reissue
+from ..answers import Answer, reason as reason_phrase
 from ..config import load_config
 from ..errors import ConfigError
-from ..gateway import Gateway, Plan
+from ..gateway import Gateway
 from ..providers import CLIENT_AUTH_HEADERS
 from ..redact import mask
-from ..usage import SseTap, Usage, usage_of_body
+from ..ticket import Plan, Ticket
+from ..usage import SseTap, usage_of_body
 from . import runtime
+from .relay import Relay
+from .upstream import Upstream
 
 logger = logging.getLogger("keymux")
+
+
+@dataclass(slots=True)
+class Relayed:
+    """A stream on its way through the relay: what to account and show when it ends."""
+    plan: Plan
+    body: bytes | None
+    tap: SseTap | None = None
 
 
 class Keymux:
     def __init__(self) -> None:
         self.gateway: Gateway | None = None
-        self.plans: WeakKeyDictionary[http.HTTPFlow, Plan] = WeakKeyDictionary()
-        self.taps: WeakKeyDictionary[http.HTTPFlow, SseTap] = WeakKeyDictionary()
+        self.upstream = Upstream()
+        self.relay = Relay()
+        self.streams: WeakKeyDictionary[http.HTTPFlow, Relayed] = WeakKeyDictionary()
 
     def load(self, loader) -> None:
         loader.add_option("keymux_config", str, "config/keys.yaml",
@@ -37,12 +54,12 @@ class Keymux:
         if "keymux_config" in updated or self.gateway is None:
             self._load(ctx.options.keymux_config)
         if ctx.options.connection_strategy != "lazy":
-            # A request the gateway refuses must not open an upstream connection.
+            # A request the gateway answers itself must not open an upstream connection.
             ctx.options.update(connection_strategy="lazy")
         if ctx.options.stream_large_bodies:
             # mitmproxy would send a large request on, with the client's headers, before
-            # the request hook could route it and put a key in (it re-streams even when a
-            # requestheaders hook says no). Refuse rather than leak a client token.
+            # the request hook could route it (it re-streams even when a requestheaders
+            # hook says no). Refuse rather than leak a client token.
             raise exceptions.OptionsError(
                 "keymux: stream_large_bodies must stay unset (request bodies are read whole "
                 "to route them; responses that are event streams are streamed anyway)")
@@ -58,80 +75,115 @@ class Keymux:
             str(Path(path).resolve()), config, admin_token=os.environ.get("KEYMUX_ADMIN_TOKEN"))
         _log_loaded(config)
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live or self.gateway is None:
             return
         req = flow.request
-        result = self.gateway.handle(req.method, req.path, req.headers,
-                                     req.get_content(strict=False))
-        if isinstance(result, Answer):
-            _mask_client_auth(req)
-            flow.response = http.Response.make(result.status, result.body, result.headers)
-            flow.response.reason = result.reason
+        ticket = self.gateway.admit(req.method, req.path, req.headers,
+                                    req.get_content(strict=False))
+        if isinstance(ticket, Answer):
+            _answer(flow, ticket)
             return
-        self._send(flow, result)
+        fields, method = req.headers.fields, req.method
+        out = await reissue.serve(
+            self.gateway, ticket, lambda plan: self.upstream.send(plan, method, fields),
+            alive=lambda: flow.client_conn.timestamp_end is None)
+        _show(flow, ticket, out.plan, fields)
+        if out.answer is not None:
+            flow.response = _response(out.answer.status, out.answer.reason, out.answer.body,
+                                      out.answer.headers)
+        elif out.body is not None:
+            self._deliver(flow, out)
+        else:
+            await self._relay(flow, out)
 
-    def _send(self, flow: http.HTTPFlow, plan: Plan) -> None:
-        req, p = flow.request, plan.provider
-        req.scheme = p.scheme
-        req.port = p.port
-        req.host = p.host  # last: rebuilds the Host header from scheme, host and port
-        req.path = plan.path
-        if plan.body is not None:
-            req.content = plan.body
-        req.headers.fields = plan.rewrite_fields(req.headers.fields)
-        self.plans[flow] = plan
-        flow.comment = plan.label
-        flow.metadata["keymux"] = {"key": plan.key.name, "provider": p.name, "model": plan.model,
-                                   "client": plan.client, "rule": plan.rule}
+    def _deliver(self, flow: http.HTTPFlow, out: reissue.Outcome) -> None:
+        reply = out.reply
+        flow.response = _response(reply.status, reply.reason, out.body, reply.fields)
+        usage = usage_of_body(out.body) if reply.status < 400 else None
+        self.gateway.finish(out.plan, reply.status, usage)
+
+    async def _relay(self, flow: http.HTTPFlow, out: reissue.Outcome) -> None:
+        """Point the flow at the relay, which serves it the open upstream stream."""
+        req = flow.request
+        port = await self.relay.start()
+        token = self.relay.park(out.reply)
+        self.streams[flow] = Relayed(out.plan, req.raw_content)
+        req.scheme, req.port, req.host = "http", port, "127.0.0.1"
+        req.path = "/" + token
+        req.content = b""
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        plan = self.plans.get(flow)
-        if plan is None:
+        relayed = self.streams.get(flow)
+        if relayed is None:
             return
-        self.gateway.first_byte(plan)
-        _mask_key(flow, plan)
+        plan = relayed.plan
+        _show_upstream(flow.request, plan)  # the flow names the provider, not the relay
+        flow.request.raw_content = relayed.body
         if flow.response.headers.get("content-type", "").startswith("text/event-stream"):
-            tap = SseTap(plan.strip_usage)
-            self.taps[flow] = tap
-            flow.response.stream = tap
+            relayed.tap = SseTap(plan.ticket.strip_usage)
+            flow.response.stream = relayed.tap
+        else:
+            flow.response.stream = True
 
     def response(self, flow: http.HTTPFlow) -> None:
-        plan = self.plans.pop(flow, None)
-        if plan is None:
-            return
-        tap = self.taps.pop(flow, None)
-        usage = tap.usage if tap else _body_usage(flow.response)
-        self.gateway.finish(plan, flow.response.status_code, usage)
+        relayed = self.streams.pop(flow, None)
+        if relayed is not None:
+            usage = relayed.tap.usage if relayed.tap else None
+            self.gateway.finish(relayed.plan, flow.response.status_code, usage)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        plan = self.plans.pop(flow, None)
-        if plan is None:
-            return
-        _mask_key(flow, plan)
-        tap = self.taps.pop(flow, None)
-        status = flow.response.status_code if flow.response else None
-        self.gateway.finish(plan, status, tap.usage if tap else None)
+        relayed = self.streams.pop(flow, None)
+        if relayed is not None:  # the stream broke off, or the client left mid-stream
+            status = flow.response.status_code if flow.response else None
+            self.gateway.finish(relayed.plan, status, relayed.tap.usage if relayed.tap else None,
+                                outcome="ok" if status and status < 400 else "server")
 
-    def done(self) -> None:
-        # Flows still in flight are saved by `-w` at shutdown: they must not hold a key.
-        for flow, plan in list(self.plans.items()):
-            _mask_key(flow, plan)
+    async def done(self) -> None:
+        await self.relay.close()
+        await self.upstream.close()
 
 
-def _mask_key(flow: http.HTTPFlow, plan: Plan) -> None:
-    """After the request left, the flow keeps only the masked key (mitmweb, saved flows)."""
-    flow.request.headers[plan.provider.auth_header] = plan.provider.auth_value(plan.key.masked)
+def _answer(flow: http.HTTPFlow, answer: Answer) -> None:
+    _mask_client_auth(flow.request)
+    flow.response = _response(answer.status, answer.reason, answer.body, answer.headers)
+
+
+def _response(status: int, reason: str, body: bytes, fields) -> http.Response:
+    resp = http.Response.make(status, body, fields)
+    resp.reason = reason or reason_phrase(status)
+    return resp
+
+
+def _show(flow: http.HTTPFlow, ticket: Ticket, plan: Plan | None, fields) -> None:
+    """What the flow keeps of the request: the provider's URL and only a masked key."""
+    attempts = ticket.attempts
+    if plan is None:
+        _mask_client_auth(flow.request)
+        flow.comment = "no key: " + ", ".join(f"{a['key']} {a['status'] or a['error']}"
+                                              for a in attempts) if attempts else ""
+    else:
+        _show_upstream(flow.request, plan)
+        flow.request.headers.fields = plan.rewrite_fields(fields, secret=False)
+        earlier = [a for a in attempts if a["key"] != plan.key.name]
+        flow.comment = plan.label + ("; after " + ", ".join(
+            f"{a['key']} {a['status'] or a['error']}" for a in earlier) if earlier else "")
+    flow.metadata["keymux"] = {
+        "key": plan.key.name if plan else None, "provider": ticket.route.provider.name,
+        "model": ticket.route.model, "client": ticket.client, "rule": ticket.route.rule,
+        "attempts": attempts}
+
+
+def _show_upstream(req: http.Request, plan: Plan) -> None:
+    p = plan.provider
+    req.scheme, req.port, req.host = p.scheme, p.port, p.host
+    req.path = plan.path
 
 
 def _mask_client_auth(req: http.Request) -> None:
     for name in CLIENT_AUTH_HEADERS:
         if name in req.headers:
             req.headers[name] = mask(req.headers[name])
-
-
-def _body_usage(resp: http.Response) -> Usage:
-    return usage_of_body(resp.get_content(strict=False) or b"")
 
 
 def _log_loaded(config) -> None:

@@ -1,0 +1,98 @@
+"""Hands a stream keymux already opened to mitmproxy, so mitmproxy streams it.
+
+mitmproxy streams only responses it reads from a server. When keymux has found a key
+whose answer is a good stream (after re-issuing failed attempts, before any byte went to
+the client), it parks that open reply here and points the flow at this loopback server;
+mitmproxy then fetches it and streams it chunk by chunk like any upstream's.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+
+from ..answers import reason as reason_phrase
+
+logger = logging.getLogger("keymux")
+UNCLAIMED_S = 30.0  # a parked reply nobody fetched (the client left) is closed after this
+
+
+class Relay:
+    def __init__(self) -> None:
+        self.parked: dict[str, object] = {}
+        self.port: int | None = None
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        if self._server is None:
+            self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+            self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    def park(self, reply) -> str:
+        token = secrets.token_urlsafe(18)
+        self.parked[token] = reply
+        asyncio.get_running_loop().call_later(UNCLAIMED_S, self._expire, token)
+        return token
+
+    def _expire(self, token: str) -> None:
+        reply = self.parked.pop(token, None)
+        if reply is not None:
+            reply.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:  # mitmproxy keeps the connection for the client's next stream
+                head = await reader.readuntil(b"\r\n\r\n")
+                token, length = _parse_head(head)
+                if length:
+                    await reader.readexactly(length)
+                reply = self.parked.pop(token, None)
+                if reply is None:
+                    writer.write(b"HTTP/1.1 410 Gone\r\ncontent-length: 0\r\n\r\n")
+                    await writer.drain()
+                    continue
+                if not await _relay(reply, writer):
+                    break
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        for token in list(self.parked):
+            self._expire(token)
+        if self._server is not None:
+            self._server.close()
+
+
+def _parse_head(head: bytes) -> tuple[str, int]:
+    lines = head.decode("latin-1").split("\r\n")
+    target = lines[0].split(" ")[1]
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value.strip() or 0)
+    return target.lstrip("/"), length
+
+
+async def _relay(reply, writer: asyncio.StreamWriter) -> bool:
+    """Write one reply as a chunked response; False if it broke off (connection unusable)."""
+    head = [f"HTTP/1.1 {reply.status} {reply.reason or reason_phrase(reply.status)}".encode()]
+    head += [k + b": " + v for k, v in reply.fields]
+    head.append(b"transfer-encoding: chunked\r\n\r\n")
+    writer.write(b"\r\n".join(head))
+    try:
+        async for chunk in reply.chunks():
+            if chunk:
+                writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
+    except Exception as e:  # upstream broke off, or mitmproxy (the client) went away
+        logger.info("keymux: stream cut short: %s", type(e).__name__)
+        return False
+    finally:
+        reply.close()

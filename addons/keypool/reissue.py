@@ -1,0 +1,111 @@
+"""One client request, attempt after attempt, until an answer the client may see.
+
+The sender is injected (``send(plan) -> Reply``), so this loop is tested without sockets;
+the mitmproxy glue gives it an HTTP client. A failed attempt (429, 5xx, 401, reset,
+timeout) is re-issued on another key, up to ``max_attempts`` distinct keys and within
+``timeout_s``; nothing of a failed attempt ever reaches the client. When no key is free,
+the request waits for the soonest one if that is within ``queue_s``.
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Mapping, Protocol
+
+from .answers import Answer
+from .gateway import Gateway
+from .pool import NoKeyAvailable
+from .ticket import Plan, Ticket
+
+
+class UpstreamError(Exception):
+    """No HTTP answer: refused, reset, TLS or DNS failure. ``str()`` says which, key-free."""
+
+
+class Reply(Protocol):
+    status: int
+    reason: str
+    headers: Mapping[str, str]  # lower-case names
+
+    async def read(self) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+Sender = Callable[[Plan], Awaitable[Reply]]
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Either the gateway's own answer, or the attempt whose reply the client gets.
+
+    ``body`` is the reply's whole body, except for a successful stream, which the caller
+    still has to relay (and then ``finish``)."""
+
+    answer: Answer | None = None
+    plan: Plan | None = None
+    reply: Reply | None = None
+    body: bytes | None = None
+
+
+async def serve(gw: Gateway, ticket: Ticket, send: Sender, *,
+                alive: Callable[[], bool] = lambda: True, sleep=asyncio.sleep) -> Outcome:
+    max_attempts = gw.config.routing.max_attempts
+    while True:
+        try:
+            plan = gw.pick(ticket)
+        except NoKeyAvailable as e:
+            wait = _queue_wait(gw, ticket, e)
+            if wait is None or not alive():
+                return Outcome(answer=gw.refuse(ticket, e))
+            await sleep(wait)
+            continue
+        outcome = await _attempt(gw, plan, send)
+        if outcome is not None:
+            return outcome
+        if gw.clock.monotonic() >= ticket.deadline:
+            return Outcome(answer=gw.timed_out(ticket))
+        if len(ticket.attempts) >= max_attempts or not alive():
+            answer = gw.exhausted(ticket)
+            gw.count_answer(answer)
+            return Outcome(answer=answer)
+
+
+def _queue_wait(gw: Gateway, ticket: Ticket, e: NoKeyAvailable) -> float | None:
+    """How long to wait for a busy pool, or None to answer now."""
+    if e.retry_after is None:
+        return None
+    now = gw.clock.monotonic()
+    if e.retry_after > gw.config.routing.queue_s or now + e.retry_after >= ticket.deadline:
+        return None
+    return max(e.retry_after, 0.001)
+
+
+async def _attempt(gw: Gateway, plan: Plan, send: Sender) -> Outcome | None:
+    """One attempt; the Outcome to return to the client, or None to re-issue."""
+    ticket = plan.ticket
+    try:
+        async with asyncio.timeout_at(_loop_deadline(gw, ticket)):
+            reply = await send(plan)
+            gw.first_byte(plan)
+            body = await reply.read() if reply.status >= 400 or not ticket.stream else None
+    except TimeoutError:
+        gw.judge(plan, None, {}, None, error="timeout")
+        return Outcome(answer=gw.timed_out(ticket))
+    except UpstreamError as e:
+        gw.judge(plan, None, {}, None, error=str(e))
+        return None
+    except BaseException:
+        gw.abandon(plan)  # cancelled (client gone) or a bug: free the key, blame nobody
+        raise
+    verdict = gw.judge(plan, reply.status, reply.headers, body)
+    if not verdict.retry:
+        return Outcome(plan=plan, reply=reply, body=body)
+    reply.close()
+    return None
+
+
+def _loop_deadline(gw: Gateway, ticket: Ticket) -> float:
+    """The ticket's deadline on the event loop's clock (the gateway's may be a fake)."""
+    loop = asyncio.get_running_loop()
+    return loop.time() + (ticket.deadline - gw.clock.monotonic())

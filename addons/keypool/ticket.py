@@ -1,0 +1,133 @@
+"""What the gateway knows about one client request (``Ticket``) and one attempt (``Plan``)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from .pool import KeyState, Lease
+from .providers import CLIENT_AUTH_HEADERS, ProviderSpec
+from .routing import PROVIDER_HEADERS, Route
+
+# Paths whose body names the model; a request there without a JSON model is a 400.
+MODEL_PATHS = frozenset({
+    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses",
+    "/v1/messages", "/v1/messages/count_tokens",
+})
+USAGE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+STRIP_HEADERS = CLIENT_AUTH_HEADERS + PROVIDER_HEADERS
+_DROP = frozenset(h.encode() for h in STRIP_HEADERS)
+
+
+@dataclass(slots=True)
+class Ticket:
+    """An admitted request: what every attempt at it needs, and the attempts so far."""
+
+    path: str                      # the client's path, query included
+    route: Route
+    client: str | None
+    body: bytes | None             # what goes upstream (a rewritten body, or the client's)
+    stream: bool                   # the client asked for a stream
+    strip_usage: bool              # keymux asked for stream usage: remove it again
+    anthropic: bool                # answer errors in a shape Anthropic's SDK reads too
+    est_tokens: int
+    arrived: float                 # monotonic
+    deadline: float                # monotonic: timeout_s after arrival
+    attempts: list[dict] = field(default_factory=list)
+
+    @property
+    def tried(self) -> set[str]:
+        return {a["key"] for a in self.attempts}
+
+
+@dataclass(slots=True)
+class Plan:
+    """One upstream attempt: which key, where to, and what to change in the request."""
+
+    ticket: Ticket
+    lease: Lease
+    started: float                 # monotonic, when the attempt began
+    ttfb: float | None = None
+    finished: bool = False
+
+    @property
+    def key(self) -> KeyState:
+        return self.lease.key
+
+    @property
+    def provider(self) -> ProviderSpec:
+        return self.ticket.route.provider
+
+    @property
+    def model(self) -> str | None:
+        return self.ticket.route.model
+
+    @property
+    def path(self) -> str:
+        return self.provider.upstream_path(self.ticket.path)
+
+    @property
+    def url(self) -> str:
+        p = self.provider
+        return f"{p.scheme}://{p.host}:{p.port}{self.path}"
+
+    @property
+    def label(self) -> str:
+        """How a flow names its key: never the secret."""
+        return f"key {self.key.name} ({self.key.masked})"
+
+    def rewrite_fields(self, fields: tuple[tuple[bytes, bytes], ...], *,
+                       secret: bool = True) -> tuple[tuple[bytes, bytes], ...]:
+        """The request's header fields for upstream, in one pass over them: every client
+        credential and routing hint dropped, the key in its place (the real one, or with
+        ``secret=False`` the masked one a flow may keep), the provider's required headers
+        added unless the client sent its own."""
+        kept = [(k, v) for k, v in fields if k.lower() not in _DROP]
+        present = {k.lower() for k, _ in kept}
+        for name, value in self.provider.headers:
+            if name.encode() not in present:
+                kept.append((name.encode(), value.encode()))
+        if self.ticket.stream:  # the usage tap reads plain SSE, not gzip
+            kept = [(k, v) for k, v in kept if k.lower() != b"accept-encoding"]
+            kept.append((b"accept-encoding", b"identity"))
+        shown = self.key.spec.secret if secret else self.key.masked
+        kept.append((self.provider.auth_header.encode(), self.provider.auth_value(shown).encode()))
+        return tuple(kept)
+
+
+def read_json(route_path: str, headers: Mapping[str, str], body: bytes | None):
+    """The body as a JSON object where the model must be read (or JSON is declared)."""
+    must = route_path in MODEL_PATHS
+    if not body or not (must or "json" in headers.get("content-type", "")):
+        return None, ("the request body must be JSON naming a 'model'" if must and not body else None)
+    try:
+        data = json.loads(body)
+    except ValueError as e:
+        return None, (f"the request body is not valid JSON: {e}" if must else None)
+    if not isinstance(data, dict):
+        return None, ("the request body must be a JSON object" if must else None)
+    return data, None
+
+
+def rewrite_body(route_path: str, route: Route, data: dict | None, model: str | None,
+                 body: bytes | None) -> tuple[bytes | None, bool]:
+    """Strip a routing prefix from the model, and ask for stream usage where we can.
+
+    Returns the body to send (the client's own when nothing changes) and whether keymux
+    added ``include_usage`` (so the stream tap removes it again)."""
+    if data is None:
+        return body, False
+    opts = data.get("stream_options")
+    inject = (route.provider.stream_usage and route_path in USAGE_PATHS
+              and data.get("stream") is True
+              and not (isinstance(opts, dict) and opts.get("include_usage") is True))
+    if route.model == model and not inject:
+        return body, False
+    if route.model == model and opts is None:
+        # The common case: splice the option in front instead of re-encoding a long prompt.
+        i = body.index(b"{") + 1
+        return body[:i] + b'"stream_options":{"include_usage":true},' + body[i:], True
+    data = dict(data, model=route.model)
+    if inject:
+        data["stream_options"] = dict(opts if isinstance(opts, dict) else {}, include_usage=True)
+    return json.dumps(data, ensure_ascii=False).encode(), inject
