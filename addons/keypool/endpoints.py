@@ -31,9 +31,23 @@ def reserved(gw: "Gateway", method: str, path: str, headers: Mapping[str, str]) 
             return answers.error(401, "this path needs the admin token (KEYMUX_ADMIN_TOKEN)",
                                  "admin_token_required")
         return answers.json_answer(200, stats(gw))
+    if path.startswith("/_keymux/keys/") and path.endswith("/reset"):
+        return reset_key(gw, method, path[len("/_keymux/keys/"):-len("/reset")], headers)
     if path.startswith("/_keymux/"):
         return answers.error(404, f"no such keymux path: {path[:100]}", "unknown_path")
     return None
+
+
+def reset_key(gw: "Gateway", method: str, name: str, headers: Mapping[str, str]) -> Answer:
+    """POST /_keymux/keys/NAME/reset: end a key's cooldowns now (the UI's button)."""
+    if method != "POST":
+        return answers.error(405, "use POST to reset a key's cooldown", "method_not_allowed")
+    if not _admin_ok(gw, headers):
+        return answers.error(401, "this path needs the admin token (KEYMUX_ADMIN_TOKEN)",
+                             "admin_token_required")
+    if not gw.pool.reset_cooldown(name):
+        return answers.error(404, f"no key named '{name[:64]}'", "key_not_found")
+    return answers.json_answer(200, {"key": name, "state": "reset"})
 
 
 def _admin_ok(gw: "Gateway", headers: Mapping[str, str]) -> bool:

@@ -181,7 +181,7 @@ class Pool:
             key.successes += 1
             key.failures_in_row = 0
             key.needs_probe.difference_update(lease.probes)
-        else:
+        elif outcome != "cancelled":  # a client that left says nothing about the key
             key.failures += 1
             key.failures_by_class[outcome] = key.failures_by_class.get(outcome, 0) + 1
 

@@ -196,3 +196,15 @@ def test_anthropic_paths_get_anthropic_compatible_errors(path):
     a = g.handle("POST", path, {}, b"{}")
     body = json.loads(a.body)
     assert a.status == 401 and body["type"] == "error" and body["error"]["message"]
+
+
+def test_reset_key_endpoint_needs_post_and_admin():
+    g = gw(admin="adm-secret")
+    g.pool.cool_down(g.pool.by_name["o1"], "", 60, "auth")
+    auth = {"authorization": "Bearer adm-secret"}
+    assert g.handle("GET", "/_keymux/keys/o1/reset", auth, None).status == 405
+    assert g.handle("POST", "/_keymux/keys/o1/reset", {}, None).status == 401
+    assert g.handle("POST", "/_keymux/keys/nope/reset", auth, None).status == 404
+    assert g.pool.snapshot()[0]["state"] == "dead"
+    assert g.handle("POST", "/_keymux/keys/o1/reset", auth, None).status == 200
+    assert g.pool.snapshot()[0]["state"] == "ok"
