@@ -1,7 +1,10 @@
-"""The ``keymux`` command: run the gateway, the demo, (later) the UI, without mitmproxy flags.
+"""The ``keymux`` command: run the gateway, the demo, the UI, without mitmproxy flags.
 
     keymux run  [--config config/keys.yaml] [--port 8080] [--web] [-- extra mitmproxy args]
+                [--ui-port 8787 | --no-ui]  # the web UI beside the gateway
     keymux demo [--config config/keys.yaml]   # + the built-in mock upstream on :9100
+    keymux ui   [--config ...] [--host 127.0.0.1] [--port 8787] [--gateway http://127.0.0.1:8080]
+    keymux hash-password                      # a hash for admin.password_hash
 """
 from __future__ import annotations
 
@@ -45,13 +48,46 @@ def run_gateway(args: argparse.Namespace) -> int:
         return 2
     print(f"keymux: gateway on http://{args.host}:{args.port} (config {args.config})", flush=True)
     proc = subprocess.Popen(mitmproxy_command(args))
+    ui = None if args.no_ui else subprocess.Popen(ui_command(args))
     # A service manager stops us with SIGTERM: pass it on, then wait for a clean exit.
-    signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
+    signal.signal(signal.SIGTERM, lambda *_: [p.terminate() for p in (proc, ui) if p])
     try:
         return proc.wait()
     except KeyboardInterrupt:
         proc.send_signal(signal.SIGINT)
         return proc.wait()
+    finally:
+        stop_ui(ui)
+
+
+# -- the web UI (webui/), a second process beside the gateway ---------------------------
+
+def ui_command(args: argparse.Namespace) -> list[str]:
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+    host = f"[{host}]" if ":" in host else host
+    return [sys.executable, "-m", "webui", "--config", str(Path(args.config).resolve()),
+            "--port", str(args.ui_port), "--gateway", f"http://{host}:{args.port}"]
+
+
+def stop_ui(ui: subprocess.Popen | None) -> None:
+    if ui is None or ui.poll() is not None:
+        return
+    ui.terminate()
+    try:
+        ui.wait(10)
+    except subprocess.TimeoutExpired:
+        ui.kill()
+        ui.wait(5)
+
+
+def run_ui(args: argparse.Namespace) -> int:
+    from webui.serve import ui_main
+    return ui_main(args)
+
+
+def hash_password(args: argparse.Namespace) -> int:
+    from webui.serve import hash_password_main
+    return hash_password_main(args)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -93,16 +129,26 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--port", type=int, default=8080, help="gateway port (default 8080)")
         s.add_argument("--web", action="store_true", help="use mitmweb, to inspect flows")
         s.add_argument("-v", "--verbose", action="store_true", help="log every flow")
+        s.add_argument("--ui-port", type=int, default=8787, help="web UI port (default 8787)")
+        s.add_argument("--no-ui", action="store_true", help="do not start the web UI")
         s.add_argument("mitmproxy_args", nargs=argparse.REMAINDER,
                        help="after --: passed to mitmdump/mitmweb as they are")
+    s = sub.add_parser("ui", help="run the web UI (stats, keys, clients)")
+    s.add_argument("--config", default=os.environ.get("KEYMUX_CONFIG", "config/keys.yaml"))
+    s.add_argument("--host", default="127.0.0.1", help="UI address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8787, help="UI port (default 8787)")
+    s.add_argument("--gateway", default="http://127.0.0.1:8080",
+                   help="the gateway to read live stats from (default http://127.0.0.1:8080)")
+    sub.add_parser("hash-password", help="print a password hash for admin.password_hash")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.mitmproxy_args and args.mitmproxy_args[0] == "--":
+    if getattr(args, "mitmproxy_args", None) and args.mitmproxy_args[0] == "--":
         args.mitmproxy_args = args.mitmproxy_args[1:]
-    return {"run": run_gateway, "demo": run_demo}[args.command](args)
+    return {"run": run_gateway, "demo": run_demo, "ui": run_ui,
+            "hash-password": hash_password}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,9 @@ clients:
   - name: mini-only
     token: kmx-mini-only-token-999999
     models: ["gpt-4o-mini"]
+  - name: slow
+    token: kmx-slow-client-token-777
+    rpm: 2
 """
 
 
@@ -64,6 +67,17 @@ def test_model_outside_client_allow_list_is_403(closed, mock):
     assert "gpt-4o" in e.value.message
     assert mock.count() == 1
     assert {m.id for m in c.models.list()} == set()  # it may use no configured glob whole
+
+
+def test_client_rpm_is_answered_by_the_gateway(closed, mock):
+    c = client(closed, "kmx-slow-client-token-777")
+    c.chat.completions.create(**hi())
+    c.chat.completions.create(**hi())
+    with pytest.raises(openai.RateLimitError) as e:
+        c.chat.completions.create(**hi())
+    assert 55 <= int(e.value.response.headers["retry-after"]) <= 60
+    assert "slow" in e.value.message and mock.count() == 2
+    client(closed, CLIENT_TOKEN).chat.completions.create(**hi())  # other clients unaffected
 
 
 def test_saved_flows_name_the_key_and_hold_no_secret(closed, mock):
