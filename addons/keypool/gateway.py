@@ -23,9 +23,13 @@ from .globs import GlobSet
 from .limits import ClientRate, estimate_tokens
 from .metrics import Metrics
 from .pool import WHOLE_KEY, NoKeyAvailable, Pool
+from .redact import scrub
 from .routing import PROVIDER_HEADERS, RouteError, Router
+from .store.recorder import Recorder
 from .ticket import MODEL_PATHS, Plan, Ticket, read_json, rewrite_body
 from .usage import Usage
+
+BODY_LOG_LIMIT = 64 * 1024  # logging.bodies keeps at most this much of each body
 
 
 class Gateway:
@@ -38,6 +42,7 @@ class Gateway:
         self.reload_error: str | None = None
         self.pool = Pool(config, self.clock, self.rng)
         self.client_rate = ClientRate()
+        self.recorder = Recorder()
         self.metrics = Metrics(self.pool.snapshot, self.clock.wall)
         self.update(config)
 
@@ -49,6 +54,7 @@ class Gateway:
         self.pool.update(config)
         globs = [g for p in config.providers.values() for g in p.models]
         self.metrics.set_model_globs(GlobSet(globs + [g for k in config.keys for g in k.models]))
+        self._secrets = [k.secret for k in config.keys] + [c.token for c in config.clients or ()]
         self.config = config
         self.loaded_wall = self.clock.wall()
 
@@ -117,7 +123,8 @@ class Gateway:
                       body=new_body, stream=bool(data and data.get("stream") is True),
                       strip_usage=strip, anthropic=anthropic,
                       est_tokens=estimate_tokens(data, len(body or b"")),
-                      arrived=now, deadline=now + self.config.routing.timeout_s)
+                      arrived=now, deadline=now + self.config.routing.timeout_s,
+                      arrived_wall=self.clock.wall())
 
     def pick(self, ticket: Ticket) -> Plan:
         """Lease a key not yet tried for this ticket, or raise NoKeyAvailable."""
@@ -216,3 +223,27 @@ class Gateway:
                           tokens_in=u.input, tokens_out=u.output)
         self.metrics.observe(plan.provider.name, plan.key.name, status, latency, plan.ttfb,
                              plan.model, u.input, u.output)
+        if outcome != "cancelled":
+            self.recorder.attempt(self.clock.wall(), plan.key.name, plan.provider.name, outcome,
+                                  latency, u.input, u.output)
+
+    def complete(self, ticket: Ticket, status: int, plan: Plan | None = None,
+                 usage: Usage | None = None, response_body: bytes | None = None) -> None:
+        """The client has its answer: one row for the request log."""
+        u = usage or Usage()
+        ttfb = plan.ttfb + (plan.started - ticket.arrived) if plan and plan.ttfb is not None else None
+        row = {"ts": ticket.arrived_wall, "client": ticket.client,
+               "key": plan.key.name if plan else None, "provider": ticket.route.provider.name,
+               "model": ticket.route.model, "status": status, "attempts": ticket.attempts,
+               "latency_s": round(self.clock.monotonic() - ticket.arrived, 4),
+               "ttfb_s": round(ttfb, 4) if ttfb is not None else None,
+               "tokens_in": u.input, "tokens_out": u.output, "stream": int(ticket.stream)}
+        if self.config.logging.bodies:
+            row["request_body"] = self._redacted(ticket.body)
+            row["response_body"] = self._redacted(response_body)
+        self.recorder.request(row)
+
+    def _redacted(self, body: bytes | None) -> str | None:
+        if not body:
+            return None
+        return scrub(body[:BODY_LOG_LIMIT].decode("utf-8", "replace"), self._secrets)

@@ -35,6 +35,8 @@ class Metrics:
         self.ttfb = Histogram("keymux_time_to_first_byte_seconds",
                               "Time from sending upstream to the response headers",
                               ["provider", "key"], buckets=LATENCY_BUCKETS, registry=r)
+        self.reloads = Counter("keymux_config_reload", "Config reloads by result (ok, error)",
+                               ["result"], registry=r)
         self.tokens = Counter("keymux_tokens", "Tokens reported by the upstream",
                               ["provider", "key", "model", "direction"], registry=r)
         r.register(_PoolCollector(snapshot, wall_now))

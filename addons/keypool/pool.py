@@ -9,6 +9,7 @@ exactly one request probes it while the others keep away; its success reopens th
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from dataclasses import dataclass, field
@@ -76,6 +77,12 @@ class KeyState:
         if any(end > now for end in self.cool.values()):
             return "cooling"
         return "ok"
+
+
+def fingerprint(secret: str) -> str:
+    """Tells a key's secret apart from another without revealing it (state of a key whose
+    secret changed is not restored)."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:16]
 
 
 def _new_state(spec: KeySpec, daily_reset: str) -> KeyState:
@@ -211,6 +218,51 @@ class Pool:
         key.needs_probe.clear()
         key.failures_in_row = 0
         return True
+
+    # -- durable state: cooldowns and counters as wall-clock facts ----------------------
+
+    def export_state(self) -> list[dict]:
+        """What must survive a restart, per key; cooldown ends in Unix time."""
+        now, wall = self.clock.monotonic(), self.clock.wall()
+        out = []
+        for k in self.by_name.values():
+            cool = {s: wall + (end - now) for s, end in k.cool.items() if end > now}
+            out.append({
+                "key": k.name, "fingerprint": fingerprint(k.spec.secret),
+                "cooldown_until": cool.pop(WHOLE_KEY, 0.0),
+                "cooldown_reason": k.reason.get(WHOLE_KEY, ""),
+                "model_cooldowns": cool, "failures_in_row": k.failures_in_row,
+                "counters": {"requests": k.requests, "successes": k.successes,
+                             "failures": k.failures, "failures_by_class": k.failures_by_class,
+                             "tokens_in": k.tokens_in, "tokens_out": k.tokens_out,
+                             "latency_sum": k.latency_sum}})
+        return out
+
+    def restore_state(self, rows: list[dict]) -> int:
+        """Adopt saved state for keys whose secret is unchanged; returns how many."""
+        now, wall = self.clock.monotonic(), self.clock.wall()
+        restored = 0
+        for row in rows:
+            k = self.by_name.get(row["key"])
+            if k is None or row.get("fingerprint") != fingerprint(k.spec.secret):
+                continue
+            ends = dict(row.get("model_cooldowns") or {})
+            if row.get("cooldown_until"):
+                ends[WHOLE_KEY] = row["cooldown_until"]
+                k.reason[WHOLE_KEY] = row.get("cooldown_reason") or "server"
+            for scope, end in ends.items():
+                if end > wall:
+                    k.cool[scope] = now + (end - wall)
+                    k.needs_probe.add(scope)
+            k.failures_in_row = int(row.get("failures_in_row") or 0)
+            c = row.get("counters") or {}
+            k.requests, k.successes, k.failures = (int(c.get(f, 0)) for f in
+                                                   ("requests", "successes", "failures"))
+            k.failures_by_class = dict(c.get("failures_by_class") or {})
+            k.tokens_in, k.tokens_out = int(c.get("tokens_in", 0)), int(c.get("tokens_out", 0))
+            k.latency_sum = float(c.get("latency_sum", 0.0))
+            restored += 1
+        return restored
 
     def snapshot(self) -> list[dict]:
         """Per-key facts for stats, metrics and the UI: names and masks, never secrets."""

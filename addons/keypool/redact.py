@@ -14,11 +14,12 @@ def mask(secret: str) -> str:
 
 
 def scrub(text: str, secrets: "list[str] | tuple[str, ...]") -> str:
-    """Replace every occurrence of any of ``secrets`` in ``text`` by its mask."""
+    """Replace every occurrence of any of ``secrets`` in ``text`` by its mask, and anything
+    that looks like a bearer credential."""
     for s in secrets:
         if s and s in text:
             text = text.replace(s, mask(s))
-    return text
+    return scrub_bearer(text)
 
 
 _BEARER = re.compile(r"(?i)\b(bearer\s+)([A-Za-z0-9._~+/=-]{8,})")

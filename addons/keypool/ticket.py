@@ -33,6 +33,7 @@ class Ticket:
     est_tokens: int
     arrived: float                 # monotonic
     deadline: float                # monotonic: timeout_s after arrival
+    arrived_wall: float = 0.0      # Unix time, for the request log
     attempts: list[dict] = field(default_factory=list)
 
     @property

@@ -23,11 +23,14 @@ def free_port() -> int:
 class GatewayProcess:
     """``mitmdump -s addons/keymux.py`` exactly as a user starts it."""
 
-    def __init__(self, workdir: Path, config_text: str, *, env: dict | None = None,
-                 args: tuple[str, ...] = (), confdir: Path | None = None):
+    def __init__(self, workdir: Path, config_text: str | None, *, env: dict | None = None,
+                 args: tuple[str, ...] = (), confdir: Path | None = None,
+                 script: Path | None = None, config: Path | None = None):
         self.workdir = workdir
-        self.config = workdir / "keys.yaml"
-        self.config.write_text(config_text)
+        self.config = config or workdir / "keys.yaml"
+        if config_text is not None:  # None: keep the file that is there (a restart)
+            self.config.write_text(config_text)
+        self.script = script or ROOT / "addons" / "keymux.py"
         self.log_path = workdir / "mitmdump.log"
         self.port = free_port()
         self.env = {**os.environ, **(env or {})}
@@ -40,11 +43,11 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20) -> "GatewayProcess":
-        cmd = [str(MITMDUMP), "-s", str(ROOT / "addons" / "keymux.py"),
+        cmd = [str(MITMDUMP), "-s", str(self.script),
                "--mode", "reverse:https://api.openai.com", "--listen-host", "127.0.0.1",
                "-p", str(self.port), "--set", f"keymux_config={self.config}",
                "--set", f"confdir={self.confdir}", *self.args]
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                      env=self.env, cwd=self.workdir)
         deadline = time.monotonic() + timeout
@@ -69,6 +72,12 @@ class GatewayProcess:
                 self.proc.wait(5)
         if self.proc:
             self._log.close()
+
+    def kill9(self) -> None:
+        """A crash: no shutdown hook runs, nothing is flushed."""
+        self.proc.kill()
+        self.proc.wait(5)
+        self._log.close()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

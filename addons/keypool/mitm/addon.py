@@ -7,6 +7,7 @@ Hooks never block: the decisions live in ``keypool.gateway`` and ``keypool.reiss
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from mitmproxy import ctx, exceptions, http
 
 from .. import reissue
 from ..answers import Answer, reason as reason_phrase
-from ..config import load_config
+from ..config import Config, load_config
 from ..errors import ConfigError
 from ..gateway import Gateway
 from ..providers import CLIENT_AUTH_HEADERS
@@ -26,6 +27,7 @@ from ..ticket import Plan, Ticket
 from ..usage import SseTap, usage_of_body
 from . import runtime
 from .relay import Relay
+from .reload import ConfigWatcher, digest
 from .upstream import Upstream
 
 logger = logging.getLogger("keymux")
@@ -39,9 +41,16 @@ class Relayed:
     tap: SseTap | None = None
 
 
+FLUSH_EVERY_S = 1.0  # the state store is at most this far behind after a crash
+
+
 class Keymux:
     def __init__(self) -> None:
         self.gateway: Gateway | None = None
+        self.runtime: runtime.Runtime | None = None
+        self._loaded_digest: bytes | None = None
+        self.watcher: ConfigWatcher | None = None
+        self._flusher: asyncio.Task | None = None
         self.upstream = Upstream()
         self.relay = Relay()
         self.streams: WeakKeyDictionary[http.HTTPFlow, Relayed] = WeakKeyDictionary()
@@ -65,15 +74,51 @@ class Keymux:
                 "to route them; responses that are event streams are streamed anyway)")
 
     def _load(self, path: str) -> None:
+        self._loaded_digest = digest(path)
         try:
             config = load_config(path)
         except ConfigError as e:
             raise exceptions.OptionsError(f"keymux: {e}") from None
         except OSError as e:
             raise exceptions.OptionsError(f"keymux: cannot read {path}: {e.strerror}") from None
-        self.gateway = runtime.gateway_for(
+        self.runtime = runtime.runtime_for(
             str(Path(path).resolve()), config, admin_token=os.environ.get("KEYMUX_ADMIN_TOKEN"))
+        self.gateway = self.runtime.gateway
         _log_loaded(config)
+        if self._flusher is not None:  # keymux_config changed while running
+            self._watch(path)
+
+    async def running(self) -> None:
+        self._flusher = asyncio.create_task(self._flush_forever())
+        self._watch(ctx.options.keymux_config)
+
+    def _watch(self, path: str) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+        self.watcher = ConfigWatcher(path, asyncio.get_running_loop(), self._reloaded,
+                                     loaded=self._loaded_digest)
+        self.watcher.start()
+        logger.info("keymux: watching %s for changes", path)
+
+    def _reloaded(self, config: Config | None, error: str | None) -> None:
+        """On the loop: adopt a changed config, or keep the old one and say why."""
+        gw = self.gateway
+        if config is None:
+            gw.reload_error = error
+            gw.metrics.reloads.labels("error").inc()
+            logger.warning("keymux: config not reloaded, the previous one keeps serving: %s", error)
+            return
+        gw.update(config)
+        gw.reload_error = None
+        gw.metrics.reloads.labels("ok").inc()
+        logger.warning("keymux: config reloaded: %d keys", len(config.keys))
+        for warning in config.warnings:
+            logger.warning("keymux: %s", warning)
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_EVERY_S)
+            self.runtime.flush()
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live or self.gateway is None:
@@ -92,6 +137,7 @@ class Keymux:
         if out.answer is not None:
             flow.response = _response(out.answer.status, out.answer.reason, out.answer.body,
                                       out.answer.headers)
+            self.gateway.complete(ticket, out.answer.status)
         elif out.body is not None:
             self._deliver(flow, out)
         else:
@@ -102,6 +148,7 @@ class Keymux:
         flow.response = _response(reply.status, reply.reason, out.body, reply.fields)
         usage = usage_of_body(out.body) if reply.status < 400 else None
         self.gateway.finish(out.plan, reply.status, usage)
+        self.gateway.complete(out.plan.ticket, reply.status, out.plan, usage, out.body)
 
     async def _relay(self, flow: http.HTTPFlow, out: reissue.Outcome) -> None:
         """Point the flow at the relay, which serves it the open upstream stream."""
@@ -131,15 +178,26 @@ class Keymux:
         if relayed is not None:
             usage = relayed.tap.usage if relayed.tap else None
             self.gateway.finish(relayed.plan, flow.response.status_code, usage)
+            self.gateway.complete(relayed.plan.ticket, flow.response.status_code, relayed.plan,
+                                  usage)
 
     def error(self, flow: http.HTTPFlow) -> None:
         relayed = self.streams.pop(flow, None)
         if relayed is not None:  # the stream broke off, or the client left mid-stream
             status = flow.response.status_code if flow.response else None
-            self.gateway.finish(relayed.plan, status, relayed.tap.usage if relayed.tap else None,
+            usage = relayed.tap.usage if relayed.tap else None
+            self.gateway.finish(relayed.plan, status, usage,
                                 outcome="ok" if status and status < 400 else "server")
+            self.gateway.complete(relayed.plan.ticket, status or 502, relayed.plan, usage)
 
     async def done(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self._flusher is not None:
+            self._flusher.cancel()
+        if self.runtime is not None:  # shutdown or script reload: persist what we have
+            self.runtime.flush()
+            await asyncio.to_thread(self.runtime.writer.flush)
         await self.relay.close()
         await self.upstream.close()
 

@@ -1,21 +1,46 @@
-"""Gateways that outlive the addon instance.
+"""What outlives one addon instance: the gateway, its store and its writer.
 
 mitmproxy re-executes the ``-s`` script when it changes, creating a new addon, but keeps
-imported modules: keeping the gateway here lets key state survive a script reload.
+imported modules: keeping the runtime here lets key state survive a script reload.
 """
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+
 from ..config import Config
 from ..gateway import Gateway
+from ..store import DB_NAME, SQLiteStore, Writer
 
-_gateways: dict[str, Gateway] = {}
+logger = logging.getLogger("keymux")
 
 
-def gateway_for(path: str, config: Config, admin_token: str | None = None) -> Gateway:
-    gw = _gateways.get(path)
-    if gw is None:
-        gw = _gateways[path] = Gateway(config, admin_token=admin_token)
+@dataclass
+class Runtime:
+    gateway: Gateway
+    store: SQLiteStore
+    writer: Writer
+
+    def flush(self) -> None:
+        """Hand what the loop collected to the writer thread (no disk I/O here)."""
+        gw = self.gateway
+        self.writer.submit(gw.recorder.drain(gw.pool.export_state()))
+
+
+_runtimes: dict[str, Runtime] = {}
+
+
+def runtime_for(path: str, config: Config, admin_token: str | None = None) -> Runtime:
+    rt = _runtimes.get(path)
+    if rt is None:
+        gw = Gateway(config, admin_token=admin_token)
+        store = SQLiteStore(config.state_dir / DB_NAME)
+        restored = gw.pool.restore_state(store.load_keys())
+        if restored:
+            logger.info("keymux: restored cooldowns and counters of %d keys from %s",
+                        restored, store.path)
+        rt = _runtimes[path] = Runtime(gw, store, Writer(store, config.logging.retention_days))
     else:
-        gw.update(config)
-        gw.admin_token = admin_token or None
-    return gw
+        rt.gateway.update(config)
+        rt.gateway.admin_token = admin_token or None
+    return rt

@@ -47,5 +47,6 @@ CREATE TABLE IF NOT EXISTS key_state (
     cooldown_reason TEXT NOT NULL DEFAULT '',  -- rate_limited | quota | auth | server
     model_cooldowns TEXT NOT NULL DEFAULT '{}', -- JSON {model: until}
     failures_in_row INTEGER NOT NULL DEFAULT 0,
+    counters        TEXT NOT NULL DEFAULT '{}', -- JSON: lifetime requests, successes, failures by class, tokens, latency
     updated         REAL NOT NULL
 );

@@ -1,0 +1,110 @@
+"""The embedded default store: SQLite in WAL mode, one file under ``state_dir``."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from .base import Batch
+
+SCHEMA = (Path(__file__).with_name("schema.sql")).read_text()
+USAGE_FIELDS = ("requests", "successes", "rate_limited", "auth_errors", "server_errors",
+                "client_errors", "tokens_in", "tokens_out", "latency_sum")
+REQUEST_FIELDS = ("ts", "client", "key", "provider", "model", "status", "attempts",
+                  "latency_s", "ttfb_s", "tokens_in", "tokens_out", "stream",
+                  "request_body", "response_body")
+REQUEST_DEFAULTS = {"tokens_in": 0, "tokens_out": 0, "stream": 0, "attempts": []}
+KEY_FIELDS = ("key", "fingerprint", "cooldown_until", "cooldown_reason", "model_cooldowns",
+              "failures_in_row", "counters", "updated")
+
+
+class SQLiteStore:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # One connection, used by the writer thread and (before serving) the loader.
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.executescript(SCHEMA)
+            self._db.execute("PRAGMA synchronous = NORMAL")  # WAL: durable at checkpoints, never corrupt
+
+    def load_keys(self) -> list[dict]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT {', '.join(KEY_FIELDS)} FROM key_state").fetchall()
+        out = []
+        for row in rows:
+            d = dict(zip(KEY_FIELDS, row))
+            d["model_cooldowns"] = json.loads(d["model_cooldowns"] or "{}")
+            d["counters"] = json.loads(d["counters"] or "{}")
+            out.append(d)
+        return out
+
+    def write(self, batch: Batch) -> None:
+        now = time.time()
+        with self._lock, self._transaction():
+            self._db.executemany(
+                f"INSERT INTO requests ({', '.join(REQUEST_FIELDS)}) VALUES "
+                f"({', '.join('?' * len(REQUEST_FIELDS))})",
+                [tuple(_column(r.get(f, REQUEST_DEFAULTS.get(f))) for f in REQUEST_FIELDS)
+                 for r in batch.requests])
+            self._db.executemany(_USAGE_UPSERT, [
+                (key, minute, sums["provider"], *(sums.get(f, 0) for f in USAGE_FIELDS))
+                for (key, minute), sums in batch.usage.items()])
+            self._db.executemany(
+                f"INSERT OR REPLACE INTO key_state ({', '.join(KEY_FIELDS)}) VALUES "
+                f"({', '.join('?' * len(KEY_FIELDS))})",
+                [tuple(_column(s.get(f, now)) for f in KEY_FIELDS) for s in batch.key_states])
+
+    def prune(self, before: float) -> int:
+        with self._lock, self._transaction():
+            n = self._db.execute("DELETE FROM requests WHERE ts < ?", (before,)).rowcount
+            self._db.execute("DELETE FROM usage_minute WHERE minute < ?", (int(before // 60),))
+        return n
+
+    def export(self) -> dict:
+        with self._lock:
+            return {table: [dict(zip([c[0] for c in cur.description], row)) for row in cur]
+                    for table in ("key_state", "usage_minute", "requests")
+                    for cur in [self._db.execute(f"SELECT * FROM {table}")]}
+
+    def import_(self, data: dict) -> None:
+        with self._lock, self._transaction():
+            for table in ("key_state", "usage_minute", "requests"):
+                self._db.execute(f"DELETE FROM {table}")
+                for row in data.get(table, []):
+                    cols = ", ".join(row)
+                    self._db.execute(f"INSERT INTO {table} ({cols}) VALUES "
+                                     f"({', '.join('?' * len(row))})", tuple(row.values()))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _transaction(self):
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, *_):
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _column(value):
+    return json.dumps(value) if isinstance(value, (dict, list)) else value
+
+
+_USAGE_UPSERT = f"""
+INSERT INTO usage_minute (key, minute, provider, {', '.join(USAGE_FIELDS)})
+VALUES (?, ?, ?, {', '.join('?' * len(USAGE_FIELDS))})
+ON CONFLICT (key, minute) DO UPDATE SET
+{', '.join(f'{f} = {f} + excluded.{f}' for f in USAGE_FIELDS)}
+"""
