@@ -118,6 +118,35 @@ Try it from another terminal:
 Stop with Ctrl-C."""
 
 
+def run_state(args: argparse.Namespace) -> int:
+    """Export or import the state store named by the config's state_dir."""
+    import json
+
+    from .config import load_config
+    from .errors import ConfigError
+    from .store import DB_NAME, SQLiteStore
+
+    try:
+        config = load_config(args.config)
+    except (ConfigError, OSError) as e:
+        print(f"keymux: {e}", file=sys.stderr)
+        return 2
+    store = SQLiteStore(config.state_dir / DB_NAME)
+    try:
+        if args.action == "export":
+            text = json.dumps(store.export(), indent=1)
+            if args.file in (None, "-"):
+                print(text)
+            else:
+                Path(args.file).write_text(text)
+        else:
+            store.import_(json.loads(Path(args.file).read_text()))
+            print(f"keymux: imported {args.file} into {store.path}")
+    finally:
+        store.close()
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="keymux", description="LLM key-pool gateway (mitmproxy addon)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -140,14 +169,24 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--gateway", default="http://127.0.0.1:8080",
                    help="the gateway to read live stats from (default http://127.0.0.1:8080)")
     sub.add_parser("hash-password", help="print a password hash for admin.password_hash")
+    s = sub.add_parser("state", help="export or import the state store (cooldowns, counters, "
+                                     "request log); import with the gateway stopped")
+    s.add_argument("action", choices=("export", "import"))
+    s.add_argument("file", nargs="?", help="export: output file (default stdout); import: input")
+    s.add_argument("-o", dest="out", help="export: output file")
+    s.add_argument("--config", default=os.environ.get("KEYMUX_CONFIG", "config/keys.yaml"))
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "state":
+        args.file = args.out or args.file
+        if args.action == "import" and not args.file:
+            parser().error("state import needs a file")
     if getattr(args, "mitmproxy_args", None) and args.mitmproxy_args[0] == "--":
         args.mitmproxy_args = args.mitmproxy_args[1:]
-    return {"run": run_gateway, "demo": run_demo, "ui": run_ui,
+    return {"run": run_gateway, "demo": run_demo, "ui": run_ui, "state": run_state,
             "hash-password": hash_password}[args.command](args)
 
 

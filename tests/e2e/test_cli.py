@@ -1,4 +1,5 @@
 """The newcomer's path: `keymux demo` with the example config, driven by the SDK."""
+import json
 import signal
 import socket
 import subprocess
@@ -46,3 +47,20 @@ def test_demo_serves_the_example_config(tmp_path, confdir):
     text = (tmp_path / "demo.log").read_text()
     assert "keymux demo: mock upstream on http://127.0.0.1:9100" in text
     assert "sk-demo-" not in text  # no demo secret in the output either
+
+
+def test_state_export_import_round_trip(tmp_path):
+    cfg = tmp_path / "keys.yaml"
+    cfg.write_text("keys: [{name: a, provider: openai, key: sk-state-cli-000000001}]\n")
+    out = tmp_path / "state.json"
+    run = lambda *a: subprocess.run([str(KEYMUX), "state", *a, "--config", str(cfg)],
+                                    capture_output=True, text=True, check=True)
+    run("export", "-o", str(out))
+    data = json.loads(out.read_text())
+    assert set(data) == {"key_state", "usage_minute", "requests"}
+    data["requests"].append({"id": 7, "ts": 1.0, "status": 200, "attempts": "[]",
+                             "tokens_in": 0, "tokens_out": 0, "stream": 0})
+    out.write_text(json.dumps(data))
+    assert "imported" in run("import", str(out)).stdout
+    assert json.loads(run("export").stdout)["requests"][0]["id"] == 7
+    assert "sk-state-cli" not in out.read_text()
