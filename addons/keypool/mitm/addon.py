@@ -164,9 +164,8 @@ class Keymux:
         relayed = self.streams.get(flow)
         if relayed is None:
             return
+        _restore(flow, relayed)
         plan = relayed.plan
-        _show_upstream(flow.request, plan)  # the flow names the provider, not the relay
-        flow.request.raw_content = relayed.body
         if flow.response.headers.get("content-type", "").startswith("text/event-stream"):
             relayed.tap = SseTap(plan.ticket.strip_usage)
             flow.response.stream = relayed.tap
@@ -184,6 +183,7 @@ class Keymux:
     def error(self, flow: http.HTTPFlow) -> None:
         relayed = self.streams.pop(flow, None)
         if relayed is not None:  # the stream broke off, or the client left mid-stream
+            _restore(flow, relayed)
             status = flow.response.status_code if flow.response else None
             usage = relayed.tap.usage if relayed.tap else None
             self.gateway.finish(relayed.plan, status, usage,
@@ -230,6 +230,12 @@ def _show(flow: http.HTTPFlow, ticket: Ticket, plan: Plan | None, fields) -> Non
         "key": plan.key.name if plan else None, "provider": ticket.route.provider.name,
         "model": ticket.route.model, "client": ticket.client, "rule": ticket.route.rule,
         "attempts": attempts}
+
+
+def _restore(flow: http.HTTPFlow, relayed: Relayed) -> None:
+    """The relayed flow names the provider again, and keeps the body it was sent."""
+    _show_upstream(flow.request, relayed.plan)
+    flow.request.raw_content = relayed.body
 
 
 def _show_upstream(req: http.Request, plan: Plan) -> None:
