@@ -221,8 +221,8 @@ def _show(flow: http.HTTPFlow, ticket: Ticket, plan: Plan | None, fields) -> Non
         flow.comment = "no key: " + ", ".join(f"{a['key']} {a['status'] or a['error']}"
                                               for a in attempts) if attempts else ""
     else:
-        _show_upstream(flow.request, plan)
         flow.request.headers.fields = plan.rewrite_fields(fields, secret=False)
+        _show_upstream(flow.request, plan)  # after the fields: it rewrites the Host header
         earlier = [a for a in attempts if a["key"] != plan.key.name]
         flow.comment = plan.label + ("; after " + ", ".join(
             f"{a['key']} {a['status'] or a['error']}" for a in earlier) if earlier else "")
