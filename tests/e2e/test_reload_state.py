@@ -248,3 +248,7 @@ def test_script_reload_keeps_state(mock, tmp_path, confdir):
         after = stats(g)
         assert after["a"]["state"] == "cooling" and after["a"]["requests"] == before["a"]["requests"]
         assert ask(g).choices
+        # the new addon instance watches the config and flushes the store as the old did
+        g.config.write_text(config(mock.base_url, keys=("a", "b", "c")))
+        assert wait_for(lambda: "c" in stats(g), timeout=3)
+        assert "Error" not in g.log() and "Traceback" not in g.log()

@@ -88,8 +88,9 @@ class Keymux:
         if self._flusher is not None:  # keymux_config changed while running
             self._watch(path)
 
-    async def running(self) -> None:
-        self._flusher = asyncio.create_task(self._flush_forever())
+    def running(self) -> None:
+        # Sync on purpose: after a script reload mitmproxy calls running/done synchronously.
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
         self._watch(ctx.options.keymux_config)
 
     def _watch(self, path: str) -> None:
@@ -190,14 +191,17 @@ class Keymux:
                                 outcome="ok" if status and status < 400 else "server")
             self.gateway.complete(relayed.plan.ticket, status or 502, relayed.plan, usage)
 
-    async def done(self) -> None:
+    def done(self) -> None:
         if self.watcher is not None:
             self.watcher.stop()
         if self._flusher is not None:
             self._flusher.cancel()
         if self.runtime is not None:  # shutdown or script reload: persist what we have
             self.runtime.flush()
-            await asyncio.to_thread(self.runtime.writer.flush)
+            self.runtime.writer.flush(timeout=2.0)
+        asyncio.get_running_loop().create_task(self._close_io())
+
+    async def _close_io(self) -> None:
         await self.relay.close()
         await self.upstream.close()
 
