@@ -123,6 +123,9 @@ class Window:
         self._tree = _Fenwick([e.amount for e in self._entries])
 
 
+NO_RESET_HOLD_S = 1.0
+
+
 class _Budget:
     """What upstream said is left until its reset; forgotten after the reset."""
 
@@ -138,8 +141,10 @@ class _Budget:
         if remaining is None:
             return
         self.left = float(remaining)
-        # No reset header: assume it lasts one window rather than forever.
-        self.until = now + (span if reset_s is None else max(0.0, reset_s))
+        # No reset header: we cannot know when the budget frees, and parking a key for a
+        # whole window on a guess idles it long after the upstream has room. Hold back
+        # only briefly; the next answer (or a 429's Retry-After) says more.
+        self.until = now + (NO_RESET_HOLD_S if reset_s is None else max(0.0, reset_s))
         self.generation += 1
 
     def take(self, now: float, amount: float) -> int:

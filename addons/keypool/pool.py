@@ -296,5 +296,9 @@ def _describe(k: KeyState, now: float, wall: float) -> dict:
         "tokens_out": k.tokens_out,
         "rpm_used": limits["rpm_used"], "rpm_limit": limits["rpm_limit"],
         "tpm_used": limits["tpm_used"], "tpm_limit": limits["tpm_limit"],
+        # what the upstream said is left, and how long limits keep the key from sending
+        "learned_requests_left": limits["learned_requests_left"],
+        "learned_tokens_left": limits["learned_tokens_left"],
+        "limited_s": round(k.limits.wait_for(now, 1), 3),
         "today": k.daily.today(wall),
     }

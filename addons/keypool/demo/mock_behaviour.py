@@ -143,8 +143,11 @@ class MockState:
                         "retry-after": str(retry), "x-ratelimit-limit-requests": str(b.rpm),
                         "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": f"{retry}s"})
                 win.append(now)
+                # Like OpenAI: how many are left, and when the window frees the oldest slot.
+                reset = win[0] + b.window_s - now
                 ok_headers = {"x-ratelimit-limit-requests": str(b.rpm),
-                              "x-ratelimit-remaining-requests": str(b.rpm - len(win)), **b.ratelimit_headers}
+                              "x-ratelimit-remaining-requests": str(b.rpm - len(win)),
+                              "x-ratelimit-reset-requests": f"{reset:.3f}s", **b.ratelimit_headers}
             return Decision(200, ok_headers=ok_headers, behaviour=b)
 
     def record(self, rec: dict) -> None:
