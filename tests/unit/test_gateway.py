@@ -208,3 +208,23 @@ def test_reset_key_endpoint_needs_post_and_admin():
     assert g.pool.snapshot()[0]["state"] == "dead"
     assert g.handle("POST", "/_keymux/keys/o1/reset", auth, None).status == 200
     assert g.pool.snapshot()[0]["state"] == "ok"
+
+
+def test_request_log_rows_and_redacted_bodies():
+    from keypool.config import LoggingSpec
+    import dataclasses
+    g = gw()
+    plan = post(g, json.dumps({"model": "gpt-4o", "messages": [
+        {"content": "my key is sk-openai-real-secret-9999, auth Bearer abcdefghijklmnop"}]}).encode())
+    g.finish(plan, 200, Usage(input=2, output=3, seen=True))
+    g.complete(plan.ticket, 200, plan, Usage(input=2, output=3, seen=True), b'{"ok":1}')
+    row = g.recorder.drain([]).requests[0]
+    assert row["key"] == "o1" and row["status"] == 200 and row["tokens_out"] == 3
+    assert "request_body" not in row  # logging.bodies is off by default
+    g.update(dataclasses.replace(g.config, logging=LoggingSpec(bodies=True)))
+    plan = post(g, json.dumps({"model": "gpt-4o", "messages": [
+        {"content": "my key is sk-openai-real-secret-9999, auth Bearer abcdefghijklmnop"}]}).encode())
+    g.complete(plan.ticket, 200, plan, None, b'{"echo":"sk-openai-real-secret-9999"}')
+    row = g.recorder.drain([]).requests[0]
+    assert "sk-openai-real-secret-9999" not in row["request_body"] + row["response_body"]
+    assert "abcdefghijklmnop" not in row["request_body"] and "sk-…9999" in row["request_body"]
