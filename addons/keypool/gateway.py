@@ -42,6 +42,7 @@ class Gateway:
         self.reload_error: str | None = None
         self.pool = Pool(config, self.clock, self.rng)
         self.client_rate = ClientRate()
+        self.waiting: dict[str, int] = {}  # provider -> requests queued for a key
         self.recorder = Recorder()
         self.metrics = Metrics(self.pool.snapshot, self.clock.wall)
         self.update(config)
@@ -195,7 +196,11 @@ class Gateway:
         if v.outcome == "ok":
             b = policy.budget(headers, self.clock.wall())
             if b is not None:
-                key.limits.learn(self.clock.monotonic(), b.remaining_requests, b.requests_reset_s,
+                # The upstream counted only what it had seen: requests this key still has in
+                # flight will spend that budget too.
+                others = key.in_flight - 1
+                left = None if b.remaining_requests is None else b.remaining_requests - others
+                key.limits.learn(self.clock.monotonic(), left, b.requests_reset_s,
                                  b.remaining_tokens, b.tokens_reset_s)
         plan.ticket.attempts.append({
             "key": key.name, "status": status, "error": error, "outcome": v.outcome,

@@ -58,7 +58,12 @@ async def serve(gw: Gateway, ticket: Ticket, send: Sender, *,
             wait = _queue_wait(gw, ticket, e)
             if wait is None or not alive():
                 return Outcome(answer=gw.refuse(ticket, e))
-            await sleep(wait)
+            provider = ticket.route.provider.name
+            gw.waiting[provider] = gw.waiting.get(provider, 0) + 1
+            try:
+                await sleep(wait)
+            finally:
+                gw.waiting[provider] -= 1
             continue
         outcome = await _attempt(gw, plan, send)
         if outcome is not None:
@@ -77,6 +82,11 @@ def _queue_wait(gw: Gateway, ticket: Ticket, e: NoKeyAvailable) -> float | None:
         return None
     now = gw.clock.monotonic()
     if e.retry_after > gw.config.routing.queue_s or now + e.retry_after >= ticket.deadline:
+        return None
+    # A queue longer than the provider has keys would only hand out late 429s: under
+    # overload, refuse at once so clients back off (and a burst is still smoothed).
+    provider = ticket.route.provider.name
+    if gw.waiting.get(provider, 0) >= max(1, len(gw.pool.by_provider.get(provider, ()))):
         return None
     return max(e.retry_after, 0.001)
 

@@ -226,3 +226,40 @@ def test_learned_budget_keeps_a_key_away_until_reset():
     up = FakeUpstream(clock, {"k1": [FakeReply(200, headers)]})
     run(gw, up)
     assert {gw.pool.pick("openai", "gpt-4o-mini").key.name for _ in range(4)} == {"k2"}
+
+
+def test_queue_is_no_longer_than_the_provider_has_keys():
+    gw, clock = make(n=1, queue_s=5)
+    gw.pool.cool_down(gw.pool.by_name["k1"], "", 3, "server")
+
+    async def main():
+        release = asyncio.Event()
+
+        async def slow_sleep(s):
+            await release.wait()
+            clock.advance(s)
+
+        tickets = [gw.admit("POST", "/v1/chat/completions", {}, BODY) for _ in range(2)]
+        first = asyncio.create_task(serve(gw, tickets[0], FakeUpstream(clock), sleep=slow_sleep))
+        await asyncio.sleep(0)  # the first request is now waiting for k1
+        second = await serve(gw, tickets[1], FakeUpstream(clock), sleep=slow_sleep)
+        assert second.answer.status == 429  # refused at once, not queued behind it
+        release.set()
+        out = await first
+        gw.finish(out.plan, out.reply.status)
+        assert out.reply.status == 200
+
+    asyncio.run(main())
+
+
+def test_learned_budget_counts_requests_still_in_flight():
+    gw, clock = make(n=1)
+    held = gw.pool.pick("openai", "gpt-4o-mini")  # another request of k1 is in flight
+    ticket = gw.admit("POST", "/v1/chat/completions", {}, BODY)
+    plan = gw.pick(ticket)
+    gw.judge(plan, 200, {"x-ratelimit-remaining-requests": "1",
+                         "x-ratelimit-reset-requests": "10s"}, b"{}")
+    gw.finish(plan, 200)
+    gw.pool.release(held, outcome="ok", latency=0.1)
+    with pytest.raises(Exception):  # 1 left minus the 1 in flight: nothing until the reset
+        gw.pool.pick("openai", "gpt-4o-mini")
