@@ -15,7 +15,7 @@ from flask import Flask
 
 from .configfile import ConfigFile
 from .gateway import GatewayClient
-from .pending import PendingImports
+from .pending import PendingImports, TTLCache
 
 DEFAULT_GATEWAY = "http://127.0.0.1:8080"
 
@@ -26,6 +26,7 @@ class Resources:
     config: ConfigFile
     gateway: GatewayClient
     pending: PendingImports
+    cache: TTLCache
 
 
 def create_app(config_path: str | Path, gateway_url: str = DEFAULT_GATEWAY,
@@ -52,6 +53,7 @@ def create_app(config_path: str | Path, gateway_url: str = DEFAULT_GATEWAY,
         gateway=GatewayClient(gateway_url, token=app.config["KEYMUX_ADMIN_TOKEN"] or (
             environ.get("KEYMUX_ADMIN_TOKEN", "") if environ is not None else None)),
         pending=PendingImports(),
+        cache=TTLCache(),
     )
 
     from . import auth, clients, dashboard, i18n, keys, requestlog, transfer

@@ -168,6 +168,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8787, help="UI port (default 8787)")
     s.add_argument("--gateway", default="http://127.0.0.1:8080",
                    help="the gateway to read live stats from (default http://127.0.0.1:8080)")
+    s.add_argument("-v", "--verbose", action="store_true", help="log every request")
     sub.add_parser("hash-password", help="print a password hash for admin.password_hash")
     s = sub.add_parser("state", help="export or import the state store (cooldowns, counters, "
                                      "request log); import with the gateway stopped")

@@ -75,20 +75,21 @@ def test_429_is_reissued_and_the_key_rests(gw, mock):
 
 @pytest.mark.parametrize("headers,body", [
     ({"Retry-After": "2"}, None),
-    ({"Retry-After": "DATE+2.5"}, None),
+    ({"Retry-After": "DATE+1.8"}, None),
     ({"retry-after-ms": "2000"}, None),
     ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2s"}, None),
     ({}, {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": [
         {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "2s"}]}}),
 ], ids=["seconds", "http-date", "ms", "openai-reset", "gemini-retryinfo"])
 def test_retry_after_forms_set_the_cooldown(gw, mock, headers, body):
-    if headers.get("Retry-After") == "DATE+2.5":
-        headers = {"Retry-After": formatdate(time.time() + 2.5, usegmt=True)}
+    if headers.get("Retry-After") == "DATE+1.8":
+        # whole seconds: the wait lands in (0.8, 1.8], within queue_s (2)
+        headers = {"Retry-After": formatdate(time.time() + 1.8, usegmt=True)}
     mock.set_behavior(KEYS["s1"], status=429, headers=headers, body=body, times=1)
     with pytest.raises(openai.RateLimitError) as e:
         ask(gw, provider="solo")  # the only key of its provider: the client sees the 429
     wait = stats(gw)["s1"]["cooldown_s"]
-    assert 0.8 <= wait <= 3.0
+    assert 0.5 <= wait <= 2.0
     assert 1 <= int(e.value.response.headers["retry-after"]) <= 3
     t0 = time.monotonic()
     assert ask(gw, provider="solo").choices  # held (queue_s 2) until the key has rested

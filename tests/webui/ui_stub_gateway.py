@@ -1,0 +1,70 @@
+"""A tiny stand-in for the gateway's admin paths, on a loopback port in a thread."""
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class StubGateway:
+    """Answers /_keymux/stats, /_keymux/health and POST /_keymux/keys/<name>/reset.
+
+    ``stats`` and ``reset_status`` can be changed by a test; ``seen`` records (method, path,
+    authorization header) of every request.
+    """
+
+    def __init__(self, stats: dict | None = None):
+        self.stats = stats or {"uptime_s": 1.0, "totals": {}, "keys": []}
+        self.health = {"status": "ok", "last_reload_error": None}
+        self.reset_status = 200
+        self.reset_body: dict | None = None
+        self.seen: list[tuple[str, str, str | None]] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _send(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                stub.seen.append(("GET", self.path, self.headers.get("authorization")))
+                if self.path == "/_keymux/stats":
+                    self._send(200, stub.stats)
+                elif self.path == "/_keymux/health":
+                    self._send(200, stub.health)
+                else:
+                    self._send(404, {"error": {"code": "unknown_path"}})
+
+            def do_POST(self):
+                stub.seen.append(("POST", self.path, self.headers.get("authorization")))
+                length = int(self.headers.get("content-length") or 0)
+                self.rfile.read(length)
+                if self.path.startswith("/_keymux/keys/") and self.path.endswith("/reset"):
+                    body = stub.reset_body or ({"ok": True} if stub.reset_status == 200 else
+                                               {"error": {"code": "unknown_key", "message": "x"}})
+                    self._send(stub.reset_status, body)
+                else:
+                    self._send(404, {"error": {"code": "unknown_path"}})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> "StubGateway":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)

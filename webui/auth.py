@@ -1,0 +1,189 @@
+"""Who may use the UI, and the guards every request passes.
+
+- Login with ``KEYMUX_ADMIN_TOKEN`` (environment) or the password whose werkzeug hash is
+  ``admin.password_hash`` in keys.yaml, both compared in constant time. With neither set
+  (loopback only, see serve.py) the UI is open and says so on every page.
+- The session remembers a fingerprint of the credentials it logged in with: changing the
+  token or the password logs every session out.
+- Every state-changing request carries the session's CSRF token (form field ``csrf_token``
+  or header ``X-CSRF-Token``): missing -> 400, wrong -> 403, before any handler runs.
+- Responses: a strict Content-Security-Policy (no inline script, no other origin), no
+  caching, and a last scrub of any configured secret (logged: it would be a bug).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from urllib.parse import urlsplit
+
+from flask import (Blueprint, Flask, Response, abort, current_app, flash, g, jsonify, redirect,
+                   render_template, request, session, url_for)
+from flask.globals import request_ctx
+from werkzeug.security import check_password_hash
+
+from . import deps
+from .configfile import Credentials, scrub
+from .i18n import LANGUAGES, t
+
+logger = logging.getLogger(__name__)
+bp = Blueprint("auth", __name__)
+
+UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+PUBLIC = {"auth.login", "auth.language", "static"}
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
+       " connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+
+
+def credentials() -> Credentials:
+    if "credentials" not in g:
+        g.credentials = deps.config_file().credentials()
+    return g.credentials
+
+
+def _fingerprint(c: Credentials) -> str:
+    material = f"{c.token or ''}\0{c.password_hash or ''}".encode()
+    return hmac.new(current_app.secret_key, material, hashlib.sha256).hexdigest()[:32]
+
+
+def check_secret(given: str, c: Credentials) -> bool:
+    """Constant time for the token; werkzeug's own constant-time check for the password."""
+    ok = False
+    if c.token:
+        ok |= hmac.compare_digest(given.encode(), c.token.encode())
+    if c.password_hash:
+        try:
+            ok |= check_password_hash(c.password_hash, given)
+        except (ValueError, TypeError):  # a malformed hash in the file: no password login
+            logger.warning("admin.password_hash is not a werkzeug password hash")
+    return ok
+
+
+def csrf_token() -> str:
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(32)
+    return session["csrf"]
+
+
+def safe_next(target: str | None) -> str:
+    """Only a path on this site: never an open redirect."""
+    if not target:
+        return url_for("index")
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//") \
+            or "\\" in target or any(ord(ch) < 33 or ord(ch) == 127 for ch in target):
+        return url_for("index")  # browsers drop tabs and newlines: "/\t/evil" is "//evil"
+    return target
+
+
+@bp.route("/login", methods=("GET", "POST"))
+def login():
+    c = credentials()
+    if not c.required:
+        return redirect(url_for("index"))
+    error = None
+    if request.method == "POST":
+        given = request.form.get("secret", "")
+        if given and not c.locked and check_secret(given, c):
+            target = safe_next(request.form.get("next"))
+            session.clear()
+            session.permanent = True
+            session["auth"] = _fingerprint(c)
+            session["csrf"] = secrets.token_urlsafe(32)
+            return redirect(target)
+        time.sleep(current_app.config["KEYMUX_LOGIN_DELAY_S"])
+        logger.warning("failed UI login from %s", request.remote_addr)
+        error = t("Wrong token or password.")
+    status = 401 if error else 200
+    return render_template("auth/login.html", error=error, locked=c.locked,
+                           next=safe_next(request.values.get("next"))), status
+
+
+@bp.post("/logout")
+def logout():
+    session.clear()
+    flash(t("Signed out."), "info")
+    return redirect(url_for("auth.login") if credentials().required else url_for("index"))
+
+
+@bp.post("/language")
+def language():
+    lang = request.form.get("lang", "")
+    response = redirect(safe_next(request.form.get("next")))
+    if lang in LANGUAGES:
+        response.set_cookie("lang", lang, max_age=365 * 86400, samesite="Strict", httponly=True)
+    return response
+
+
+def _wants_json() -> bool:
+    return request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json"
+
+
+def _guard():
+    """before_request: CSRF first (nothing may run on a forged request), then login."""
+    if request.routing_exception is not None:  # 404, 405, an untrusted Host: no handler runs
+        return None
+    if request.method in UNSAFE:
+        origin = request.headers.get("Origin")
+        if origin and origin != "null" and urlsplit(origin).netloc != request.host:
+            abort(403, t("Cross-origin request refused."))
+        given = request.form.get("csrf_token") or request.headers.get("X-CSRF-Token")
+        expected = session.get("csrf")
+        if not given or not expected:
+            abort(400, t("Missing CSRF token: reload the page and try again."))
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            abort(403, t("Invalid CSRF token: reload the page and try again."))
+    c = credentials()
+    g.open_ui = not c.required
+    g.signed_in = c.required and hmac.compare_digest(
+        str(session.get("auth", "")).encode(), _fingerprint(c).encode())
+    if request.endpoint in PUBLIC or g.open_ui or g.signed_in:
+        return None
+    if _wants_json():
+        return jsonify(error=t("Sign in first.")), 401
+    return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+
+
+def _headers(response):
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    if request.endpoint != "static":
+        response.headers["Cache-Control"] = "no-store"
+    if response.mimetype in ("text/html", "application/json", "text/plain", "application/yaml") \
+            and not response.direct_passthrough and not g.get("reveal_secrets"):
+        _scrub(response)
+    return response
+
+
+def _scrub(response) -> None:
+    """The last line of defence: a secret in a response is a bug, masked and logged."""
+    try:
+        found = deps.snapshot().secrets
+    except OSError:
+        return
+    body = response.get_data(as_text=True)
+    clean = scrub(body, found)
+    if clean != body:
+        logger.error("a response to %s contained a configured secret; it was masked",
+                     request.endpoint)
+        response.set_data(clean)
+
+
+def _error_page(e):
+    if request_ctx.url_adapter is None:  # an untrusted Host header: no URLs can be built
+        return Response(f"{e.code} {e.name}\n", e.code, mimetype="text/plain")
+    if _wants_json():
+        return jsonify(error=e.description), e.code
+    return render_template("error.html", code=e.code, message=e.description), e.code
+
+
+def init_app(app: Flask) -> None:
+    app.before_request(_guard)
+    app.after_request(_headers)
+    for code in (400, 403, 404, 405, 409, 413, 500):
+        app.register_error_handler(code, _error_page)
+    app.jinja_env.globals["csrf_token"] = csrf_token

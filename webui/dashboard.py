@@ -1,0 +1,65 @@
+"""Dashboard: every key's live state, totals, charts; polled as JSON every ~2 s."""
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, jsonify, render_template, request
+
+from . import deps, live
+from .gateway import GatewayUnavailable
+from .i18n import t
+
+bp = Blueprint("dashboard", __name__)
+
+
+def dashboard_data() -> dict:
+    snap = deps.snapshot()
+    gw = deps.gateway()
+    stats = health = error = None
+    try:
+        stats = gw.stats()
+        health = gw.health()
+    except GatewayUnavailable as e:
+        error = t(e.note)
+    now = time.time()
+    store = deps.store()
+    reset = snap.config.routing.daily_reset if snap.config else "00:00"
+    start = live.day_start(now, reset)
+    cache = deps.cache()
+    p95 = cache.get(f"p95:{store.path}", lambda: store.p95_latency(now - 3600))
+    today = cache.get(f"today:{store.path}:{start}", lambda: store.usage_since(start))
+    return live.dashboard(snap, stats, error, health, p95, today, now)
+
+
+@bp.get("/")
+def index():
+    return render_template("dashboard/index.html", data=dashboard_data())
+
+
+@bp.get("/api/stats")
+def stats():
+    return jsonify(dashboard_data())
+
+
+@bp.get("/api/history")
+def history():
+    keys = [k for k in request.args.getlist("key") if k][:20]
+    range_name = request.args.get("range", "hour")
+    return jsonify(deps.store().history(keys, range_name, time.time()))
+
+
+@bp.post("/api/keys/<name>/reset")
+def reset(name: str):
+    try:
+        result = deps.gateway().reset(name)
+    except GatewayUnavailable as e:
+        return jsonify(ok=False, message=t(e.note)), 502
+    messages = {
+        "reset": t("Cooldown of %(name)s reset.", name=name),
+        "unknown_key": t("The gateway does not know a key named %(name)s.", name=name),
+        "unsupported": t("This gateway has no reset endpoint yet."),
+        "refused": t("The gateway refused the admin token."),
+        "error": t("The gateway answered %(status)s.", status=result.status),
+    }
+    status = 200 if result.ok else 404 if result.reason == "unknown_key" else 502
+    return jsonify(ok=result.ok, message=messages[result.reason]), status

@@ -1,0 +1,76 @@
+"""A small dict-based translation layer: English message ids, Chinese translations.
+
+The language comes from the ``lang`` cookie (the switch in the header), else the browser's
+Accept-Language, else English. ``t("Key %(name)s saved.", name=...)`` translates, then
+formats; a message without a translation falls back to English (tests check there is none).
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+from flask import Flask, g, has_request_context, request
+
+from .messages_zh import ZH
+from .notes import Note
+
+LANGUAGES = {"en": "English", "zh": "中文"}
+CATALOGS = {"zh": ZH}
+
+# The strings the JavaScript needs, handed over as JSON in every page.
+JS_STRINGS = (
+    "ok", "cooling", "dead", "disabled", "unknown", "Reset cooldown", "Resetting…",
+    "Cannot reach the gateway: showing the keys from keys.yaml, live state unknown.",
+    "Lost contact with the UI server; retrying.", "Requests per minute", "Latency (s)",
+    "Tokens", "No data yet for the selected keys.", "Select keys in the table to chart them.",
+    "%(s)s s left", "rate limited", "quota", "auth", "server", "client error",
+    "Are you sure?", "Copied", "Copy", "Show attempts", "Hide attempts", "all keys",
+    "Dark theme", "Light theme", "updated %(time)s", "The gateway rejected the last reload:",
+    "not loaded", "Chart", "Name", "State", "In flight", "RPM / TPM", "rpm", "tpm",
+    "Requests", "Success", "Failures", "Latency", "Tokens today",
+    "Actions", "No keys in keys.yaml yet.",
+)
+
+
+def lang() -> str:
+    if not has_request_context():
+        return "en"
+    if "lang" not in g:
+        chosen = request.cookies.get("lang")
+        if chosen not in LANGUAGES:
+            chosen = request.accept_languages.best_match(list(LANGUAGES), default="en")
+        g.lang = chosen
+    return g.lang
+
+
+def t(message: "str | Note", **values: object) -> str:
+    if isinstance(message, Note):
+        message, values = message.msgid, {**message.params, **values}
+    catalog = CATALOGS.get(lang())
+    text = catalog.get(message, message) if catalog else message
+    return text % values if values else text
+
+
+def js_strings() -> dict[str, str]:
+    return {m: t(m) for m in JS_STRINGS}
+
+
+def when(ts: float | None) -> str:
+    """Unix time -> ``2025-01-31 14:05:09`` UTC."""
+    if ts is None:
+        return ""
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def seconds(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def init_app(app: Flask) -> None:
+    app.jinja_env.globals.update(_=t, languages=LANGUAGES, js_strings=js_strings)
+    app.jinja_env.filters.update(when=when, seconds=seconds)
+
+    @app.context_processor
+    def _language():
+        return {"lang": lang()}

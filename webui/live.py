@@ -1,0 +1,128 @@
+"""One row per key for the dashboard: the file's keys joined with the gateway's live stats
+and the state store's history. Pure: everything comes in as arguments.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from keypool.redact import mask
+
+from .configfile import Snapshot
+from .yamledit import is_reference, reference_name
+
+OPTIONAL = ("rpm_used", "rpm_limit", "tpm_used", "tpm_limit", "failures_by_class")
+FAILURE_CLASSES = ("rate_limited", "quota", "auth", "server", "client_error")
+
+
+def day_start(now: float, daily_reset: str) -> float:
+    """The most recent ``daily_reset`` (UTC "HH:MM") at or before ``now``."""
+    hh, mm = (int(x) for x in daily_reset.split(":"))
+    today = dt.datetime.fromtimestamp(now, dt.UTC).replace(hour=hh, minute=mm, second=0,
+                                                              microsecond=0)
+    if today.timestamp() > now:
+        today -= dt.timedelta(days=1)
+    return today.timestamp()
+
+
+def file_keys(snap: Snapshot) -> list[dict]:
+    """The keys as the file names them (disabled and unresolved ones too), secrets masked."""
+    specs = {k.name: k for k in snap.config.keys} if snap.config else {}
+    out = []
+    for item in snap.doc.items("keys") if snap.doc else []:
+        name = str(item.get("name", ""))
+        raw = item.get("key")
+        raw = raw if isinstance(raw, str) else ""
+        spec = specs.get(name)
+        ref = reference_name(raw) if is_reference(raw) else None
+        if spec is not None:
+            shown = mask(spec.secret)
+        else:
+            shown = "" if ref or not raw else mask(raw.replace("$$", "$"))
+        enabled = item.get("enabled", True) is not False
+        out.append({
+            "name": name, "provider": str(item.get("provider", "")), "key": shown,
+            "reference": ref, "loaded": spec is not None, "enabled": enabled,
+            "weight": _number(item.get("weight", 1)), "models": [str(m) for m in item.get("models") or []]
+            if isinstance(item.get("models"), list) else [],
+            "rpm": _number(item.get("rpm")), "tpm": _number(item.get("tpm")),
+            "max_in_flight": _number(item.get("max_in_flight")),
+        })
+    return out
+
+
+def _number(value: Any) -> float | int | None:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def dashboard(snap: Snapshot, stats: dict | None, gateway_error: str | None,
+              health: dict | None, p95: dict[str, float], today: dict[str, dict],
+              now: float) -> dict:
+    live = {k.get("name"): k for k in (stats or {}).get("keys", []) if isinstance(k, dict)}
+    rows = []
+    listed = set()
+    for f in file_keys(snap):
+        listed.add(f["name"])
+        rows.append(_row(f, live.get(f["name"]), stats is not None, p95, today))
+    for name, k in live.items():  # served, but no longer in the file (reload pending)
+        if name not in listed:
+            f = {"name": name, "provider": k.get("provider", ""), "key": k.get("key", ""),
+                 "reference": None, "loaded": True, "enabled": True, "rpm": None, "tpm": None}
+            rows.append(_row(f, k, True, p95, today))
+    return {
+        "now": now,
+        "keys": rows,
+        "totals": _totals(rows),
+        "gateway": {"reachable": stats is not None, "error": gateway_error,
+                    "uptime_s": (stats or {}).get("uptime_s"),
+                    "reload_error": (health or {}).get("last_reload_error")},
+        "config": {"error": snap.error, "warnings": list(snap.warnings)},
+    }
+
+
+def _row(f: dict, k: dict | None, reachable: bool, p95: dict, today: dict) -> dict:
+    if k is None:
+        state = "disabled" if not f["enabled"] else "unknown"
+    else:
+        state = str(k.get("state", "unknown"))
+    k = k or {}
+    requests, successes, failures = (int(k.get(x) or 0) for x in ("requests", "successes", "failures"))
+    done = successes + failures
+    day = k.get("today") if isinstance(k.get("today"), dict) else today.get(f["name"], {})
+    by_class = k.get("failures_by_class") if isinstance(k.get("failures_by_class"), dict) else None
+    return {
+        "name": f["name"], "provider": f["provider"] or k.get("provider", ""),
+        "key": k.get("key") or f["key"], "reference": f["reference"], "enabled": f["enabled"],
+        "loaded": f["loaded"], "state": state if reachable or state == "disabled" else "unknown",
+        "cooldown_s": float(k.get("cooldown_s") or 0.0),
+        "cooldown_reason": str(k.get("cooldown_reason") or ""),
+        "cooling_models": {str(m): float(v) for m, v in k["cooling_models"].items()
+                           if isinstance(v, (int, float))}
+        if isinstance(k.get("cooling_models"), dict) else {},
+        "in_flight": int(k.get("in_flight") or 0), "requests": requests,
+        "successes": successes, "failures": failures,
+        "success_rate": round(successes / done, 4) if done else None,
+        "failures_by_class": {c: int(by_class.get(c) or 0) for c in FAILURE_CLASSES}
+        if by_class is not None else None,
+        "avg_latency_s": k.get("avg_latency_s"), "p95_latency_s": p95.get(f["name"]),
+        "rpm_used": k.get("rpm_used"), "rpm_limit": k.get("rpm_limit", f["rpm"]),
+        "tpm_used": k.get("tpm_used"), "tpm_limit": k.get("tpm_limit", f["tpm"]),
+        "today": {"requests": int(day.get("requests") or 0),
+                  "tokens_in": int(day.get("tokens_in") or 0),
+                  "tokens_out": int(day.get("tokens_out") or 0)},
+    }
+
+
+def _totals(rows: list[dict]) -> dict:
+    states = {s: sum(1 for r in rows if r["state"] == s)
+              for s in ("ok", "cooling", "dead", "disabled", "unknown")}
+    successes = sum(r["successes"] for r in rows)
+    done = successes + sum(r["failures"] for r in rows)
+    return {
+        "keys": len(rows), "states": states,
+        "in_flight": sum(r["in_flight"] for r in rows),
+        "requests": sum(r["requests"] for r in rows),
+        "success_rate": round(successes / done, 4) if done else None,
+        "tokens_today": sum(r["today"]["tokens_in"] + r["today"]["tokens_out"] for r in rows),
+        "requests_today": sum(r["today"]["requests"] for r in rows),
+    }

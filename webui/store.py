@@ -1,0 +1,161 @@
+"""Read-only views of the gateway's state store (``<state_dir>/keymux.db``, schema.sql).
+
+The UI never writes here. A missing file, or one whose tables are not there yet, reads as
+empty: charts are blank, the request log has no rows, nothing raises.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+RANGES = {"hour": (60, 1), "day": (1440, 15)}  # name -> (minutes shown, minutes per point)
+PAGE_SIZE = 50
+STATUS_FILTERS = ("2xx", "4xx", "5xx", "429", "error")
+
+
+@dataclass(frozen=True)
+class LogFilter:
+    key: str = ""
+    client: str = ""
+    model: str = ""
+    status: str = ""
+    since: float | None = None
+    until: float | None = None
+
+
+class Store:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def _query(self, sql: str, params: tuple | list = ()) -> list[tuple]:
+        if not self.path.is_file():
+            return []
+        uri = f"file:{quote(str(self.path.absolute()))}?mode=ro"
+        try:
+            with closing(sqlite3.connect(uri, uri=True, timeout=1.0)) as db:
+                return db.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError:  # no such table (yet), locked, not a database at all
+            return []
+
+    # -- dashboard
+
+    def history(self, keys: list[str], range_name: str, now: float) -> dict:
+        """Per-key series over the last hour or day: requests/min, mean latency, tokens."""
+        span, step = RANGES.get(range_name, RANGES["hour"])
+        end = int(now // 60) + 1
+        start = end - span
+        points = span // step
+        where, params = "minute >= ? AND minute < ?", [start, end]
+        if keys:
+            where += f" AND key IN ({','.join('?' * len(keys))})"
+            params += keys
+        rows = self._query(
+            "SELECT key, (minute - ?) / ?, SUM(requests), SUM(latency_sum),"
+            " SUM(tokens_in + tokens_out) FROM usage_minute"
+            f" WHERE {where} GROUP BY key, 2", [start, step, *params])
+        names = keys or ["*"]
+        acc = {n: {"n": [0] * points, "lat": [0.0] * points, "tokens": [0] * points}
+               for n in names}
+        for key, bucket, requests, latency_sum, tokens in rows:
+            a = acc.get(key if keys else "*")
+            if a is None or not 0 <= bucket < points:
+                continue
+            a["n"][bucket] += requests or 0
+            a["lat"][bucket] += latency_sum or 0.0
+            a["tokens"][bucket] += tokens or 0
+        series = {n: {"rpm": [round(c / step, 3) for c in a["n"]],
+                      "latency": [round(s / c, 4) if c else None for s, c in zip(a["lat"], a["n"])],
+                      "tokens": a["tokens"]} for n, a in acc.items()}
+        return {"range": range_name if range_name in RANGES else "hour", "step_s": step * 60,
+                "t": [(start + i * step) * 60 for i in range(points)], "series": series}
+
+    def p95_latency(self, since: float) -> dict[str, float]:
+        rows = self._query("SELECT key, latency_s FROM requests WHERE ts >= ? AND key IS NOT NULL"
+                           " AND latency_s IS NOT NULL ORDER BY ts DESC LIMIT 50000", (since,))
+        by_key: dict[str, list[float]] = {}
+        for key, latency in rows:
+            by_key.setdefault(key, []).append(latency)
+        return {k: round(percentile(v, 0.95), 4) for k, v in by_key.items()}
+
+    def usage_since(self, since: float) -> dict[str, dict]:
+        rows = self._query("SELECT key, SUM(requests), SUM(tokens_in), SUM(tokens_out)"
+                           " FROM usage_minute WHERE minute >= ? GROUP BY key", (int(since // 60),))
+        return {k: {"requests": r or 0, "tokens_in": ti or 0, "tokens_out": to or 0}
+                for k, r, ti, to in rows}
+
+    # -- request log
+
+    def requests(self, f: LogFilter, page: int, bodies: bool = False) -> tuple[list[dict], int]:
+        where, params = _where(f)
+        total_rows = self._query(f"SELECT COUNT(*) FROM requests{where}", params)
+        total = total_rows[0][0] if total_rows else 0
+        cols = "id, ts, client, key, provider, model, status, attempts, latency_s, ttfb_s," \
+               " tokens_in, tokens_out, stream"
+        if bodies:
+            cols += ", substr(request_body, 1, 4000), substr(response_body, 1, 4000)"
+        rows = self._query(f"SELECT {cols} FROM requests{where} ORDER BY ts DESC, id DESC"
+                           " LIMIT ? OFFSET ?", [*params, PAGE_SIZE, max(0, page - 1) * PAGE_SIZE])
+        names = ("id", "ts", "client", "key", "provider", "model", "status", "attempts",
+                 "latency_s", "ttfb_s", "tokens_in", "tokens_out", "stream",
+                 "request_body", "response_body")
+        out = []
+        for row in rows:
+            item = dict(zip(names, row))
+            item["attempts"] = _attempts(item["attempts"])
+            out.append(item)
+        return out, total
+
+    def models(self, since: float) -> list[str]:
+        rows = self._query("SELECT DISTINCT model FROM requests WHERE ts >= ? AND model IS NOT NULL"
+                           " ORDER BY model LIMIT 200", (since,))
+        return [r[0] for r in rows]
+
+
+def _where(f: LogFilter) -> tuple[str, list]:
+    clauses, params = [], []
+    for column in ("key", "client"):
+        value = getattr(f, column)
+        if value:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if f.model:
+        clauses.append("model GLOB ?" if "*" in f.model else "model = ?")
+        params.append(f.model)
+    status = {"2xx": "status BETWEEN 200 AND 299", "4xx": "status BETWEEN 400 AND 499",
+              "5xx": "status BETWEEN 500 AND 599", "429": "status = 429",
+              "error": "status >= 400"}.get(f.status)
+    if status:
+        clauses.append(status)
+    elif f.status.isdigit():
+        clauses.append("status = ?")
+        params.append(int(f.status))
+    if f.since is not None:
+        clauses.append("ts >= ?")
+        params.append(f.since)
+    if f.until is not None:
+        clauses.append("ts < ?")
+        params.append(f.until)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _attempts(raw: str | None) -> list[dict]:
+    try:
+        value = json.loads(raw or "[]")
+    except ValueError:
+        return []
+    if not isinstance(value, list):
+        return []
+    return [{"key": a.get("key"), "status": a.get("status"), "error": a.get("error"),
+             "latency_s": a.get("latency_s")} for a in value if isinstance(a, dict)]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (p95 of 20 values is the 19th smallest)."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q * len(ordered)))
+    return ordered[rank - 1]
