@@ -60,6 +60,7 @@ async def serve(gw: Gateway, ticket: Ticket, send: Sender, *,
                 return Outcome(answer=gw.refuse(ticket, e))
             provider = ticket.route.provider.name
             gw.waiting[provider] = gw.waiting.get(provider, 0) + 1
+            ticket.queued += wait
             try:
                 await sleep(wait)
             finally:
@@ -81,14 +82,16 @@ def _queue_wait(gw: Gateway, ticket: Ticket, e: NoKeyAvailable) -> float | None:
     if e.retry_after is None:
         return None
     now = gw.clock.monotonic()
-    if e.retry_after > gw.config.routing.queue_s or now + e.retry_after >= ticket.deadline:
+    wait = max(e.retry_after, 0.001)
+    # queue_s bounds the whole time a request waits, however often it has to wait again.
+    if ticket.queued + wait > gw.config.routing.queue_s or now + wait >= ticket.deadline:
         return None
-    # A queue longer than the provider has keys would only hand out late 429s: under
-    # overload, refuse at once so clients back off (and a burst is still smoothed).
+    # A queue much longer than the provider has keys would only hand out late 429s: under
+    # overload, refuse at once so clients back off; a burst is still smoothed.
     provider = ticket.route.provider.name
-    if gw.waiting.get(provider, 0) >= max(1, len(gw.pool.by_provider.get(provider, ()))):
+    if gw.waiting.get(provider, 0) >= 2 * len(gw.pool.by_provider.get(provider, ())) + 2:
         return None
-    return max(e.retry_after, 0.001)
+    return wait
 
 
 async def _attempt(gw: Gateway, plan: Plan, send: Sender) -> Outcome | None:

@@ -34,6 +34,7 @@ class Ticket:
     arrived: float                 # monotonic
     deadline: float                # monotonic: timeout_s after arrival
     arrived_wall: float = 0.0      # Unix time, for the request log
+    queued: float = 0.0            # seconds spent waiting for a free key (at most queue_s)
     attempts: list[dict] = field(default_factory=list)
 
     @property

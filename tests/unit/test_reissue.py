@@ -155,6 +155,22 @@ def test_queue_waits_for_the_soonest_key_within_queue_s():
     assert out.reply.status == 200 and clock.monotonic() - t0 == pytest.approx(3, abs=0.01)
 
 
+def test_queue_s_bounds_the_total_wait():
+    gw, clock = make(n=1, queue_s=5)
+    k1 = gw.pool.by_name["k1"]
+    waits = []
+
+    async def sleeper(s):  # each time the key frees, another request takes it first
+        waits.append(s)
+        clock.advance(s)
+        gw.pool.cool_down(k1, "", 2, "server")
+
+    gw.pool.cool_down(k1, "", 2, "server")
+    ticket = gw.admit("POST", "/v1/chat/completions", {}, BODY)
+    out = asyncio.run(serve(gw, ticket, FakeUpstream(clock), sleep=sleeper))
+    assert out.answer.status == 429 and sum(waits) <= 5
+
+
 def test_timeout_gives_504():
     gw, clock = make(timeout_s=10)
 
@@ -228,7 +244,7 @@ def test_learned_budget_keeps_a_key_away_until_reset():
     assert {gw.pool.pick("openai", "gpt-4o-mini").key.name for _ in range(4)} == {"k2"}
 
 
-def test_queue_is_no_longer_than_the_provider_has_keys():
+def test_queue_is_bounded_by_the_providers_keys():
     gw, clock = make(n=1, queue_s=5)
     gw.pool.cool_down(gw.pool.by_name["k1"], "", 3, "server")
 
@@ -239,15 +255,18 @@ def test_queue_is_no_longer_than_the_provider_has_keys():
             await release.wait()
             clock.advance(s)
 
-        tickets = [gw.admit("POST", "/v1/chat/completions", {}, BODY) for _ in range(2)]
-        first = asyncio.create_task(serve(gw, tickets[0], FakeUpstream(clock), sleep=slow_sleep))
-        await asyncio.sleep(0)  # the first request is now waiting for k1
-        second = await serve(gw, tickets[1], FakeUpstream(clock), sleep=slow_sleep)
-        assert second.answer.status == 429  # refused at once, not queued behind it
+        tickets = [gw.admit("POST", "/v1/chat/completions", {}, BODY) for _ in range(5)]
+        waiting = [asyncio.create_task(serve(gw, t, FakeUpstream(clock), sleep=slow_sleep))
+                   for t in tickets[:4]]
+        await asyncio.sleep(0)  # 4 requests (2 x keys + 2) now wait for k1
+        fifth = await serve(gw, tickets[4], FakeUpstream(clock), sleep=slow_sleep)
+        assert fifth.answer.status == 429  # refused at once, not queued behind them
         release.set()
-        out = await first
+        out = await waiting[0]
         gw.finish(out.plan, out.reply.status)
         assert out.reply.status == 200
+        for task in waiting[1:]:
+            task.cancel()
 
     asyncio.run(main())
 
