@@ -101,7 +101,8 @@ def run_demo(args: argparse.Namespace) -> int:
         return 1
     for secret, behaviour in DEMO_BEHAVIOURS.items():
         mock.set_behavior(secret, **behaviour)
-    print(DEMO_HELLO.format(port=args.port, upstream=mock.base_url), flush=True)
+    ui = "off (--no-ui)" if args.no_ui else f"http://127.0.0.1:{args.ui_port}"
+    print(DEMO_HELLO.format(port=args.port, upstream=mock.base_url, ui=ui), flush=True)
     try:
         return run_gateway(args)
     finally:
@@ -115,6 +116,7 @@ Try it from another terminal:
        -d '{{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "hi"}}]}}'
   curl -s http://127.0.0.1:{port}/_keymux/stats        # which key served what
   OPENAI_BASE_URL=http://127.0.0.1:{port}/v1 OPENAI_API_KEY=any python your_app.py
+The web UI (keys, live stats, request log): {ui}
 Stop with Ctrl-C."""
 
 
