@@ -51,8 +51,9 @@ class ConfigWatcher(FileSystemEventHandler):
         with self._lock:
             if self._timer:
                 self._timer.cancel()
+        # No join: this runs on the event loop (done hook), and watchdog's threads are
+        # daemons that can take seconds to notice.
         self._observer.stop()
-        self._observer.join(5)
 
     def _poll(self) -> None:
         self._kick()  # a write that landed while the watch was being set up
