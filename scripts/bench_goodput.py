@@ -34,9 +34,6 @@ import asyncio
 import json
 import math
 import random
-import signal
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +44,7 @@ from pathlib import Path
 
 import aiohttp
 
+from benchlib import free_port, start, stop, wait_up
 from keypool.redact import mask
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,45 +126,9 @@ def make_runs() -> list[Run]:
 
 # ---------------------------------------------------------------- processes
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def get_json(url: str, timeout: float = 5) -> dict:
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return json.loads(r.read())
-
-
-def wait_up(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{proc.args[0]} exited with {proc.returncode}")
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"{url} did not come up")
-
-
-def start(cmd: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
-
-
-def stop(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGINT)
-    for p in procs:
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
 
 
 def write_config(path: Path, runs: list[Run], mock_port: int) -> None:

@@ -20,40 +20,18 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchlib import ROOT, free_port, start, stop, wait_up
+
 BIN = Path(sys.executable).parent
 BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]})
 
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_up(url: str, proc: subprocess.Popen, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{proc.args[0]} exited with {proc.returncode}")
-        try:
-            urllib.request.urlopen(urllib.request.Request(
-                url, data=BODY.encode(), headers={"content-type": "application/json",
-                                                  "authorization": "Bearer sk-bench-0000000000000"}),
-                timeout=2).read()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"{url} did not come up")
-
-
-def start(cmd: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
+def wait_post(url: str, proc: subprocess.Popen) -> None:
+    wait_up(url, proc, timeout=20, data=BODY.encode(),
+            headers={"content-type": "application/json",
+                     "authorization": "Bearer sk-bench-0000000000000"})
 
 
 def wrk(url: str, conns: int, seconds: int, script: Path) -> dict:
@@ -100,8 +78,8 @@ def main() -> None:
     ]
     targets = {"direct": mock_port, "mitmdump": plain_port, "keymux": kmx_port}
     try:
-        for name, port in targets.items():
-            wait_up(f"http://127.0.0.1:{port}/v1/chat/completions", procs[0])
+        for port, proc in zip(targets.values(), procs):
+            wait_post(f"http://127.0.0.1:{port}/v1/chat/completions", proc)
         results = {(t, c): [] for t in targets for c in (1, 16)}
         for r in range(args.rounds):
             for c in (1, 16):
@@ -110,10 +88,7 @@ def main() -> None:
                         wrk(f"http://127.0.0.1:{port}/v1/chat/completions", c, args.seconds, script))
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(10)
+        stop(procs)
     report(results, args)
 
 

@@ -7,7 +7,6 @@ import subprocess
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import openai
 import pytest
