@@ -251,3 +251,28 @@ def test_script_reload_keeps_state(mock, tmp_path, confdir):
         g.config.write_text(config(mock.base_url, keys=("a", "b", "c")))
         assert wait_for(lambda: "c" in stats(g), timeout=3)
         assert "Error" not in g.log() and "Traceback" not in g.log()
+
+
+def test_a_script_that_fails_to_reload_forwards_nothing(mock, tmp_path, confdir):
+    script = tmp_path / "keymux_entry.py"
+    good = (ROOT / "addons" / "keymux.py").read_text()
+    script.write_text(good)
+    with GatewayProcess(tmp_path, config(mock.base_url), confdir=confdir, script=script) as g:
+        assert ask(g).choices
+        script.write_text(good + "\nthis is not python\n")
+        assert wait_for(lambda: "error in script" in g.log().lower(), timeout=5)
+        with pytest.raises(openai.APIStatusError) as e:
+            openai.OpenAI(base_url=g.url + "/v1", api_key="sk-client-must-not-leak", max_retries=0,
+                          timeout=10).chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        assert e.value.status_code == 503 and "not loaded" in e.value.message
+        assert mock.count() == 1  # nothing was forwarded anywhere
+        script.write_text(good)  # fixed: keymux serves again, with its state
+        assert wait_for(lambda: get(g, "/health")[0] == 200 and _serves(g), timeout=5)
+
+
+def _serves(g):
+    try:
+        return bool(ask(g, timeout=3).choices)
+    except openai.APIStatusError:
+        return False

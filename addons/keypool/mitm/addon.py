@@ -27,6 +27,7 @@ from ..redact import mask
 from ..ticket import Plan, Ticket
 from ..usage import SseTap, usage_of_body
 from . import runtime
+from .failclosed import FailClosed
 from .relay import Relay
 from .reload import ConfigWatcher, digest
 from .upstream import Upstream
@@ -92,6 +93,9 @@ class Keymux:
     def running(self) -> None:
         # Sync on purpose: after a script reload mitmproxy calls running/done synchronously.
         self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
+        if ctx.master.addons.get(FailClosed.name) is None:
+            ctx.master.addons.add(FailClosed())
+        runtime.active = self
         self._watch(ctx.options.keymux_config)
 
     def _watch(self, path: str) -> None:
@@ -193,6 +197,8 @@ class Keymux:
             self.gateway.complete(relayed.plan.ticket, status or 502, relayed.plan, usage)
 
     def done(self) -> None:
+        if runtime.active is self:
+            runtime.active = None
         if self.watcher is not None:
             self.watcher.stop()
         if self._flusher is not None:

@@ -29,6 +29,10 @@ class Runtime:
 
 _runtimes: dict[str, Runtime] = {}
 
+# The keymux addon instance that is live now (None between a script's done() and the next
+# instance's running(), or for good when a reloaded script fails to load).
+active: object | None = None
+
 
 def runtime_for(path: str, config: Config, admin_token: str | None = None) -> Runtime:
     rt = _runtimes.get(path)
