@@ -313,3 +313,16 @@ def test_tpm_reservations_stop_a_burst(gw, mock):
     assert results.count("ok") == count(mock, "t1") == 2
     # the real usage (small) replaced the estimates: the key has room again
     assert ask(gw, provider="tok", max_tokens=300).choices
+
+
+def test_a_stream_that_falls_silent_is_cut_after_timeout_s(gw, mock):
+    stream = client(gw, timeout=30).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True,
+        extra_headers={"x-mock-chunk-delay-ms": "4000"})
+    t0 = time.monotonic()
+    with pytest.raises(Exception):  # the client sees the stream break, not a 20 s hang
+        for _ in stream:
+            pass
+    assert time.monotonic() - t0 < 8
+    time.sleep(0.3)
+    assert all(k["in_flight"] == 0 for k in stats(gw).values())

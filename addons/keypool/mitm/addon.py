@@ -160,7 +160,9 @@ class Keymux:
         """Point the flow at the relay, which serves it the open upstream stream."""
         req = flow.request
         port = await self.relay.start()
-        token = self.relay.park(out.reply)
+        # timeout_s bounds the wait for a stream's headers; once it flows, it may run as long
+        # as it likes but may not fall silent for longer than that.
+        token = self.relay.park(out.reply, self.gateway.config.routing.timeout_s)
         self.streams[flow] = Relayed(out.plan, req.raw_content)
         req.scheme, req.port, req.host = "http", port, "127.0.0.1"
         req.path = "/" + token

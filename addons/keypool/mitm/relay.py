@@ -19,7 +19,7 @@ UNCLAIMED_S = 30.0  # a parked reply nobody fetched (the client left) is closed 
 
 class Relay:
     def __init__(self) -> None:
-        self.parked: dict[str, object] = {}
+        self.parked: dict[str, tuple[object, float | None]] = {}  # token -> (reply, idle_s)
         self.port: int | None = None
         self._server: asyncio.Server | None = None
 
@@ -29,16 +29,17 @@ class Relay:
             self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
-    def park(self, reply) -> str:
+    def park(self, reply, idle_s: float | None = None) -> str:
+        """Keep ``reply`` for mitmproxy to fetch; ``idle_s``: how long its stream may be silent."""
         token = secrets.token_urlsafe(18)
-        self.parked[token] = reply
+        self.parked[token] = (reply, idle_s)
         asyncio.get_running_loop().call_later(UNCLAIMED_S, self._expire, token)
         return token
 
     def _expire(self, token: str) -> None:
-        reply = self.parked.pop(token, None)
-        if reply is not None:
-            reply.close()
+        parked = self.parked.pop(token, None)
+        if parked is not None:
+            parked[0].close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -47,12 +48,12 @@ class Relay:
                 token, length = _parse_head(head)
                 if length:
                     await reader.readexactly(length)
-                reply = self.parked.pop(token, None)
-                if reply is None:
+                parked = self.parked.pop(token, None)
+                if parked is None:
                     writer.write(b"HTTP/1.1 410 Gone\r\ncontent-length: 0\r\n\r\n")
                     await writer.drain()
                     continue
-                if not await _relay(reply, writer):
+                if not await _relay(*parked, writer):
                     break
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             pass
@@ -77,14 +78,14 @@ def _parse_head(head: bytes) -> tuple[str, int]:
     return target.lstrip("/"), length
 
 
-async def _relay(reply, writer: asyncio.StreamWriter) -> bool:
+async def _relay(reply, idle_s: float | None, writer: asyncio.StreamWriter) -> bool:
     """Write one reply as a chunked response; False if it broke off (connection unusable)."""
     head = [f"HTTP/1.1 {reply.status} {reply.reason or reason_phrase(reply.status)}".encode()]
     head += [k + b": " + v for k, v in reply.fields]
     head.append(b"transfer-encoding: chunked\r\n\r\n")
     writer.write(b"\r\n".join(head))
     try:
-        async for chunk in reply.chunks():
+        async for chunk in reply.chunks(idle_s):
             if chunk:
                 writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                 await writer.drain()

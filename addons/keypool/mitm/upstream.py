@@ -6,6 +6,7 @@ provider are reused across client connections (mitmproxy reuses them only within
 """
 from __future__ import annotations
 
+import asyncio
 from typing import AsyncIterator
 
 import aiohttp
@@ -37,8 +38,14 @@ class AiohttpReply:
         except (aiohttp.ClientError, OSError) as e:
             raise UpstreamError(_describe(e)) from None
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        async for data in self._resp.content.iter_any():
+    async def chunks(self, idle_s: float | None = None) -> AsyncIterator[bytes]:
+        """The body as it arrives; a stream silent for ``idle_s`` is cut off (TimeoutError)."""
+        content = self._resp.content
+        while True:
+            async with asyncio.timeout(idle_s):
+                data = await content.readany()
+            if not data:
+                return
             yield data
 
     def close(self) -> None:
