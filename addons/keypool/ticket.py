@@ -51,6 +51,8 @@ class Plan:
     started: float                 # monotonic, when the attempt began
     ttfb: float | None = None
     finished: bool = False
+    _base: tuple[tuple[bytes, bytes], ...] | None = None  # rewritten fields, key not yet added
+    _base_of: object = None                               # ... of these client fields
 
     @property
     def key(self) -> KeyState:
@@ -84,17 +86,19 @@ class Plan:
         credential and routing hint dropped, the key in its place (the real one, or with
         ``secret=False`` the masked one a flow may keep), the provider's required headers
         added unless the client sent its own."""
-        kept = [(k, v) for k, v in fields if k.lower() not in _DROP]
-        present = {k.lower() for k, _ in kept}
-        for name, value in self.provider.headers:
-            if name.encode() not in present:
-                kept.append((name.encode(), value.encode()))
-        if self.ticket.stream:  # the usage tap reads plain SSE, not gzip
-            kept = [(k, v) for k, v in kept if k.lower() != b"accept-encoding"]
-            kept.append((b"accept-encoding", b"identity"))
+        if self._base_of is not fields:  # once per attempt: upstream request and flow share it
+            kept = [(k, v) for k, v in fields if k.lower() not in _DROP]
+            present = {k.lower() for k, _ in kept}
+            for name, value in self.provider.headers:
+                if name.encode() not in present:
+                    kept.append((name.encode(), value.encode()))
+            if self.ticket.stream:  # the usage tap reads plain SSE, not gzip
+                kept = [(k, v) for k, v in kept if k.lower() != b"accept-encoding"]
+                kept.append((b"accept-encoding", b"identity"))
+            self._base, self._base_of = tuple(kept), fields
         shown = self.key.spec.secret if secret else self.key.masked
-        kept.append((self.provider.auth_header.encode(), self.provider.auth_value(shown).encode()))
-        return tuple(kept)
+        auth = (self.provider.auth_header.encode(), self.provider.auth_value(shown).encode())
+        return (*self._base, auth)
 
 
 def read_json(route_path: str, headers: Mapping[str, str], body: bytes | None):
