@@ -25,14 +25,6 @@ class GlobSet:
             return True
         return self._regex is not None and self._regex.match(name) is not None
 
-    def first_match(self, name: str) -> str | None:
-        """The pattern that matches ``name`` (exact names first), for bounded labels."""
-        if name in self._exact:
-            return name
-        if self._regex is not None and self._regex.match(name):
-            return next(p for p in self.patterns if fnmatch.fnmatchcase(name, p))
-        return None
-
 
 def is_wildcard(pattern: str) -> bool:
     return any(c in pattern for c in "*?[")

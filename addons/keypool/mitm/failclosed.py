@@ -7,12 +7,10 @@ so it stays when the script goes, and answers 503 until a keymux instance is liv
 """
 from __future__ import annotations
 
-import time
-
 from mitmproxy import http
 
 from .. import answers
-from . import runtime
+from . import responses, runtime
 
 
 class FailClosed:
@@ -21,9 +19,6 @@ class FailClosed:
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live or runtime.active is not None:
             return
-        a = answers.error(503, "keymux is not loaded (its script failed to load); "
-                          "no request is forwarded until it is fixed", "keymux_not_loaded")
-        headers = http.Headers([(k.encode(), v.encode()) for k, v in a.headers.items()]
-                               + [(b"content-length", str(len(a.body)).encode())])
-        flow.response = http.Response(b"HTTP/1.1", 503, a.reason.encode(), headers, a.body,
-                                      None, time.time(), time.time())
+        flow.response = responses.from_answer(answers.error(
+            503, "keymux is not loaded (its script failed to load); no request is forwarded "
+            "until it is fixed", "keymux_not_loaded"))
