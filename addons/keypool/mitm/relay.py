@@ -33,10 +33,11 @@ class Relay:
         """Keep ``reply`` for mitmproxy to fetch; ``idle_s``: how long its stream may be silent."""
         token = secrets.token_urlsafe(18)
         self.parked[token] = (reply, idle_s)
-        asyncio.get_running_loop().call_later(UNCLAIMED_S, self._expire, token)
+        asyncio.get_running_loop().call_later(UNCLAIMED_S, self.discard, token)
         return token
 
-    def _expire(self, token: str) -> None:
+    def discard(self, token: str) -> None:
+        """Close a parked reply nobody will fetch (expired, or its flow failed)."""
         parked = self.parked.pop(token, None)
         if parked is not None:
             parked[0].close()
@@ -62,7 +63,7 @@ class Relay:
 
     async def close(self) -> None:
         for token in list(self.parked):
-            self._expire(token)
+            self.discard(token)
         if self._server is not None:
             self._server.close()
 
