@@ -146,7 +146,6 @@ def test_a_failing_store_flush_is_logged_once_and_serving_goes_on(gw, trap, mock
     gw.fault.write_text("store flush")
     assert wait_for(lambda: "internal error in store flush" in gw.log()[log_from:])
     assert chat(gw)
-    time.sleep(0)  # no sleep-based sync: the next check waits on a condition
     assert wait_for(lambda: gw.log()[log_from:].count("internal error in store flush") == 1)
     _check(gw, trap, mock, "store flush", log_from)
 
