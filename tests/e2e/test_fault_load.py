@@ -4,7 +4,6 @@ killed gateway restarts on a sound database."""
 import os
 import sqlite3
 import threading
-import time
 
 import openai
 
