@@ -30,6 +30,8 @@ class Masker:
                        key=len, reverse=True)  # longest first: the alternation takes the first
         self._secrets = found
         self._masks = {s: mask(s.decode()).encode() for s in found}
+        # Header fields stay ASCII: some clients refuse a field with "…" in it.
+        self._ascii = {s: m.replace("…".encode(), b"...") for s, m in self._masks.items()}
         self._re = re.compile(_trie(found)) if found else None
         # What a stream holds back: the end of a chunk that may be the start of a secret.
         self.hold = max((len(s) for s in found), default=1) - 1
@@ -60,16 +62,20 @@ class Masker:
             "utf-8", "surrogateescape")
 
     def masked_fields(self, fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        """Header fields with every secret masked, in names and values."""
+        """Header fields with every secret masked (``sk-...ab12``), in names and values."""
         if self._re is None or not self._holds(b"\n".join(k + b":" + v for k, v in fields)):
             return fields
-        return [(self.masked(k), self.masked(v)) for k, v in fields]
+        swap = self._swap_ascii
+        return [(self._re.sub(swap, k), self._re.sub(swap, v)) for k, v in fields]
 
     def stream(self) -> "StreamMasker":
         return StreamMasker(self)
 
     def _swap(self, m: re.Match) -> bytes:
         return self._masks[m.group()]
+
+    def _swap_ascii(self, m: re.Match) -> bytes:
+        return self._ascii[m.group()]
 
     def partial(self, data: bytes) -> int:
         """Length of the longest end of ``data`` that is the start of a secret (0: none)."""

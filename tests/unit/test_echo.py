@@ -47,13 +47,17 @@ def test_short_secrets_are_not_searched_and_no_secrets_is_a_no_op():
     assert m.stream().feed(b"abc") == b"abc"
 
 
+def ascii_mask(secret):
+    return mask(secret).replace("…", "...").encode()
+
+
 def test_header_fields_names_and_values_and_text():
     m = Masker(KEYS)
     fields = [(b"x-echo", A.encode()), (b"content-type", b"application/json"),
               (C.encode(), b"1")]
     out = m.masked_fields(fields)
-    assert out == [(b"x-echo", mask(A).encode()), (b"content-type", b"application/json"),
-                   (mask(C).encode(), b"1")]
+    assert out == [(b"x-echo", ascii_mask(A)), (b"content-type", b"application/json"),
+                   (ascii_mask(C), b"1")]
     clean = [(b"a", b"b")]
     assert m.masked_fields(clean) is clean
     assert m.masked_text(f"Bad {B}") == f"Bad {mask(B)}"
