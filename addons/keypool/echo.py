@@ -16,6 +16,7 @@ data). Only data that holds a secret is rewritten.
 from __future__ import annotations
 
 import re
+from itertools import chain
 from typing import Iterable
 
 from .redact import mask
@@ -56,14 +57,14 @@ class Masker:
         return False
 
     def masked_text(self, value: str) -> str:
-        if self._re is None:
+        if self._re is None or len(value) < MIN_SECRET:
             return value
         return self.masked(value.encode("utf-8", "surrogateescape")).decode(
             "utf-8", "surrogateescape")
 
     def masked_fields(self, fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """Header fields with every secret masked (``sk-...ab12``), in names and values."""
-        if self._re is None or not self._holds(b"\n".join(k + b":" + v for k, v in fields)):
+        if self._re is None or not self._holds(b"\n".join(chain.from_iterable(fields))):
             return fields
         swap = self._swap_ascii
         return [(self._re.sub(swap, k), self._re.sub(swap, v)) for k, v in fields]
