@@ -57,7 +57,11 @@ class Gateway:
         globs = [g for p in config.providers.values() for g in p.models]
         self.metrics.set_model_globs(GlobSet(globs + [g for k in config.keys for g in k.models]))
         self._secrets = [k.secret for k in config.keys] + [c.token for c in config.clients or ()]
-        self.masker = Masker(k.secret for k in config.keys)  # keys an upstream may echo
+        # Keys an upstream may echo; those of the previous config too, for the answers of
+        # requests that were sent before this reload.
+        previous = getattr(self, "config", None)
+        self.masker = Masker([k.secret for k in config.keys]
+                             + ([k.secret for k in previous.keys] if previous else []))
         self.max_response_bytes = int(config.routing.max_response_mb * (1 << 20))
         self.config = config
         self.loaded_wall = self.clock.wall()
