@@ -150,11 +150,11 @@ class Keymux:
         if isinstance(ticket, Answer):
             _answer(flow, ticket)
             return
-        fields, method = req.headers.fields, req.method
+        fields, method, cap = req.headers.fields, req.method, self.gateway.max_response_bytes
         out = None
         try:
             out = await reissue.serve(
-                self.gateway, ticket, lambda plan: self.upstream.send(plan, method, fields),
+                self.gateway, ticket, lambda plan: self.upstream.send(plan, method, fields, cap),
                 alive=lambda: flow.client_conn.timestamp_end is None)
             _show(flow, ticket, out.plan, fields)
             if out.answer is not None:
@@ -173,14 +173,16 @@ class Keymux:
             raise
 
     def _deliver(self, flow: http.HTTPFlow, out: reissue.Outcome) -> None:
-        reply = out.reply
-        flow.response = responses.response(reply.status, reply.reason, out.body, reply.fields)
+        reply, masker = out.reply, self.gateway.masker  # an upstream may echo a key: mask it
         usage = None
         try:
-            usage = usage_of_body(out.body) if reply.status < 400 else None
+            body = masker.masked(out.body)
+            flow.response = responses.response(reply.status, masker.masked_text(reply.reason),
+                                               body, masker.masked_fields(reply.fields))
+            usage = usage_of_body(body) if reply.status < 400 else None
         finally:
             self.gateway.finish(out.plan, reply.status, usage)
-        self.gateway.complete(out.plan.ticket, reply.status, out.plan, usage, out.body)
+        self.gateway.complete(out.plan.ticket, reply.status, out.plan, usage, body)
 
     async def _relay(self, flow: http.HTTPFlow, out: reissue.Outcome) -> None:
         """Point the flow at the relay, which serves it the open upstream stream."""
@@ -188,7 +190,8 @@ class Keymux:
         port = await self.relay.start()
         # timeout_s bounds the wait for a stream's headers; once it flows, it may run as long
         # as it likes but may not fall silent for longer than that.
-        token = self.relay.park(out.reply, self.gateway.config.routing.timeout_s)
+        token = self.relay.park(out.reply, self.gateway.config.routing.timeout_s,
+                                self.gateway.masker)
         self.streams[flow] = Relayed(out.plan, req.raw_content)
         flow.metadata[boundary.MARK] = ("127.0.0.1", port, "/" + token)
         req.scheme, req.port, req.host = "http", port, "127.0.0.1"
