@@ -246,10 +246,15 @@ class _Reader(NodeReader):
 
     def server(self, node: Node | None) -> ServerSpec:
         f = self.fields(node, "server", SERVER_FIELDS)
-        surface = self.choice(SURFACE_MODES)
         return ServerSpec(**self.given(f, "server", {
             "allowed_origins": self.names_list, "allowed_hosts": self.names_list,
-            "metrics": surface, "health": surface}))
+            "metrics": self.surface, "health": self.surface}))
+
+    def surface(self, node: Node, path: str) -> str:
+        # YAML 1.1 reads an unquoted `off` as false: take the word as written (as YAML 1.2 does).
+        if isinstance(node, ScalarNode) and node.style is None and node.value in SURFACE_MODES:
+            return node.value
+        return self.choice(SURFACE_MODES)(node, path)
 
     def names_list(self, node: Node, path: str) -> tuple[str, ...]:
         """A list of origins or host names, compared case-insensitively; "*" stands alone."""
