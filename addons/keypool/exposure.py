@@ -138,12 +138,25 @@ def guard(gw: "Gateway", path: str, headers: Mapping[str, str]) -> Answer | None
     ex = of(gw)
     if ex.refusal is not None:
         return answers.error(403, "keymux refuses to serve: " + ex.refusal, "open_gateway_refused")
-    origin = headers.get("origin")
+    origin, host = _origin_and_host(headers)
     if origin is not None and not ex.origin_ok(origin):
         return answers.error(403, "requests from web pages are refused: this Origin is not in"
                              " server.allowed_origins", "forbidden_origin")
-    host = headers.get("host")
     if host is not None and not ex.host_ok(host):
         return answers.error(403, "this Host is not one of the gateway's names; a reverse proxy"
                              " or a real hostname goes in server.allowed_hosts", "forbidden_host")
     return None
+
+
+def _origin_and_host(headers: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """One pass over mitmproxy's raw fields (a missed ``Headers.get`` costs ~4 µs)."""
+    fields = getattr(headers, "fields", None)
+    if fields is None:  # a plain dict with lower-case names
+        return headers.get("origin"), headers.get("host")
+    origin = host = None
+    for name, value in fields:
+        if len(name) == 6 and name.lower() == b"origin":
+            origin = value.decode("latin-1")
+        elif len(name) == 4 and name.lower() == b"host":
+            host = value.decode("latin-1")
+    return origin, host
