@@ -95,10 +95,10 @@ class Keymux:
                   for m in modes) or ((opts.listen_host, opts.listen_port),),
             allow_open=opts.keymux_allow_open_gateway,
             sidecar_token=os.environ.get("KEYMUX_SIDECAR_TOKEN") or None)
+        exposure.bind(self.gateway, binds)  # first: a refused gateway answers 403 meanwhile
         refusal = exposure.open_refusal(binds, self.gateway.config)
         if refusal is not None:
             raise exceptions.OptionsError(f"keymux: refusing to start: {refusal}")
-        exposure.bind(self.gateway, binds)
 
     def _load(self, path: str) -> None:
         self._loaded_digest = digest(path)
