@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from typing import Mapping
 
-from . import answers, endpoints, policy
+from . import answers, endpoints, exposure, policy
 from .answers import Answer
 from .clients import ClientAuth, presented_token
 from .clock import Clock, SystemClock
@@ -82,6 +82,8 @@ class Gateway:
 
     def _admit(self, method: str, path: str, headers: Mapping[str, str],
                body: bytes | None) -> Answer | Ticket:
+        if (refused := exposure.guard(self, path, headers)) is not None:  # browsers, open binds
+            return refused
         route_path = path.partition("?")[0]
         own = endpoints.reserved(self, method, route_path, headers)
         if own is not None:
