@@ -160,7 +160,11 @@ class Keymux:
     # -- hooks: each catches everything, answers 500 if it still can, and releases ------
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live or self.gateway is None:
+        if flow.response or flow.error or not flow.live:
+            return
+        if self.gateway is None:  # the config failed to load at start: mitmdump is exiting
+            boundary.mask_client_auth(flow.request)
+            flow.response = boundary.not_loaded()
             return
         try:
             await self._request(flow)
