@@ -76,8 +76,10 @@ class ConfigWatcher(FileSystemEventHandler):
 
     def _reload(self) -> None:
         now = digest(self.path)
-        if now in (self._digest, self._bad):
+        if now == self._bad or (now == self._digest and self._bad is None):
             return  # an unrelated file in the directory changed, or nothing new
+        # Also when the serving content is back after a reported error (a typo undone, a
+        # deleted file put back): reading it again clears the error, as any good reload does.
         try:
             config, error = load_config(self.path), None
         except ConfigError as e:
