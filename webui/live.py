@@ -74,10 +74,21 @@ def dashboard(snap: Snapshot, stats: dict | None, gateway_error: str | None,
         "keys": rows,
         "totals": _totals(rows),
         "gateway": {"reachable": stats is not None, "error": gateway_error,
-                    "uptime_s": (stats or {}).get("uptime_s"),
-                    "reload_error": (health or {}).get("last_reload_error")},
+                    "uptime_s": (stats or {}).get("uptime_s"), **_health_view(health)},
         "config": {"error": snap.error, "warnings": list(snap.warnings)},
     }
+
+
+def _health_view(health: dict | None) -> dict:
+    """The gateway's own word on its reload and store state (``/_keymux/health``), as is:
+    the UI shows what health shows, never a judgment of its own."""
+    health = health if isinstance(health, dict) else {}
+    store = health.get("store") if isinstance(health.get("store"), dict) else None
+    return {"status": health.get("status"), "reload_error": health.get("last_reload_error"),
+            "store_error": None if not store or store.get("ok") else
+            {"error": str(store.get("last_error") or ""),
+             "pending_rows": int(store.get("pending_rows") or 0),
+             "dropped_rows": int(store.get("dropped_rows") or 0)}}
 
 
 def _row(f: dict, k: dict | None, reachable: bool, p95: dict, today: dict) -> dict:
