@@ -39,7 +39,8 @@ def file_keys(snap: Snapshot) -> list[dict]:
             shown = mask(spec.secret)
         else:
             shown = "" if ref or not raw else mask(raw.replace("$$", "$"))
-        enabled = item.get("enabled", True) is not False
+        # the gateway's reading when the file validates (one meaning: keypool.yamlrules)
+        enabled = spec.enabled if spec is not None else item.get("enabled", True) is not False
         out.append({
             "name": name, "provider": str(item.get("provider", "")), "key": shown,
             "reference": ref, "loaded": spec is not None, "enabled": enabled,
