@@ -77,3 +77,27 @@ def test_an_unrelated_touch_does_not_reload(gw):
     gw.config.write_bytes(gw.config.read_bytes())  # same bytes, no error pending
     time.sleep(0.6)  # nothing to wait for: the absence of a reload (> debounce)
     assert reloads(gw, "ok") == ok_before
+
+
+def test_a_huge_config_is_refused_by_size_and_never_stalls_serving(gw):
+    serving = gw.config.read_bytes()
+    huge = gw.config.with_name(".huge.tmp")
+    with open(huge, "wb") as f:  # 40 MB of valid-looking YAML: parsing it took > 10 s
+        f.write(serving)
+        line = b"  - {name: k, provider: mock, key: sk-huge-000000000000}\n"
+        f.write(line * (40_000_000 // len(line)))
+    worst = 0.0
+    huge.replace(gw.config)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        started = time.monotonic()
+        assert get(gw, "/health")[0] == 200
+        worst = max(worst, time.monotonic() - started)
+        error = health(gw)["last_reload_error"]
+        if error and "MiB" in error:
+            break
+        time.sleep(0.02)
+    assert error and "at most 2 MiB" in error and ":1:" in error
+    assert worst < 1.0  # a loaded 2-core machine; the stall this prevents was > 10 s
+    gw.config.write_bytes(serving)
+    assert wait_for(lambda: health(gw)["last_reload_error"] is None)
