@@ -175,3 +175,19 @@ def test_a_state_dir_that_cannot_be_opened_is_retried(tmp_path):
     assert len(store.export()["requests"]) == 2
     w.close()
     store.close()
+
+
+def test_a_corrupt_database_is_reported_and_a_sound_one_taken_up(tmp_path):
+    path = tmp_path / "keymux.db"
+    path.write_bytes(b"this is not an SQLite database, just garbage " * 100)
+    store = SQLiteStore(path, lazy=True)
+    w = Writer(store, 14)
+    w.submit(Batch(rows(3)))
+    assert w.flush() and w.failing
+    assert "not a database" in w.status()["last_error"]
+    path.unlink()  # the operator moves the broken file away
+    w.submit(Batch())
+    assert w.flush() and not w.failing
+    assert len(store.export()["requests"]) == 3
+    w.close()
+    store.close()
