@@ -14,7 +14,7 @@ from typing import Mapping
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode
 
-from .envfile import INT_TAG, NodeReader, describe, is_null, line_of, parse_dotenv
+from .envfile import INT_TAG, STR_TAG, NodeReader, describe, is_null, line_of, parse_dotenv
 from .errors import ConfigError
 from .providers import AUTH_SCHEMES, PRESETS, ProviderSpec, split_base_url
 
@@ -118,6 +118,10 @@ COOLDOWN_FIELDS = ("rate_limited_s", "server_error_s", "max_s", "auth_error_s")
 LOGGING_FIELDS = ("bodies", "retention_days")
 MIN_TOKEN_LEN = 8
 
+# A keys.yaml past this is refused before it is read: parsing holds the GIL, even on the
+# watcher's thread, and would stall every request (50 MB took >10 s).
+MAX_CONFIG_BYTES = 2 * 1024 * 1024
+
 _PROVIDER_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*\Z")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
@@ -147,13 +151,34 @@ def parse_config(
     base_dir: Path | None = None,
 ) -> Config:
     """keys.yaml text -> Config; the first problem found raises ConfigError."""
+    check_size(text, source)
     root = _compose(text, source)
     return _Reader(source, os.environ if env is None else env, base_dir).config(root)
 
 
+def check_size(text: str, source: str | None) -> None:
+    """Refuse a text past MAX_CONFIG_BYTES before anything parses it (the web UI too)."""
+    # Characters first (cheap): a text under the cap in characters is at most 4x it in bytes.
+    if len(text) > MAX_CONFIG_BYTES // 4:
+        size = len(text.encode("utf-8", "replace"))
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(_too_big(size), 1, source)
+
+
+def _too_big(size: int) -> str:
+    return (f"the file is {size / 1048576:.1f} MiB; keys.yaml (and its .env) may be at most"
+            f" {MAX_CONFIG_BYTES // 1048576} MiB: keep bodies, logs and data elsewhere")
+
+
 def _read(path: Path) -> str:
+    """The file's text, refused by its size before a byte of it is read or parsed."""
     try:
-        return path.read_text(encoding="utf-8-sig")
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(MAX_CONFIG_BYTES + 1)  # a file growing as we read is capped too
+        if max(size, len(data)) > MAX_CONFIG_BYTES:
+            raise ConfigError(_too_big(max(size, len(data))), 1, str(path))
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ConfigError("the file is not valid UTF-8", path=str(path)) from None
     except OSError as e:
@@ -217,9 +242,10 @@ class _Reader(NodeReader):
         return tuple(out)
 
     def clock(self, node: Node, path: str) -> str:
-        # YAML 1.1 reads an unquoted 12:30 as the base-60 integer 750: take the text as written.
+        # YAML 1.1 reads an unquoted 12:30 as the base-60 integer 750, YAML 1.2 as text: here
+        # both mean the time of day, so take the text as written (yamlrules would refuse it).
         plain = isinstance(node, ScalarNode) and node.style is None
-        if plain and node.tag == INT_TAG and ":" in node.value:
+        if plain and node.tag in (INT_TAG, STR_TAG) and _CLOCK.match(node.value):
             value = node.value
         else:
             value = self.string(node, path)

@@ -91,8 +91,11 @@ def _presented(headers: Mapping[str, str]) -> str:
 def readiness(gw: "Gateway") -> Answer:
     snap = gw.pool.snapshot()
     usable = sum(1 for k in snap if k["state"] == "ok")
+    store = gw.store_status() if gw.store_status else None
+    # degraded: it serves, but something it should do fails (the store cannot write)
+    status = "unavailable" if not usable else "degraded" if store and not store["ok"] else "ok"
     body = {
-        "status": "ok" if usable else "unavailable",
+        "status": status,
         "config": gw.config.source,
         "config_loaded_at": gw.loaded_wall,
         "last_reload_error": gw.reload_error,
@@ -101,6 +104,8 @@ def readiness(gw: "Gateway") -> Answer:
         "keys": {"total": len(snap), "usable": usable},
         "providers": sorted({k["provider"] for k in snap}),
     }
+    if store is not None:
+        body["store"] = store
     return answers.json_answer(200 if usable else 503, body)
 
 

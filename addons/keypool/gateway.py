@@ -12,7 +12,7 @@ glue (``keypool.mitm``) does the I/O. Headers are a case-insensitive mapping (mi
 from __future__ import annotations
 
 import random
-from typing import Mapping
+from typing import Callable, Mapping
 
 from . import answers, endpoints, exposure, policy
 from .answers import Answer
@@ -41,6 +41,7 @@ class Gateway:
         self.admin_token = admin_token or None
         self.started_wall = self.clock.wall()
         self.reload_error: str | None = None
+        self.store_status: Callable[[], dict] | None = None  # the store writer's, when there is one
         self.pool = Pool(config, self.clock, self.rng)
         self.client_rate = ClientRate()
         self.waiting: dict[str, int] = {}  # provider -> requests queued for a key
