@@ -25,7 +25,7 @@ from ..providers import CLIENT_AUTH_HEADERS
 from ..redact import mask
 from ..ticket import Plan, Ticket
 from ..usage import SseTap, usage_of_body
-from . import responses, runtime
+from . import conns, responses, runtime
 from .failclosed import FailClosed
 from .relay import Relay
 from .reload import ConfigWatcher, digest
@@ -59,6 +59,7 @@ class Keymux:
     def load(self, loader) -> None:
         loader.add_option("keymux_config", str, "config/keys.yaml",
                           "Path of keymux's key pool (keys.yaml).")
+        conns.install(ctx.master)  # before the proxy listens: every connection is guarded
 
     def configure(self, updated: set[str]) -> None:
         if "keymux_config" in updated or self.gateway is None:
