@@ -48,7 +48,7 @@ class Conn:
     client: connection.Client
     deadline: float | None          # end of the wait for headers (or of the idle keep-alive)
     served: int = 0                 # requests whose headers arrived on it
-    flows: list = field(default_factory=list)   # [flow, end of the wait for its body]
+    flows: list = field(default_factory=list)   # (flow, when its headers arrived)
 
 
 class ConnGuard:
@@ -57,6 +57,7 @@ class ConnGuard:
     def __init__(self) -> None:
         self.conns: dict[str, Conn] = {}
         self.max_connections = DEFAULT_MAX_CONNECTIONS
+        self.header_s, self.body_s, self.idle_s = 10.0, 30.0, 60.0  # the options, read once
         self._sweeper: asyncio.Task | None = None
 
     def load(self, loader) -> None:
@@ -79,6 +80,9 @@ class ConnGuard:
         if opts.keymux_max_connections < 0:
             raise exceptions.OptionsError("keymux_max_connections must be 0 (auto) or positive")
         self.max_connections = opts.keymux_max_connections or auto_max_connections()
+        self.header_s = float(opts.keymux_header_timeout)
+        self.body_s = float(opts.keymux_body_timeout)
+        self.idle_s = float(opts.keymux_idle_timeout)
 
     def running(self) -> None:
         if self._sweeper is None:
@@ -102,7 +106,7 @@ class ConnGuard:
                     "too_many_connections", retry_after=1)))
             client.error = "keymux: too many open connections"
             return
-        self.conns[client.id] = Conn(client, time.monotonic() + ctx.options.keymux_header_timeout)
+        self.conns[client.id] = Conn(client, time.monotonic() + self.header_s)
 
     def client_disconnected(self, client: connection.Client) -> None:
         self.conns.pop(client.id, None)
@@ -113,15 +117,12 @@ class ConnGuard:
             return
         conn.served += 1
         conn.deadline = None
-        length = flow.request.headers.get("content-length", "")
-        allowed = ctx.options.keymux_body_timeout + (
-            int(length) / MIN_BODY_RATE if length.isdigit() else 0.0)
-        conn.flows.append([flow, time.monotonic() + allowed])
+        conn.flows.append((flow, time.monotonic()))  # the body's allowance: see _expired
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         # keymux relays streams chunked; an HTTP/1.0 client cannot read chunked framing, so it
         # gets the body as is and the end of the stream is the end of the connection.
-        if flow.request.http_version == "HTTP/1.0" and flow.response is not None:
+        if flow.request.data.http_version == b"HTTP/1.0" and flow.response is not None:
             headers = flow.response.headers
             if "transfer-encoding" in headers:
                 del headers["transfer-encoding"]
@@ -131,7 +132,7 @@ class ConnGuard:
         # Bad chunked framing: mitmproxy closes the connection without an answer. If its
         # socket still takes bytes (it does: this hook runs before the close completes),
         # say why in JSON.
-        if (flow.response is None and flow.error is not None and not flow.client_conn.tls
+        if (flow.error is not None and flow.response is None and not flow.client_conn.tls
                 and flow.error.msg.startswith("HTTP/1 protocol error")
                 and flow.client_conn.id in self.conns):  # not one the sweeper closed
             _write(flow.client_conn.id, json_error_response(400, flow.error.msg))
@@ -140,9 +141,7 @@ class ConnGuard:
 
     async def _sweep_forever(self) -> None:
         while True:
-            opts = ctx.options
-            shortest = min(opts.keymux_header_timeout, opts.keymux_body_timeout,
-                           opts.keymux_idle_timeout)
+            shortest = min(self.header_s, self.body_s, self.idle_s)
             await asyncio.sleep(min(1.0, max(0.05, shortest / 4)))
             try:
                 self.sweep(time.monotonic())
@@ -165,26 +164,27 @@ class ConnGuard:
         if conn.flows:
             live = []
             for item in conn.flows:
-                flow, body_deadline = item
+                flow, since = item
                 if _answered(flow):
                     continue  # its response is on its way, or the flow is over
-                if flow.request.timestamp_end is None and now > body_deadline:
+                if (flow.request.timestamp_end is None and now - since > self.body_s
+                        and now - since > self.body_s + _declared_length(flow) / MIN_BODY_RATE):
                     return "body"
                 live.append(item)
             conn.flows = live
             if not live:
-                conn.deadline = now + ctx.options.keymux_idle_timeout
+                conn.deadline = now + self.idle_s
             return None
         if conn.deadline is None or now <= conn.deadline:
             return None
         if _pending_output(conn.client.id):  # a slow reader of a large answer: not idle
-            conn.deadline = now + ctx.options.keymux_idle_timeout
+            conn.deadline = now + self.idle_s
             return None
         return "headers" if conn.served == 0 else "idle"
 
     def _evict_idle(self) -> bool:
         """Close the keep-alive connection idle the longest, to make room; False if none."""
-        later = time.monotonic() + ctx.options.keymux_idle_timeout
+        later = time.monotonic() + self.idle_s
         idle = [(c.deadline if not c.flows else later, c) for c in self.conns.values()
                 if c.served and all(_answered(f) for f, _ in c.flows)
                 and not _pending_output(c.client.id)]
@@ -196,7 +196,14 @@ class ConnGuard:
         return True
 
 
+def _declared_length(flow: http.HTTPFlow) -> int:
+    length = flow.request.headers.get("content-length", "")
+    return int(length) if length.isdigit() else 0  # chunked: body_timeout alone
+
+
 def _answered(flow: http.HTTPFlow) -> bool:
+    if flow.websocket is not None:  # upgraded: busy until the WebSocket ends
+        return flow.websocket.timestamp_end is not None or flow.error is not None
     return flow.error is not None or (
         flow.response is not None and flow.response.timestamp_end is not None)
 
