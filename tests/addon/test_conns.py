@@ -13,7 +13,7 @@ from mitmproxy.proxy import server
 from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.test import taddons, tflow
 
-from keypool.mitm import conns
+from keypool.mitm import conns, protocol
 from keypool.mitm.conns import ConnGuard
 
 
@@ -126,7 +126,7 @@ def test_auto_max_connections_leaves_room_for_the_other_descriptors():
 
 
 def test_protocol_errors_are_openai_json():
-    raw = conns.json_error_response(400, "Bad HTTP request line: b'x'")
+    raw = protocol.json_error_response(400, "Bad HTTP request line: b'x'")
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400 Bad Request") and b"connection: close" in head
     assert json.loads(body)["error"]["code"] == "http_protocol_error"
@@ -139,6 +139,14 @@ def test_mitmproxy_builds_its_http1_errors_with_make_error_response():
         "status_code", "message"]
     src = inspect.getsource(_http1.Http1Server)
     assert "make_error_response(400" in src and "make_error_response(status" in src
+
+
+def test_mitmproxy_http1_server_reads_heads_as_the_bound_expects():
+    # protocol._read_headers_bounded wraps read_headers; it relies on these names
+    src = inspect.getsource(protocol._original_read_headers)
+    assert "self.buf.maybe_extract_lines()" in src and "self.state = self.read_body" in src
+    assert "self.state = self.read_headers" in inspect.getsource(_http1.Http1Connection)
+    assert hasattr(_http1.Http1Connection, "done")
 
 
 def test_mitmproxy_connection_table_and_close_mechanism():

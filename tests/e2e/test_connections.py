@@ -174,6 +174,34 @@ def test_a_malformed_request_line_gets_a_json_400(gw):
     assert b"<html>" not in raw
 
 
+def test_an_endless_request_head_is_cut_at_the_cap_with_a_431(gw, mock):
+    s = connect(gw.port)
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    line = b"x-pad: " + b"a" * 1000 + b"\r\n"
+    sent = 0
+    try:
+        while sent < 2 * 1024 * 1024:  # well past the cap; the gateway stops reading first
+            s.sendall(line * 64)
+            sent += len(line) * 64
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    raw = read_all(s)
+    s.close()
+    if raw:  # a reset may swallow it: the client was still sending
+        status, err = error_of(raw)
+        assert status == 431 and err["code"] == "request_head_too_large"
+    assert sent < 2 * 1024 * 1024 or raw, "neither cut nor answered"
+    assert health_ok(gw.port)
+
+
+def test_a_large_but_complete_head_is_not_the_caps_business(gw):
+    s = connect(gw.port)
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nconnection: close\r\n"
+              + b"x-pad: " + b"a" * 100_000 + b"\r\n\r\n")
+    assert read_all(s).startswith(b"HTTP/1.1 200")
+    s.close()
+
+
 def test_http2_prior_knowledge_is_closed(gw, mock):
     """Documented: mitmproxy cannot speak h2c; an HTTP/2 client could not read an HTTP/1
     answer either, so the connection is just closed."""

@@ -1,5 +1,5 @@
 """The client connections themselves: slowloris timeouts, a bound on open connections, and
-mitmproxy's own protocol-error answers as OpenAI error JSON.
+mitmproxy's own protocol-error answers as OpenAI error JSON (``protocol``).
 
 mitmproxy only closes a client connection after ``tcp_timeout`` (600 s) of *no bytes at
 all*; a client that trickles a header byte every few seconds, or never finishes its body,
@@ -30,9 +30,10 @@ import time
 from dataclasses import dataclass, field
 
 from mitmproxy import connection, ctx, exceptions, http
-from mitmproxy.proxy.layers.http import _http1
 
 from .. import answers
+from . import protocol
+from .protocol import wire
 
 logger = logging.getLogger("keymux")
 
@@ -101,7 +102,7 @@ class ConnGuard:
             logger.warning("keymux: %d client connections open, refusing one more",
                            len(self.conns))
             if not client.tls:  # mitmproxy closes it after this hook, flushing the answer
-                _write(client.id, _raw(answers.error(
+                _write(client.id, wire(answers.error(
                     503, "too many open connections to the gateway; retry shortly",
                     "too_many_connections", retry_after=1)))
             client.error = "keymux: too many open connections"
@@ -135,7 +136,7 @@ class ConnGuard:
         if (flow.error is not None and flow.response is None and not flow.client_conn.tls
                 and flow.error.msg.startswith("HTTP/1 protocol error")
                 and flow.client_conn.id in self.conns):  # not one the sweeper closed
-            _write(flow.client_conn.id, json_error_response(400, flow.error.msg))
+            _write(flow.client_conn.id, protocol.json_error_response(400, flow.error.msg))
 
     # -- the sweeper
 
@@ -154,7 +155,7 @@ class ConnGuard:
             if why is not None:
                 logger.info("keymux: closing client connection %s: %s",
                             conn.client.peername, why)
-                answer = None if why == "idle" or conn.client.tls else _raw(answers.error(
+                answer = None if why == "idle" or conn.client.tls else wire(answers.error(
                     408, f"request {why} not received in time", "request_timeout"))
                 _close(cid, answer)
                 self.conns.pop(cid, None)
@@ -219,7 +220,7 @@ def install(master) -> None:
         except RuntimeError:
             return  # mitmproxy's running hook starts the sweeper
         guard.running()
-    _http1.make_error_response = json_error_response
+    protocol.install()
 
 
 def auto_max_connections() -> int:
@@ -235,21 +236,6 @@ def auto_max_connections() -> int:
     if soft == resource.RLIM_INFINITY:
         return DEFAULT_MAX_CONNECTIONS
     return max(16, min(DEFAULT_MAX_CONNECTIONS, (soft - RESERVED_FDS) // FDS_PER_CONNECTION))
-
-
-def json_error_response(status_code: int, message: str = "") -> bytes:
-    """mitmproxy's own HTTP/1 error answers (bad request line, bad headers, body_size_limit,
-    502s) as OpenAI error JSON instead of its HTML page; same signature as the original."""
-    return _raw(answers.error(status_code, message or answers.reason(status_code),
-                              "http_protocol_error"))
-
-
-def _raw(answer: answers.Answer) -> bytes:
-    """An answer as bytes on the wire, closing the connection after it."""
-    head = [f"HTTP/1.1 {answer.status} {answer.reason}"]
-    head += [f"{k}: {v}" for k, v in answer.headers.items()]
-    head += [f"content-length: {len(answer.body)}", "connection: close", "", ""]
-    return "\r\n".join(head).encode("latin-1", "replace") + answer.body
 
 
 # -- mitmproxy internals (12.2.3), kept in one place ----------------------------------------
