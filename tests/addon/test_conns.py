@@ -169,3 +169,12 @@ def test_an_upgraded_websocket_is_busy_not_idle(guard):
     now = time.monotonic()
     guard.sweep(now + 3600)
     assert c.id in guard.conns
+
+
+def test_protocol_install_is_idempotent_and_reimport_safe():
+    import importlib
+    protocol.install()
+    original = protocol._original_read_headers
+    importlib.reload(protocol).install()
+    assert protocol._original_read_headers is original
+    assert "maybe_extract_lines" in inspect.getsource(original)

@@ -20,7 +20,9 @@ from .. import answers
 
 MAX_HEAD_BYTES = 256 * 1024   # far above any real request head; bounds memory per connection
 
-_original_read_headers = _http1.Http1Server.read_headers
+# getattr: a re-imported module must wrap mitmproxy's method, not its own wrapper
+_original_read_headers = getattr(_http1.Http1Server.read_headers, "keymux_original",
+                                 _http1.Http1Server.read_headers)
 
 
 def install() -> None:
@@ -50,3 +52,6 @@ def _read_headers_bounded(self, event):
             431, f"request head over {MAX_HEAD_BYTES} bytes", "request_head_too_large")))
         yield commands.CloseConnection(self.conn)
         self.state = self.done
+
+
+_read_headers_bounded.keymux_original = _original_read_headers
