@@ -41,6 +41,8 @@ MIN_BODY_RATE = 64 * 1024   # bytes/s a declared body may take beyond keymux_bod
 FDS_PER_CONNECTION = 4      # client socket, mitmproxy -> relay, relay's side, keymux upstream
 RESERVED_FDS = 128          # state store, config watcher, logs, listening sockets
 DEFAULT_MAX_CONNECTIONS = 1000
+OPTIONS = {"keymux_header_timeout", "keymux_body_timeout", "keymux_idle_timeout",
+           "keymux_max_connections"}
 
 
 @dataclass(slots=True)
@@ -74,6 +76,8 @@ class ConnGuard:
                           "at most 1000). Past it idle ones are closed, else new ones get a 503.")
 
     def configure(self, updated: set[str]) -> None:
+        if updated and not updated & OPTIONS:
+            return
         opts = ctx.options
         for name in ("keymux_header_timeout", "keymux_body_timeout", "keymux_idle_timeout"):
             if getattr(opts, name) <= 0:
@@ -168,7 +172,7 @@ class ConnGuard:
                 flow, since = item
                 if _answered(flow):
                     continue  # its response is on its way, or the flow is over
-                if (flow.request.timestamp_end is None and now - since > self.body_s
+                if (flow.request.timestamp_end is None and now - since > self.body_s  # cheap first
                         and now - since > self.body_s + _declared_length(flow) / MIN_BODY_RATE):
                     return "body"
                 live.append(item)
