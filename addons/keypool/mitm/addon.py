@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..gateway import Gateway
 from ..ticket import Plan, Ticket
 from ..usage import SseTap, usage_of_body
-from . import boundary, responses, runtime
+from . import boundary, conns, responses, runtime
 from .failclosed import FailClosed
 from .relay import Relay
 from .reload import ConfigWatcher, digest
@@ -63,6 +63,7 @@ class Keymux:
         loader.add_option("keymux_allow_open_gateway", bool, False,
                           "Serve a bind beyond loopback without a clients: section (anyone "
                           "who reaches the port spends your keys).")
+        conns.install(ctx.master)  # before the proxy listens: every connection is guarded
 
     def configure(self, updated: set[str]) -> None:
         if "keymux_config" in updated or self.gateway is None:
