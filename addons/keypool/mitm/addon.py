@@ -26,6 +26,7 @@ from ..redact import mask
 from ..ticket import Plan, Ticket
 from ..usage import SseTap, usage_of_body
 from . import responses, runtime
+from . import errorpages
 from .failclosed import FailClosed
 from .relay import Relay
 from .reload import ConfigWatcher, digest
@@ -96,6 +97,8 @@ class Keymux:
         if ctx.master.addons.get(FailClosed.name) is None:
             ctx.master.addons.add(FailClosed())
         runtime.active = self
+        if not errorpages.install():
+            logger.warning("keymux: mitmproxy's own error pages stay HTML (unknown mitmproxy)")
         self._watch(ctx.options.keymux_config)
 
     def _watch(self, path: str) -> None:
