@@ -36,6 +36,9 @@ _BAD_RAW = re.compile(r"[^\x21-\x7e]|\\")
 _BAD_DECODED = re.compile(r"[\x00-\x1f\x7f\\]")
 _PCHAR_SAFE = "/:@!$&'()*+,=-._~"
 _BAD_MODEL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+# An escaped printable ASCII character (``\u006d`` for ``m``): JSON encoders never write
+# one, a body spelling a key around a duplicate check does.
+_ESCAPED_ASCII = re.compile(rb"\\u00[2-7][0-9a-fA-F]")
 
 
 class Refused(Exception):
@@ -228,7 +231,18 @@ def parse_json(body: bytes):
     # Only a body with that many brackets can be that deep: the walk is rarely needed.
     if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _depth(data) > MAX_DEPTH:
         raise ValueError(f"JSON nested deeper than {MAX_DEPTH} levels")
+    # Python keeps the last of duplicate keys, some upstreams the first: a body that could
+    # hold two "model"s is parsed again, checking (the hook costs ~3x, so only then).
+    if body.count(b'"model"') > 1 or body.count(b'"stream"') > 1 or _ESCAPED_ASCII.search(body):
+        json.JSONDecoder(object_pairs_hook=_no_duplicates).decode(text)
     return data
+
+
+def _no_duplicates(pairs: list) -> dict:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        raise ValueError("the request body repeats a JSON key")
+    return d
 
 
 def _depth(data) -> int:

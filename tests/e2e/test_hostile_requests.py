@@ -149,6 +149,7 @@ def test_bad_paths_never_reach_the_upstream(gw, mock, target, status):
     (json.dumps(FORBIDDEN).encode("utf-16"), "invalid_json"),
     (b'{"model": "gpt-4o-mini", "x": "\xff"}', "invalid_json"),
     (b'{"model":"gpt-4o-mini","x":' + b"[" * 3000 + b"]" * 3000 + b"}", "invalid_json"),
+    (b'{"model": "gpt-4o-mini", "mod\\u0065l": "gpt-4o"}', "invalid_json"),
     (b'{"model": ["gpt-4o"]}', "invalid_model"),
     (b'{"model": "gpt-4o\\u0000"}', "invalid_model"),
     (b'{"model": "openai/\\ud800"}', "invalid_model"),

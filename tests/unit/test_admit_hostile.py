@@ -78,6 +78,7 @@ def test_model_path_body_is_read_whatever_the_content_type(ctype):
     (b'{"model":"gpt-4o-mini","x":' + b"[" * 2000 + b"]" * 2000 + b"}", "invalid_json"),
     (b'{"model":"gpt-4o-mini","x":' + b"[" * 70 + b"]" * 70 + b"}", "invalid_json"),
     (b"not json", "invalid_json"),
+    (b'{"model": "gpt-4o-mini", "model": "gpt-4o"}', "invalid_json"),
     (b"", "invalid_json"),
     (b"[1]", "invalid_json"),
     (b'{"model": ["gpt-4o-mini"]}', "invalid_model"),

@@ -149,3 +149,14 @@ def test_model_problems():
     assert model_problem("gpt\x00-4o")
     assert model_problem(json.loads('"openai/\\ud800"'))
     assert model_problem("g" * 257)
+
+
+def test_duplicate_keys_are_refused_where_they_could_hide_a_model():
+    for body in (b'{"model": "gpt-4o-mini", "model": "gpt-4o"}',
+                 b'{"model": "gpt-4o-mini", "mod\\u0065l": "gpt-4o"}',
+                 b'{"stream": false, "x": {"a": 1, "a": 2}, "stream": true}'):
+        with pytest.raises(ValueError, match="repeats"):
+            parse_json(body)
+    nested = b'{"model": "m", "tools": [{"parameters": {"model": {"type": "string"}}}]}'
+    assert parse_json(nested)["model"] == "m"
+    assert parse_json('{"model": "m", "c": "\u00e9\\u00e9\\n"}'.encode())["c"] == "\u00e9\u00e9\n"
