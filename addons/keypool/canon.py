@@ -19,6 +19,7 @@ import json
 import re
 import zlib
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import quote
 
 MAX_TARGET = 8 * 1024        # request-target (path and query) -> 414 beyond
@@ -51,23 +52,19 @@ class Refused(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    path: str    # decoded, no dot segments, no empty segments, no trailing '/' (but "/")
-    query: str   # "" or "?..." exactly as the client sent it
-
-    @property
-    def upstream(self) -> str:
-        """The canonical path percent-encoded again, query appended: what goes upstream."""
-        enc = self.path if _CANONICAL.fullmatch(self.path) else quote(self.path, safe=_PCHAR_SAFE)
-        return enc + self.query
+    path: str      # decoded, no dot segments, no empty segments, no trailing '/' (but "/")
+    query: str     # "" or "?..." exactly as the client sent it
+    upstream: str  # the path percent-encoded again, query appended: what goes upstream
 
 
+@lru_cache(maxsize=1024)  # a client sends the same few paths over and over
 def canonical_target(raw: str) -> Target:
     """The client's request-target in canonical form, or Refused (400/414)."""
     if len(raw) > MAX_TARGET:
         raise Refused(414, f"the request URL is longer than {MAX_TARGET} bytes", "uri_too_long")
     path, sep, query = raw.partition("?")
     if _CANONICAL.fullmatch(path) and "#" not in query and not _BAD_RAW.search(query):
-        return Target(path, sep + query)
+        return Target(path, sep + query, raw)
     if "#" in raw:
         raise Refused(400, "the request URL must not carry a #fragment", "invalid_path")
     if _BAD_RAW.search(raw):
@@ -75,7 +72,9 @@ def canonical_target(raw: str) -> Target:
                       "or a non-ASCII byte", "invalid_path")
     if not path.startswith("/"):
         raise Refused(400, "the request target must be a path starting with '/'", "invalid_path")
-    return Target(_remove_dots(_decode(path)), sep + query)
+    canonical = _remove_dots(_decode(path))
+    enc = canonical if _CANONICAL.fullmatch(canonical) else quote(canonical, safe=_PCHAR_SAFE)
+    return Target(canonical, sep + query, enc + sep + query)
 
 
 def _decode(path: str) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import K1, K2, pool_yaml
+from .conftest import K2, pool_yaml
 from .harness import GatewayProcess
 
 TOKEN = "kmx-hostile-client-token-0001"
