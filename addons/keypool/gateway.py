@@ -20,6 +20,7 @@ from .canon import MB, Refused, canonical_target, inflate, model_problem, screen
 from .clients import ClientAuth, presented_token
 from .clock import Clock, SystemClock
 from .config import Config
+from .echo import Masker
 from .globs import GlobSet
 from .limits import ClientRate, estimate_tokens
 from .metrics import Metrics
@@ -57,6 +58,12 @@ class Gateway:
         globs = [g for p in config.providers.values() for g in p.models]
         self.metrics.set_model_globs(GlobSet(globs + [g for k in config.keys for g in k.models]))
         self._secrets = [k.secret for k in config.keys] + [c.token for c in config.clients or ()]
+        # Keys an upstream may echo; those of the previous config too, for the answers of
+        # requests that were sent before this reload.
+        previous = getattr(self, "config", None)
+        self.masker = Masker([k.secret for k in config.keys]
+                             + ([k.secret for k in previous.keys] if previous else []))
+        self.max_response_bytes = int(config.routing.max_response_mb * (1 << 20))
         self.config = config
         self.loaded_wall = self.clock.wall()
 

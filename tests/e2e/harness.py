@@ -25,7 +25,8 @@ class GatewayProcess:
 
     def __init__(self, workdir: Path, config_text: str | None, *, env: dict | None = None,
                  args: tuple[str, ...] = (), confdir: Path | None = None,
-                 script: Path | None = None, config: Path | None = None):
+                 script: Path | None = None, config: Path | None = None,
+                 reverse: str = "https://api.openai.com", scripts: tuple[Path, ...] = ()):
         self.workdir = workdir
         self.config = config or workdir / "keys.yaml"
         if config_text is not None:  # None: keep the file that is there (a restart)
@@ -36,6 +37,8 @@ class GatewayProcess:
         self.env = {**os.environ, **(env or {})}
         self.confdir = confdir or workdir / "mitmproxy"
         self.args = args
+        self.reverse = reverse
+        self.scripts = scripts  # more -s addons, loaded after keymux (test instruments)
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -43,8 +46,9 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20) -> "GatewayProcess":
-        cmd = [str(MITMDUMP), "-s", str(self.script),
-               "--mode", "reverse:https://api.openai.com", "--listen-host", "127.0.0.1",
+        extra = [a for s in self.scripts for a in ("-s", str(s))]
+        cmd = [str(MITMDUMP), "-s", str(self.script), *extra,
+               "--mode", f"reverse:{self.reverse}", "--listen-host", "127.0.0.1",
                "-p", str(self.port), "--set", f"keymux_config={self.config}",
                "--set", f"confdir={self.confdir}", *self.args]
         self._log = open(self.log_path, "ab")

@@ -152,6 +152,13 @@ def test_routing_values() -> None:
                                      0.0, "07:05")
 
 
+def test_max_response_mb() -> None:
+    assert parse("keys: []\n").routing.max_response_mb == 64.0
+    assert parse("routing:\n  max_response_mb: 0.5\n").routing.max_response_mb == 0.5
+    with pytest.raises(ConfigError, match="max_response_mb"):
+        parse("routing:\n  max_response_mb: 0\n")
+
+
 def test_max_body_mb() -> None:
     assert parse("version: 1\n").routing.max_body_mb == 32
     assert parse("routing:\n  max_body_mb: 0.5\n").routing.max_body_mb == 0.5
