@@ -77,6 +77,18 @@ class AdminSpec:
     password_hash: str | None = field(default=None, repr=False)
 
 
+SURFACE_MODES = ("open", "admin", "off")
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """Who may reach the gateway's port (see keypool.exposure)."""
+    allowed_origins: tuple[str, ...] = ()  # web origins whose pages may call it; "*": any
+    allowed_hosts: tuple[str, ...] = ()    # Host names beyond loopback and the bind; "*": any
+    metrics: str = "open"                  # /metrics: open | admin | off
+    health: str = "open"                   # /_keymux/health: open | admin | off
+
+
 @dataclass(frozen=True)
 class Config:
     providers: Mapping[str, ProviderSpec]        # presets merged with the file's overrides
@@ -89,12 +101,14 @@ class Config:
     source: str | None = None                    # the file it came from
     warnings: tuple[str, ...] = ()               # e.g. "key openai-2 skipped: ${X} is not set"
     admin: AdminSpec = AdminSpec()
+    server: ServerSpec = ServerSpec()
 
 
 # -- loading ---------------------------------------------------------------------------
 
 TOP_FIELDS = ("version", "providers", "keys", "clients", "routing", "state_dir", "logging",
-              "admin")
+              "admin", "server")
+SERVER_FIELDS = ("allowed_origins", "allowed_hosts", "metrics", "health")
 PROVIDER_FIELDS = ("base_url", "auth", "models", "headers", "stream_usage")
 KEY_FIELDS = ("name", "provider", "key", "enabled", "weight", "models", "rpm", "tpm",
               "max_in_flight")
@@ -231,7 +245,30 @@ class _Reader(NodeReader):
         admin = AdminSpec(**self.given(self.fields(f.get("admin"), "admin", ("password_hash",)),
                                        "admin", {"password_hash": self.string}))
         return Config(providers, keys, clients, routing, state_dir, logging, version,
-                      self.source, tuple(self.warnings), admin)
+                      self.source, tuple(self.warnings), admin, server=self.server(f.get("server")))
+
+    def server(self, node: Node | None) -> ServerSpec:
+        f = self.fields(node, "server", SERVER_FIELDS)
+        return ServerSpec(**self.given(f, "server", {
+            "allowed_origins": self.names_list, "allowed_hosts": self.names_list,
+            "metrics": self.surface, "health": self.surface}))
+
+    def surface(self, node: Node, path: str) -> str:
+        # YAML 1.1 reads an unquoted `off` as false: take the word as written (as YAML 1.2 does).
+        if isinstance(node, ScalarNode) and node.style is None and node.value in SURFACE_MODES:
+            return node.value
+        return self.choice(SURFACE_MODES)(node, path)
+
+    def names_list(self, node: Node, path: str) -> tuple[str, ...]:
+        """A list of origins or host names, compared case-insensitively; "*" stands alone."""
+        out = []
+        for i, item in enumerate(self.items(node, path)):
+            value = self.string(item, f"{path}[{i}]").strip()
+            if not value or any(c.isspace() or c in "/@" for c in value.split("://", 1)[-1]):
+                self.fail(item, f"{path}[{i}]: {value!r} is not a host name or origin"
+                                " (like gw.example.com, or https://app.example.com)")
+            out.append(value)
+        return tuple(out)
 
     def version(self, node: Node, path: str) -> int:
         value = self.typed(node, path)

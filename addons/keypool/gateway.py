@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from typing import Mapping
 
-from . import answers, endpoints, policy
+from . import answers, endpoints, exposure, policy
 from .answers import Answer
 from .canon import MB, Refused, canonical_target, inflate, model_problem, screen_head, too_large
 from .clients import ClientAuth, presented_token
@@ -105,6 +105,8 @@ class Gateway:
         except Refused as e:
             return answers.error(e.status, e.message, e.code)
         route_path = target.path  # every decision below is taken on this one form
+        if (refused := exposure.guard(self, route_path, headers)) is not None:  # browsers, open binds
+            return refused
         own = endpoints.reserved(self, method, route_path, headers)
         if own is not None:
             return own

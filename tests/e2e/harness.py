@@ -12,6 +12,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 MITMDUMP = Path(sys.executable).with_name("mitmdump")
+# What `keymux run` hands its UI: opens the admin paths (reset) without making stats need it.
+SIDECAR_TOKEN = "kmx-harness-sidecar-token-0123456789"
 
 
 def free_port() -> int:
@@ -34,7 +36,7 @@ class GatewayProcess:
         self.script = script or ROOT / "addons" / "keymux.py"
         self.log_path = workdir / "mitmdump.log"
         self.port = free_port()
-        self.env = {**os.environ, **(env or {})}
+        self.env = {**os.environ, "KEYMUX_SIDECAR_TOKEN": SIDECAR_TOKEN, **(env or {})}
         self.confdir = confdir or workdir / "mitmproxy"
         self.args = args
         self.reverse = reverse
@@ -65,6 +67,12 @@ class GatewayProcess:
                 time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"mitmdump did not come up:\n{self.log()}")
+
+    def reset(self, name: str) -> None:
+        """End a key's cooldowns, as the UI's button does."""
+        urllib.request.urlopen(urllib.request.Request(
+            f"{self.url}/_keymux/keys/{name}/reset", method="POST",
+            headers={"x-keymux-admin-token": SIDECAR_TOKEN}), timeout=5).read()
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

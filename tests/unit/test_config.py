@@ -318,7 +318,7 @@ ERRORS = [
     # unknown fields, everywhere
     ("version: 1\nkey: []\n", 2, "unknown field 'key' (did you mean 'keys'?)"),
     ("xyz: 1\n", 1, "unknown field 'xyz' (known fields: version, providers, keys, clients,"
-                    " routing, state_dir, logging, admin)"),
+                    " routing, state_dir, logging, admin, server)"),
     ("providers:\n  local:\n    base_ur: http://a/v1\n", 3,
      "providers.local: unknown field 'base_ur' (did you mean 'base_url'?)"),
     (key_with("wieght: 2"), 5, "keys[0]: unknown field 'wieght' (did you mean 'weight'?)"),

@@ -15,8 +15,9 @@ from pathlib import Path
 from weakref import WeakKeyDictionary
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy.mode_specs import ProxyMode
 
-from .. import reissue
+from .. import exposure, reissue
 from ..answers import Answer
 from ..config import Config, load_config
 from ..errors import ConfigError
@@ -60,14 +61,22 @@ class Keymux:
     def load(self, loader) -> None:
         loader.add_option("keymux_config", str, "config/keys.yaml",
                           "Path of keymux's key pool (keys.yaml).")
+        loader.add_option("keymux_allow_open_gateway", bool, False,
+                          "Serve a bind beyond loopback without a clients: section (anyone "
+                          "who reaches the port spends your keys).")
 
     def configure(self, updated: set[str]) -> None:
         if "keymux_config" in updated or self.gateway is None:
             self._load(ctx.options.keymux_config)
+        self._bind()  # before any options.update: a refusal must not recurse through it
         if ctx.options.connection_strategy != "lazy":
             # A request the gateway answers itself must not open an upstream connection.
             ctx.options.update(connection_strategy="lazy")
         _limit_bodies(self.gateway)
+        if not ctx.options.keep_host_header:
+            # The Host check (DNS rebinding, keypool.exposure) needs the client's own Host;
+            # keymux names the provider's host on every flow it routes.
+            ctx.options.update(keep_host_header=True)
         if ctx.options.stream_large_bodies:
             # mitmproxy would send a large request on, with the client's headers, before
             # the request hook could route it (it re-streams even when a requestheaders
@@ -75,6 +84,23 @@ class Keymux:
             raise exceptions.OptionsError(
                 "keymux: stream_large_bodies must stay unset (request bodies are read whole "
                 "to route them; responses that are event streams are streamed anyway)")
+
+    def _bind(self) -> None:
+        """Tell the gateway where it listens; refuse an open gateway beyond loopback."""
+        opts = ctx.options
+        try:
+            modes = [ProxyMode.parse(m) for m in opts.mode]
+        except ValueError:
+            modes = []  # mitmproxy reports a bad mode itself
+        binds = exposure.Binds(
+            tuple((m.listen_host(opts.listen_host), m.listen_port(opts.listen_port))
+                  for m in modes) or ((opts.listen_host, opts.listen_port),),
+            allow_open=opts.keymux_allow_open_gateway,
+            sidecar_token=os.environ.get("KEYMUX_SIDECAR_TOKEN") or None)
+        exposure.bind(self.gateway, binds)  # first: a refused gateway answers 403 meanwhile
+        refusal = exposure.open_refusal(binds, self.gateway.config)
+        if refusal is not None:
+            raise exceptions.OptionsError(f"keymux: refusing to start: {refusal}")
 
     def _load(self, path: str) -> None:
         self._loaded_digest = digest(path)
@@ -155,7 +181,11 @@ class Keymux:
             boundary.answer_failure(flow)
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live or self.gateway is None:
+        if flow.response or flow.error or not flow.live:
+            return
+        if self.gateway is None:  # the config failed to load at start: mitmdump is exiting
+            boundary.mask_client_auth(flow.request)
+            flow.response = boundary.not_loaded()
             return
         try:
             await self._request(flow)
@@ -357,6 +387,9 @@ def _log_loaded(config) -> None:
                 ", ".join(providers) or "no provider")
     for warning in config.warnings:
         logger.warning("keymux: %s", warning)
+    if not any(k.enabled for k in config.keys):
+        logger.warning("keymux: NO USABLE KEYS in %s: every request will be refused until keys"
+                       " are added (or their ${VARIABLES} set)", config.source)
     if config.clients is None:
         logger.warning("keymux: no clients: section, so the gateway is open to anyone who can "
                        "reach it; keep it bound to 127.0.0.1 or add client tokens")

@@ -31,6 +31,12 @@ def internal_error() -> http.Response:
         "keymux_internal_error"))
 
 
+def not_loaded() -> http.Response:
+    return responses.from_answer(answers.error(
+        503, "keymux is not loaded (its script or config failed to load); no request is "
+        "forwarded until it is fixed", "keymux_not_loaded"))
+
+
 def log_failure(step: str, exc: BaseException, secrets: Iterable[str]) -> None:
     """One log record: the traceback, with every configured secret and bearer masked."""
     text = "".join(traceback.format_exception(exc))

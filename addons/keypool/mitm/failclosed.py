@@ -15,8 +15,7 @@ import logging
 
 from mitmproxy import http
 
-from .. import answers
-from . import boundary, responses, runtime
+from . import boundary, runtime
 
 logger = logging.getLogger("keymux")
 
@@ -29,9 +28,7 @@ class FailClosed:
             return
         if runtime.active is None:
             boundary.mask_client_auth(flow.request)
-            flow.response = responses.from_answer(answers.error(
-                503, "keymux is not loaded (its script failed to load); no request is "
-                "forwarded until it is fixed", "keymux_not_loaded"))
+            flow.response = boundary.not_loaded()
         elif not routed_by_keymux(flow):
             logger.error("keymux: a request was neither answered nor routed by keymux; "
                          "answered 500 instead of forwarding it")
