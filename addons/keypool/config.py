@@ -61,6 +61,7 @@ class Routing:
     queue_s: float = 5.0
     daily_reset: str = "00:00"
     max_response_mb: float = 64.0  # a larger non-streamed upstream body fails the attempt
+    max_body_mb: float = 32.0      # larger request bodies (inflated, too) are refused with 413
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ KEY_FIELDS = ("name", "provider", "key", "enabled", "weight", "models", "rpm", "
               "max_in_flight")
 CLIENT_FIELDS = ("name", "token", "models", "rpm")
 ROUTING_FIELDS = ("strategy", "max_attempts", "timeout_s", "cooldown", "queue_s", "daily_reset",
-                  "max_response_mb")
+                  "max_response_mb", "max_body_mb")
 COOLDOWN_FIELDS = ("rate_limited_s", "server_error_s", "max_s", "auth_error_s")
 LOGGING_FIELDS = ("bodies", "retention_days")
 MIN_TOKEN_LEN = 8
@@ -381,7 +382,8 @@ class _Reader(NodeReader):
         return Routing(**self.given(f, "routing", {
             "strategy": self.choice(STRATEGIES), "max_attempts": self.count,
             "timeout_s": self.positive, "cooldown": self.cooldown, "queue_s": self.seconds,
-            "daily_reset": self.clock, "max_response_mb": self.positive}))
+            "daily_reset": self.clock, "max_response_mb": self.positive,
+            "max_body_mb": self.positive}))
 
     def cooldown(self, node: Node, path: str) -> Cooldown:
         f = self.fields(node, path, COOLDOWN_FIELDS)

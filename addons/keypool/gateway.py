@@ -16,6 +16,7 @@ from typing import Callable, Mapping
 
 from . import answers, endpoints, exposure, policy
 from .answers import Answer
+from .canon import MB, Refused, canonical_target, inflate, model_problem, screen_head, too_large
 from .clients import ClientAuth, presented_token
 from .clock import Clock, SystemClock
 from .config import Config
@@ -81,11 +82,32 @@ class Gateway:
             self.metrics.gateway_answers.labels(
                 str(answer.status), answer.headers.get("x-keymux-error", "")).inc()
 
+    def screen(self, method: str, target: str, authority: str, fields) -> Answer | None:
+        """Refusals decided on the request head, before its body is read (mitmproxy's
+        requestheaders): CONNECT, absolute-form targets, oversized URL, headers or
+        Content-Length. Never sent upstream, so never blamed on a key."""
+        refused = screen_head(method, target, authority, fields, self.max_body)
+        if refused is None:
+            return None
+        answer = answers.error(refused.status, refused.message, refused.code)
+        self.count_answer(answer)
+        return answer
+
+    @property
+    def max_body(self) -> int:
+        return int(self.config.routing.max_body_mb * MB)
+
     def _admit(self, method: str, path: str, headers: Mapping[str, str],
                body: bytes | None) -> Answer | Ticket:
-        if (refused := exposure.guard(self, path, headers)) is not None:  # browsers, open binds
+        """``body`` is as the client sent it (still compressed): it is inflated only once
+        the client is authenticated, and only up to max_body_mb."""
+        try:
+            target = canonical_target(path)
+        except Refused as e:
+            return answers.error(e.status, e.message, e.code)
+        route_path = target.path  # every decision below is taken on this one form
+        if (refused := exposure.guard(self, route_path, headers)) is not None:  # browsers, open binds
             return refused
-        route_path = path.partition("?")[0]
         own = endpoints.reserved(self, method, route_path, headers)
         if own is not None:
             return own
@@ -101,12 +123,11 @@ class Gateway:
                                      anthropic=anthropic)
         if method == "GET" and (route_path == "/v1/models" or route_path.startswith("/v1/models/")):
             return endpoints.models(self, route_path, headers, client)
-        data, bad = read_json(route_path, headers, body)
-        if bad:
-            return answers.error(400, bad, "invalid_json", anthropic=anthropic)
+        try:
+            body, data = self._read_body(route_path, headers, body)
+        except Refused as e:
+            return answers.error(e.status, e.message, e.code, anthropic=anthropic)
         model = data.get("model") if data else None
-        if model is not None and not isinstance(model, str):
-            return answers.error(400, "'model' must be a string", "invalid_model", anthropic=anthropic)
         if route_path in MODEL_PATHS and not model:
             return answers.error(400, "the request body must name a 'model'", "missing_model",
                                  anthropic=anthropic)
@@ -130,12 +151,27 @@ class Gateway:
                                      "requests per minute", "client_rate_limited",
                                      retry_after=wait, anthropic=anthropic)
         new_body, strip = rewrite_body(route_path, route, data, model, body)
-        return Ticket(path=path, route=route, client=client.name if client else None,
+        return Ticket(path=target.upstream, route=route, client=client.name if client else None,
                       body=new_body, stream=bool(data and data.get("stream") is True),
                       strip_usage=strip, anthropic=anthropic,
                       est_tokens=estimate_tokens(data, len(body or b"")),
                       arrived=now, deadline=now + self.config.routing.timeout_s,
                       arrived_wall=self.clock.wall())
+
+    def _read_body(self, route_path: str, headers: Mapping[str, str],
+                   body: bytes | None) -> tuple[bytes | None, dict | None]:
+        """The body inflated (bounded) and its JSON read; Refused (4xx) if it cannot be."""
+        limit = self.max_body
+        if body and len(body) > limit:  # mitmproxy's body_size_limit normally stops it first
+            raise too_large(limit)
+        if body:
+            body = inflate(body, headers.get("content-encoding", ""), limit)
+        data = read_json(route_path, headers, body)
+        if data is not None and "model" in data:
+            problem = model_problem(data["model"])
+            if problem:
+                raise Refused(400, problem, "invalid_model")
+        return body, data
 
     def pick(self, ticket: Ticket) -> Plan:
         """Lease a key not yet tried for this ticket, or raise NoKeyAvailable."""

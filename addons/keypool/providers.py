@@ -51,10 +51,16 @@ class ProviderSpec:
         return f"Bearer {secret}" if self.auth == "bearer" else secret
 
     def upstream_path(self, client_path: str) -> str:
-        """Map the client's ``/v1/...`` path (query included) onto this provider's base."""
-        rest = client_path[3:] if client_path.startswith("/v1") else client_path
-        if rest and not rest.startswith(("/", "?")):
-            rest = "/" + rest
+        """Map the client's canonical ``/v1/...`` path (query included, see
+        ``canon.canonical_target``) onto this provider's base. Defence in depth: a path that
+        is not canonical could leave ``base_url`` on a server that resolves dot segments,
+        so it raises rather than being sent."""
+        if not client_path.startswith(("/v1/", "/v1?")) and client_path != "/v1":
+            raise ValueError("upstream_path needs a /v1 path")
+        rest = client_path[3:]
+        path = rest.partition("?")[0]
+        if "//" in path or "/./" in path + "/" or "/../" in path + "/" or "%2f" in path.lower():
+            raise ValueError("upstream_path needs a canonical path")
         return self.base_path + rest
 
 

@@ -5,6 +5,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from .canon import Refused, parse_json
 from .pool import KeyState, Lease
 from .providers import CLIENT_AUTH_HEADERS, ProviderSpec
 from .routing import PROVIDER_HEADERS, Route
@@ -13,6 +14,12 @@ from .routing import PROVIDER_HEADERS, Route
 MODEL_PATHS = frozenset({
     "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses",
     "/v1/messages", "/v1/messages/count_tokens",
+})
+# Body fields some client libraries use to pick an upstream or a key: refused with 400, so
+# no client believes it chose where its request went.
+UPSTREAM_FIELDS = frozenset({
+    "api_base", "api_key", "api_type", "api_version", "azure_endpoint", "base_url",
+    "custom_llm_provider",
 })
 USAGE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 STRIP_HEADERS = CLIENT_AUTH_HEADERS + PROVIDER_HEADERS
@@ -23,7 +30,7 @@ _DROP = frozenset(h.encode() for h in STRIP_HEADERS)
 class Ticket:
     """An admitted request: what every attempt at it needs, and the attempts so far."""
 
-    path: str                      # the client's path, query included
+    path: str                      # the canonical path (canon.Target.upstream), query included
     route: Route
     client: str | None
     body: bytes | None             # what goes upstream (a rewritten body, or the client's)
@@ -101,18 +108,30 @@ class Plan:
         return (*self._base, auth)
 
 
-def read_json(route_path: str, headers: Mapping[str, str], body: bytes | None):
-    """The body as a JSON object where the model must be read (or JSON is declared)."""
+def read_json(route_path: str, headers: Mapping[str, str], body: bytes | None) -> dict | None:
+    """The body as a JSON object where the model must be read, or wherever JSON is declared
+    (in any case, with parameters); None where there is nothing to read. Raises Refused
+    (400) for a body the gateway cannot read: on a model path that is never "no model"."""
     must = route_path in MODEL_PATHS
-    if not body or not (must or "json" in headers.get("content-type", "")):
-        return None, ("the request body must be JSON naming a 'model'" if must and not body else None)
+    if not body:
+        if must:
+            raise Refused(400, "the request body must be JSON naming a 'model'", "invalid_json")
+        return None
+    if not must and "json" not in headers.get("content-type", "").lower():
+        return None
     try:
-        data = json.loads(body)
+        data = parse_json(body)
     except ValueError as e:
-        return None, (f"the request body is not valid JSON: {e}" if must else None)
+        raise Refused(400, str(e), "invalid_json") from None
     if not isinstance(data, dict):
-        return None, ("the request body must be a JSON object" if must else None)
-    return data, None
+        if must:
+            raise Refused(400, "the request body must be a JSON object", "invalid_json")
+        return None
+    if not UPSTREAM_FIELDS.isdisjoint(data):
+        field = sorted(UPSTREAM_FIELDS.intersection(data))[0]
+        raise Refused(400, f"the body field '{field}' is not supported: keymux's config alone "
+                      "decides the upstream and its key", "unsupported_field")
+    return data
 
 
 def rewrite_body(route_path: str, route: Route, data: dict | None, model: str | None,
@@ -129,11 +148,14 @@ def rewrite_body(route_path: str, route: Route, data: dict | None, model: str | 
               and not (isinstance(opts, dict) and opts.get("include_usage") is True))
     if route.model == model and not inject:
         return body, False
-    if route.model == model and opts is None:
+    if route.model == model and "stream_options" not in data:
         # The common case: splice the option in front instead of re-encoding a long prompt.
         i = body.index(b"{") + 1
         return body[:i] + b'"stream_options":{"include_usage":true},' + body[i:], True
     data = dict(data, model=route.model)
     if inject:
         data["stream_options"] = dict(opts if isinstance(opts, dict) else {}, include_usage=True)
-    return json.dumps(data, ensure_ascii=False).encode(), inject
+    try:
+        return json.dumps(data, ensure_ascii=False).encode(), inject
+    except UnicodeEncodeError:  # an unpaired surrogate escape stays an escape
+        return json.dumps(data).encode(), inject

@@ -159,6 +159,11 @@ def test_max_response_mb() -> None:
         parse("routing:\n  max_response_mb: 0\n")
 
 
+def test_max_body_mb() -> None:
+    assert parse("version: 1\n").routing.max_body_mb == 32
+    assert parse("routing:\n  max_body_mb: 0.5\n").routing.max_body_mb == 0.5
+
+
 def test_unquoted_time_is_read_as_written() -> None:
     # YAML 1.1 would make 12:30 the base-60 integer 750.
     assert parse("routing:\n  daily_reset: 12:30\n").routing.daily_reset == "12:30"
@@ -430,6 +435,7 @@ ERRORS = [
     ("routing:\n  timeout_s: '30'\n", 2,
      "routing.timeout_s: expected a positive number, got '30'"),
     ("routing:\n  queue_s: -1\n", 2, "routing.queue_s: expected a number >= 0, got -1"),
+    ("routing:\n  max_body_mb: 0\n", 2, "routing.max_body_mb: expected a positive number, got 0"),
     ("routing:\n  queue_s: true\n", 2, "routing.queue_s: expected a number >= 0, got true"),
     ("routing:\n  daily_reset: '24:00'\n", 2, f"routing.daily_reset: {CLOCK_RULE}, got '24:00'"),
     ("routing:\n  daily_reset: '12:60'\n", 2, f"routing.daily_reset: {CLOCK_RULE}, got '12:60'"),

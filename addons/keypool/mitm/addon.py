@@ -72,6 +72,7 @@ class Keymux:
         if ctx.options.connection_strategy != "lazy":
             # A request the gateway answers itself must not open an upstream connection.
             ctx.options.update(connection_strategy="lazy")
+        _limit_bodies(self.gateway)
         if not ctx.options.keep_host_header:
             # The Host check (DNS rebinding, keypool.exposure) needs the client's own Host;
             # keymux names the provider's host on every flow it routes.
@@ -141,6 +142,7 @@ class Keymux:
             logger.warning("keymux: config not reloaded, the previous one keeps serving: %s", error)
             return
         gw.update(config)
+        _limit_bodies(gw)
         gw.reload_error = None
         gw.metrics.reloads.labels("ok").inc()
         logger.warning("keymux: config reloaded: %d keys", len(config.keys))
@@ -160,6 +162,22 @@ class Keymux:
 
     # -- hooks: each catches everything, answers 500 if it still can, and releases ------
 
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Refuse on the head alone (CONNECT, absolute-form, oversized URL, headers or
+        Content-Length): never sent upstream, never blamed on a key."""
+        if flow.response or flow.error or not flow.live or self.gateway is None:
+            return
+        req = flow.request
+        try:
+            # HTTP/1 absolute-form sets an authority; HTTP/2's :authority is normal.
+            authority = "" if req.is_http2 or req.is_http3 else req.authority
+            answer = self.gateway.screen(req.method, req.path, authority, req.headers.fields)
+            if answer is not None:
+                _answer(flow, answer)
+        except Exception as e:
+            self._failed("requestheaders", e)
+            boundary.answer_failure(flow)
+
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
@@ -176,8 +194,8 @@ class Keymux:
 
     async def _request(self, flow: http.HTTPFlow) -> None:
         req = flow.request
-        ticket = self.gateway.admit(req.method, req.path, req.headers,
-                                    req.get_content(strict=False))
+        # The raw body: the gateway inflates it only after the client token is checked.
+        ticket = self.gateway.admit(req.method, req.path, req.headers, req.raw_content)
         if isinstance(ticket, Answer):
             _answer(flow, ticket)
             return
@@ -311,6 +329,16 @@ class Keymux:
     async def _close_io(self) -> None:
         await self.relay.close()
         await self.upstream.close()
+
+
+def _limit_bodies(gw: Gateway) -> None:
+    """mitmproxy's body_size_limit = routing.max_body_mb: it refuses a larger Content-Length
+    before reading a byte, and stops a chunked body once it passes the limit (413 either
+    way, connection closed). It applies to responses mitmproxy reads too, but keymux's only
+    such responses are relayed streams (chunked, never checked once streaming)."""
+    limit = str(gw.max_body)
+    if ctx.options.body_size_limit != limit:
+        ctx.options.update(body_size_limit=limit)
 
 
 def _answer(flow: http.HTTPFlow, answer: Answer) -> None:

@@ -30,10 +30,20 @@ def install() -> None:
     _http1.Http1Server.read_headers = _read_headers_bounded
 
 
+# mitmproxy's errors that keymux's own checks name more precisely.
+KNOWN = {413: ("the request body is larger than routing.max_body_mb", "request_too_large")}
+
+
 def json_error_response(status_code: int, message: str = "") -> bytes:
     """Same signature as mitmproxy's ``make_error_response``; OpenAI JSON, then close."""
-    return wire(answers.error(status_code, message or answers.reason(status_code),
-                              "http_protocol_error"))
+    if status_code in KNOWN:
+        text, code = KNOWN[status_code]
+    elif "CONNECT" in message:  # reverse mode refuses it before any hook
+        text, code = "keymux is not a forward proxy: CONNECT is not supported", \
+            "method_not_allowed"
+    else:  # the client's own bytes may be quoted: bounded
+        text, code = (message or answers.reason(status_code))[:200], "http_protocol_error"
+    return wire(answers.error(status_code, text, code))
 
 
 def wire(answer: answers.Answer) -> bytes:

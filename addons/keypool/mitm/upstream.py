@@ -16,6 +16,7 @@ import asyncio
 from typing import AsyncIterator
 
 import aiohttp
+from yarl import URL
 
 from ..reissue import UpstreamError
 from ..ticket import Plan
@@ -98,7 +99,9 @@ class Upstream:
                    if k.decode("latin-1").lower() not in HOP_BY_HOP]
         try:
             resp = await self._open().request(
-                method, plan.url, headers=headers, data=plan.ticket.body, allow_redirects=False,
+                # encoded=True: the canonical URL goes out byte for byte (yarl would otherwise
+                # re-normalise it, e.g. decode %2F in the query).
+                method, URL(plan.url, encoded=True), headers=headers, data=plan.ticket.body, allow_redirects=False,
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"))
         except (aiohttp.ClientError, OSError) as e:
             raise UpstreamError(_describe(e)) from None
