@@ -14,7 +14,7 @@ from typing import Awaitable, Callable, Mapping, Protocol
 
 from .answers import Answer
 from .gateway import Gateway
-from .pool import NoKeyAvailable
+from .pool import NoKeyAvailable, ProviderOutage
 from .ticket import Plan, Ticket
 
 
@@ -79,7 +79,7 @@ async def serve(gw: Gateway, ticket: Ticket, send: Sender, *,
 
 def _queue_wait(gw: Gateway, ticket: Ticket, e: NoKeyAvailable) -> float | None:
     """How long to wait for a busy pool, or None to answer now."""
-    if e.retry_after is None:
+    if e.retry_after is None or isinstance(e, ProviderOutage):  # a down provider: 503 at once
         return None
     now = gw.clock.monotonic()
     wait = max(e.retry_after, 0.001)
