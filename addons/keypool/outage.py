@@ -44,6 +44,7 @@ class ProviderState:
     next_probe: float = 0.0     # monotonic: the first request after this is the probe
     interval: float = PROBE_FIRST_S
     probe: object | None = None  # the attempt (lease) probing now, if any
+    probe_since: float = 0.0
     probes: int = 0
     failures: int = 0           # server failures attributed to the outage
 
@@ -56,6 +57,9 @@ class Outages:
         self.rng = rng or random.Random()
         self.state: dict[str, ProviderState] = {}
         self.down: set[str] = set()  # providers in outage: the pick's one cheap check
+        # A probe never settled (a bug that lost its attempt) must not keep a provider down
+        # for good: past this, the next request probes. Pool sets it from routing.timeout_s.
+        self.probe_timeout_s = 120.0
 
     # -- evidence ------------------------------------------------------------------------
 
@@ -112,6 +116,8 @@ class Outages:
             return 0.0
         st = self.state[provider]
         now = self.clock.monotonic()
+        if st.probe is not None and now - st.probe_since > self.probe_timeout_s:
+            st.probe = None  # lost
         if st.probe is not None:  # its answer decides; if it fails, the next is this far
             return st.interval
         return max(st.next_probe - now, 0.0)
@@ -121,7 +127,7 @@ class Outages:
         st = self.state.get(provider)
         if st is None or not st.down:
             return False
-        st.probe = attempt
+        st.probe, st.probe_since = attempt, self.clock.monotonic()
         st.probes += 1
         return True
 

@@ -155,6 +155,7 @@ class Pool:
             self.by_provider.setdefault(state.spec.provider, []).append(state)
         self.choose = STRATEGIES[config.routing.strategy]
         self.max_cool = float(config.routing.cooldown.max_s)
+        self.outages.probe_timeout_s = float(config.routing.timeout_s) + 1.0
         for name in list(self.outages.state):
             if name not in self.by_provider:
                 self.outages.forget(name)

@@ -188,8 +188,8 @@ def test_server_errors_escalate_and_a_success_resets(gw, mock):
     assert json.loads(urllib.request.urlopen(gw.url + "/_keymux/stats", timeout=5).read())[
         "providers"]["mock"] == {"state": "ok"}
     mock.set_behavior(KEYS["f1"])
-    deadline = time.monotonic() + 8
-    while stats(gw)["f1"]["successes"] == 0:  # its probe succeeds: the escalation starts over
+    deadline, before = time.monotonic() + 8, stats(gw)["f1"]["successes"]
+    while stats(gw)["f1"]["successes"] == before:  # its probe succeeds: escalation starts over
         assert time.monotonic() < deadline
         ask(gw)
     mock.set_behavior(KEYS["f1"], status=500)

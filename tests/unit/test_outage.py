@@ -94,6 +94,18 @@ def test_a_probe_that_proves_nothing_lets_the_next_go_at_once():
     assert o.wait("p") == 0.0
 
 
+def test_a_lost_probe_does_not_keep_the_provider_down():
+    o, clock = detector()
+    o.probe_timeout_s = 10
+    o.failure("p", "k1", 1, object())
+    clock.advance(1)
+    o.probing("p", object())  # never settled: a bug lost it
+    clock.advance(5)
+    assert o.wait("p") > 0
+    clock.advance(6)
+    assert o.wait("p") == 0.0
+
+
 def test_success_ends_the_outage_at_once():
     o, clock = detector()
     o.failure("p", "k1", 1, object())
