@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from keypool.config import Config, parse_config
+from keypool.config import Config, check_size, parse_config
 from keypool.envfile import interpolate, parse_dotenv
 from keypool.errors import ConfigError
 from keypool.redact import mask
@@ -107,6 +107,10 @@ class ConfigFile:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else "not UTF-8"
             return Snapshot("", "", None, None, f"{self.path}: cannot read the file: {reason}")
         doc, config, error = None, None, None
+        try:  # ruamel takes seconds on a huge file: refuse it by size first, as the gateway does
+            check_size(text, str(self.path))
+        except ConfigError as e:
+            return Snapshot("", version, None, None, str(e))
         try:
             doc = Document(text)
         except EditError as e:
@@ -179,6 +183,7 @@ class ConfigFile:
         text, current = atomicfile.read(self.path)
         if not version or version != current:
             raise Conflict(str(self.path))
+        check_size(text, str(self.path))
         doc = Document(text)
         edit(doc)
         new_text = doc.dump()

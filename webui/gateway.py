@@ -1,7 +1,9 @@
 """The UI's only conversation with the gateway: live stats, readiness, and the reset action.
 
-Never with an upstream provider. The admin token (``KEYMUX_ADMIN_TOKEN``) goes as a bearer
-token; no error raised here quotes a response body or the token.
+Never with an upstream provider. The admin token (``KEYMUX_ADMIN_TOKEN``, else the
+``KEYMUX_SIDECAR_TOKEN`` that ``keymux run`` generates for its two children) goes as a bearer
+token; no error raised here quotes a response body or the token. The sidecar token is only
+for the gateway: it never logs anyone into the UI.
 """
 from __future__ import annotations
 
@@ -40,7 +42,9 @@ class GatewayClient:
 
     @property
     def token(self) -> str | None:
-        return self._token if self._token is not None else os.environ.get("KEYMUX_ADMIN_TOKEN")
+        if self._token is not None:
+            return self._token
+        return os.environ.get("KEYMUX_ADMIN_TOKEN") or os.environ.get("KEYMUX_SIDECAR_TOKEN")
 
     def _call(self, method: str, path: str) -> tuple[int, dict]:
         headers = {"accept": "application/json"}
@@ -61,7 +65,7 @@ class GatewayClient:
 
     def stats(self) -> dict:
         status, body = self._call("GET", "/_keymux/stats")
-        if status == 401:
+        if status in (401, 403):
             raise GatewayUnavailable(N_("the gateway refused the admin token (set the same"
                                         " KEYMUX_ADMIN_TOKEN for the UI and the gateway)"))
         if status != 200 or not isinstance(body.get("keys"), list):

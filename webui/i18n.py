@@ -28,6 +28,9 @@ JS_STRINGS = (
     "not loaded", "Chart", "Name", "State", "In flight", "RPM / TPM", "rpm", "tpm",
     "Requests", "Success", "Failures", "Latency", "Tokens today",
     "Actions", "No keys in keys.yaml yet.",
+    "The gateway cannot write its state store (request log, usage); rows kept in memory:"
+    " %(pending)s, dropped: %(dropped)s.",
+    "keys.yaml does not validate; the gateway keeps its previous config:",
 )
 
 

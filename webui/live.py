@@ -39,7 +39,8 @@ def file_keys(snap: Snapshot) -> list[dict]:
             shown = mask(spec.secret)
         else:
             shown = "" if ref or not raw else mask(raw.replace("$$", "$"))
-        enabled = item.get("enabled", True) is not False
+        # the gateway's reading when the file validates (one meaning: keypool.yamlrules)
+        enabled = spec.enabled if spec is not None else item.get("enabled", True) is not False
         out.append({
             "name": name, "provider": str(item.get("provider", "")), "key": shown,
             "reference": ref, "loaded": spec is not None, "enabled": enabled,
@@ -74,10 +75,21 @@ def dashboard(snap: Snapshot, stats: dict | None, gateway_error: str | None,
         "keys": rows,
         "totals": _totals(rows),
         "gateway": {"reachable": stats is not None, "error": gateway_error,
-                    "uptime_s": (stats or {}).get("uptime_s"),
-                    "reload_error": (health or {}).get("last_reload_error")},
+                    "uptime_s": (stats or {}).get("uptime_s"), **_health_view(health)},
         "config": {"error": snap.error, "warnings": list(snap.warnings)},
     }
+
+
+def _health_view(health: dict | None) -> dict:
+    """The gateway's own word on its reload and store state (``/_keymux/health``), as is:
+    the UI shows what health shows, never a judgment of its own."""
+    health = health if isinstance(health, dict) else {}
+    store = health.get("store") if isinstance(health.get("store"), dict) else None
+    return {"status": health.get("status"), "reload_error": health.get("last_reload_error"),
+            "store_error": None if not store or store.get("ok") else
+            {"error": str(store.get("last_error") or ""),
+             "pending_rows": int(store.get("pending_rows") or 0),
+             "dropped_rows": int(store.get("dropped_rows") or 0)}}
 
 
 def _row(f: dict, k: dict | None, reachable: bool, p95: dict, today: dict) -> dict:

@@ -79,6 +79,9 @@ ZH: dict[str, str] = {
         "无法连接网关：以下为 keys.yaml 中的密钥，实时状态未知。",
     "Lost contact with the UI server; retrying.": "与界面服务器失去连接，正在重试。",
     "The gateway rejected the last reload:": "网关拒绝了最近一次重新加载：",
+    "The gateway cannot write its state store (request log, usage); rows kept in memory:"
+    " %(pending)s, dropped: %(dropped)s.":
+        "网关无法写入状态存储（请求日志、用量）；内存中保留的行：%(pending)s，已丢弃：%(dropped)s。",
     "keys.yaml does not validate; the gateway keeps its previous config:":
         "keys.yaml 校验未通过，网关继续使用之前的配置：",
     "updated %(time)s": "更新于 %(time)s",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import re
+from decimal import Decimal
 from typing import Any, Iterable
 
 from ruamel.yaml import YAML
@@ -19,6 +20,8 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import CommentMark, YAMLError
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 from ruamel.yaml.tokens import CommentToken
+
+from keypool.yamlrules import ambiguity
 
 from .notes import N_, Note
 
@@ -62,8 +65,19 @@ def literal_of(scalar: str) -> str:
     return scalar.replace("$$", "$")
 
 
+class _Positional(float):
+    """A float written without an exponent: ruamel writes 1e-05, which YAML 1.1 reads as text."""
+
+
+def _represent_positional(representer, value: _Positional):
+    text = format(Decimal(repr(float(value))), "f")
+    return representer.represent_scalar("tag:yaml.org,2002:float",
+                                        text if "." in text else text + ".0")
+
+
 def _yaml(indent: tuple[int, int, int]) -> YAML:
     y = YAML(typ="rt")
+    y.representer.add_representer(_Positional, _represent_positional)
     y.preserve_quotes = True
     y.width = 4096  # never fold a long line the user wrote on one
     y.indent(mapping=indent[0], sequence=indent[1], offset=indent[2])
@@ -207,6 +221,12 @@ def _node(field: str, value: Any) -> Any:
         return node
     if isinstance(value, float) and value.is_integer():
         return int(value)
+    if isinstance(value, float) and "e" in repr(value):
+        return _Positional(value)
+    if isinstance(value, str) and ambiguity(value):
+        # ruamel (YAML 1.2) writes "on" or "1:30" unquoted, and the gateway would refuse
+        # them as ambiguous (keypool.yamlrules): text the user typed stays text.
+        return DoubleQuotedScalarString(value)
     return value
 
 

@@ -1,6 +1,7 @@
 """The ``keymux`` command: run the gateway, the demo, the UI, without mitmproxy flags.
 
     keymux run  [--config config/keys.yaml] [--port 8080] [--web] [-- extra mitmproxy args]
+                [--host 127.0.0.1 [--allow-open-gateway]]
                 [--ui-port 8787 | --no-ui]  # the web UI beside the gateway
     keymux demo [--config config/keys.yaml]   # + the built-in mock upstream on :9100
     keymux ui   [--config ...] [--host 127.0.0.1] [--port 8787] [--gateway http://127.0.0.1:8080]
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +38,8 @@ def mitmproxy_command(args: argparse.Namespace) -> list[str]:
            "-s", str(entry_script()), "--mode", "reverse:https://api.openai.com",
            "--listen-host", args.host, "-p", str(args.port),
            "--set", f"keymux_config={Path(args.config).resolve()}"]
+    if args.allow_open_gateway:
+        cmd += ["--set", "keymux_allow_open_gateway=true"]
     if not args.web and not args.verbose:
         # Per-flow and per-connection lines cost ~14% of throughput; warnings still show.
         cmd += ["--set", "flow_detail=0", "--set", "termlog_verbosity=warn"]
@@ -42,22 +47,96 @@ def mitmproxy_command(args: argparse.Namespace) -> list[str]:
 
 
 def run_gateway(args: argparse.Namespace) -> int:
+    refused = preflight(args)
+    if refused is not None:
+        return refused
+    return launch(args)
+
+
+def preflight(args: argparse.Namespace, demo: bool = False) -> int | None:
+    """Say what is wrong before anything starts (exit 2), or None to go on."""
+    from .config import load_config
+    from .errors import ConfigError
+    from .exposure import Binds, open_refusal
+
     if not Path(args.config).exists():
-        print(f"keymux: no config at {args.config} (see config/keys.yaml in the repository)",
-              file=sys.stderr)
-        return 2
-    print(f"keymux: gateway on http://{args.host}:{args.port} (config {args.config})", flush=True)
-    proc = subprocess.Popen(mitmproxy_command(args))
-    ui = None if args.no_ui else subprocess.Popen(ui_command(args))
-    # A service manager stops us with SIGTERM: pass it on, then wait for a clean exit.
-    signal.signal(signal.SIGTERM, lambda *_: [p.terminate() for p in (proc, ui) if p])
+        return fail(f"no config at {args.config} (see config/keys.yaml in the repository)")
     try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        return proc.wait()
+        config = load_config(args.config)
+    except ConfigError as e:  # already located (path:line: message); never a traceback
+        return fail(str(e))
+    for warning in config.warnings:
+        print(f"keymux: {warning}", file=sys.stderr)
+    if not any(k.enabled for k in config.keys):
+        print(f"keymux: WARNING: NO USABLE KEYS in {args.config}: every request will be refused"
+              " until you add keys (or set their ${VARIABLES})", file=sys.stderr, flush=True)
+    refusal = open_refusal(Binds(((args.host, args.port),), allow_open=args.allow_open_gateway),
+                           config)
+    if refusal is not None:
+        return fail("refusing to start: " + refusal)
+    ports = [(args.host, args.port, "--port")]
+    if not args.no_ui:
+        ports.append(("127.0.0.1", args.ui_port, "--ui-port"))
+    if demo:
+        ports.append(("127.0.0.1", DEMO_UPSTREAM_PORT, None))
+    for host, port, flag in ports:
+        if port_busy(host, port):
+            what = f"choose another with {flag} N" if flag else "the demo upstream needs it"
+            return fail(f"{host or '*'}:{port} is already in use; {what}")
+    return None
+
+
+def fail(message: str) -> int:
+    print(f"keymux: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+def port_busy(host: str, port: int) -> bool:
+    """Would a listen on (host, port) fail? (A TIME_WAIT leftover does not count.)"""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror:
+        return False  # mitmproxy will say what is wrong with the name
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError:
+            return True
+    return False
+
+
+def launch(args: argparse.Namespace) -> int:
+    """Start the gateway (and the UI) and wait; Ctrl-C or SIGTERM stops both, once, exit 0."""
+    print(f"keymux: gateway on http://{args.host}:{args.port} (config {args.config})", flush=True)
+    # The UI presents this to the gateway's admin paths when the user set no admin token;
+    # it never leaves the two children's environments.
+    env = {**os.environ, "KEYMUX_SIDECAR_TOKEN": secrets.token_urlsafe(32)}
+    # Own sessions: a terminal's Ctrl-C reaches only this process, which stops each child
+    # exactly once (a second SIGINT makes mitmproxy exit 130 mid-shutdown).
+    proc = subprocess.Popen(mitmproxy_command(args), env=env, start_new_session=True)
+    ui = None if args.no_ui else subprocess.Popen(ui_command(args), env=env,
+                                                  start_new_session=True)
+    stopping = []
+
+    def stop(*_):
+        if not stopping:
+            stopping.append(True)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+            if ui is not None and ui.poll() is None:
+                ui.terminate()
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+    try:
+        code = proc.wait()
     finally:
         stop_ui(ui)
+    if stopping and code in (0, 130, -signal.SIGINT):
+        return 0
+    return code
 
 
 # -- the web UI (webui/), a second process beside the gateway ---------------------------
@@ -93,18 +172,20 @@ def hash_password(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from .demo.mock_upstream import MockUpstream
 
+    refused = preflight(args, demo=True)
+    if refused is not None:
+        return refused
     mock = MockUpstream(port=DEMO_UPSTREAM_PORT)
     try:
         mock.start()
     except OSError as e:
-        print(f"keymux demo: cannot listen on 127.0.0.1:{DEMO_UPSTREAM_PORT}: {e}", file=sys.stderr)
-        return 1
+        return fail(f"demo: cannot listen on 127.0.0.1:{DEMO_UPSTREAM_PORT}: {e}")
     for secret, behaviour in DEMO_BEHAVIOURS.items():
         mock.set_behavior(secret, **behaviour)
     ui = "off (--no-ui)" if args.no_ui else f"http://127.0.0.1:{args.ui_port}"
     print(DEMO_HELLO.format(port=args.port, upstream=mock.base_url, ui=ui), flush=True)
     try:
-        return run_gateway(args)
+        return launch(args)
     finally:
         mock.stop()
 
@@ -162,6 +243,9 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("-v", "--verbose", action="store_true", help="log every flow")
         s.add_argument("--ui-port", type=int, default=8787, help="web UI port (default 8787)")
         s.add_argument("--no-ui", action="store_true", help="do not start the web UI")
+        s.add_argument("--allow-open-gateway", action="store_true",
+                       help="serve a --host beyond loopback without a clients: section"
+                            " (anyone who reaches it spends your keys)")
         s.add_argument("mitmproxy_args", nargs=argparse.REMAINDER,
                        help="after --: passed to mitmdump/mitmweb as they are")
     s = sub.add_parser("ui", help="run the web UI (stats, keys, clients)")

@@ -14,7 +14,7 @@ from typing import Mapping
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode
 
-from .envfile import INT_TAG, NodeReader, describe, is_null, line_of, parse_dotenv
+from .envfile import INT_TAG, STR_TAG, NodeReader, describe, is_null, line_of, parse_dotenv
 from .errors import ConfigError
 from .providers import AUTH_SCHEMES, PRESETS, ProviderSpec, split_base_url
 
@@ -60,6 +60,7 @@ class Routing:
     cooldown: Cooldown = Cooldown()
     queue_s: float = 5.0
     daily_reset: str = "00:00"
+    max_response_mb: float = 64.0  # a larger non-streamed upstream body fails the attempt
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,18 @@ class AdminSpec:
     password_hash: str | None = field(default=None, repr=False)
 
 
+SURFACE_MODES = ("open", "admin", "off")
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """Who may reach the gateway's port (see keypool.exposure)."""
+    allowed_origins: tuple[str, ...] = ()  # web origins whose pages may call it; "*": any
+    allowed_hosts: tuple[str, ...] = ()    # Host names beyond loopback and the bind; "*": any
+    metrics: str = "open"                  # /metrics: open | admin | off
+    health: str = "open"                   # /_keymux/health: open | admin | off
+
+
 @dataclass(frozen=True)
 class Config:
     providers: Mapping[str, ProviderSpec]        # presets merged with the file's overrides
@@ -87,20 +100,27 @@ class Config:
     source: str | None = None                    # the file it came from
     warnings: tuple[str, ...] = ()               # e.g. "key openai-2 skipped: ${X} is not set"
     admin: AdminSpec = AdminSpec()
+    server: ServerSpec = ServerSpec()
 
 
 # -- loading ---------------------------------------------------------------------------
 
 TOP_FIELDS = ("version", "providers", "keys", "clients", "routing", "state_dir", "logging",
-              "admin")
+              "admin", "server")
+SERVER_FIELDS = ("allowed_origins", "allowed_hosts", "metrics", "health")
 PROVIDER_FIELDS = ("base_url", "auth", "models", "headers", "stream_usage")
 KEY_FIELDS = ("name", "provider", "key", "enabled", "weight", "models", "rpm", "tpm",
               "max_in_flight")
 CLIENT_FIELDS = ("name", "token", "models", "rpm")
-ROUTING_FIELDS = ("strategy", "max_attempts", "timeout_s", "cooldown", "queue_s", "daily_reset")
+ROUTING_FIELDS = ("strategy", "max_attempts", "timeout_s", "cooldown", "queue_s", "daily_reset",
+                  "max_response_mb")
 COOLDOWN_FIELDS = ("rate_limited_s", "server_error_s", "max_s", "auth_error_s")
 LOGGING_FIELDS = ("bodies", "retention_days")
 MIN_TOKEN_LEN = 8
+
+# A keys.yaml past this is refused before it is read: parsing holds the GIL, even on the
+# watcher's thread, and would stall every request (50 MB took >10 s).
+MAX_CONFIG_BYTES = 2 * 1024 * 1024
 
 _PROVIDER_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*\Z")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
@@ -131,13 +151,34 @@ def parse_config(
     base_dir: Path | None = None,
 ) -> Config:
     """keys.yaml text -> Config; the first problem found raises ConfigError."""
+    check_size(text, source)
     root = _compose(text, source)
     return _Reader(source, os.environ if env is None else env, base_dir).config(root)
 
 
+def check_size(text: str, source: str | None) -> None:
+    """Refuse a text past MAX_CONFIG_BYTES before anything parses it (the web UI too)."""
+    # Characters first (cheap): a text under the cap in characters is at most 4x it in bytes.
+    if len(text) > MAX_CONFIG_BYTES // 4:
+        size = len(text.encode("utf-8", "replace"))
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(_too_big(size), 1, source)
+
+
+def _too_big(size: int) -> str:
+    return (f"the file is {size / 1048576:.1f} MiB; keys.yaml (and its .env) may be at most"
+            f" {MAX_CONFIG_BYTES // 1048576} MiB: keep bodies, logs and data elsewhere")
+
+
 def _read(path: Path) -> str:
+    """The file's text, refused by its size before a byte of it is read or parsed."""
     try:
-        return path.read_text(encoding="utf-8-sig")
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(MAX_CONFIG_BYTES + 1)  # a file growing as we read is capped too
+        if max(size, len(data)) > MAX_CONFIG_BYTES:
+            raise ConfigError(_too_big(max(size, len(data))), 1, str(path))
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ConfigError("the file is not valid UTF-8", path=str(path)) from None
     except OSError as e:
@@ -201,9 +242,10 @@ class _Reader(NodeReader):
         return tuple(out)
 
     def clock(self, node: Node, path: str) -> str:
-        # YAML 1.1 reads an unquoted 12:30 as the base-60 integer 750: take the text as written.
+        # YAML 1.1 reads an unquoted 12:30 as the base-60 integer 750, YAML 1.2 as text: here
+        # both mean the time of day, so take the text as written (yamlrules would refuse it).
         plain = isinstance(node, ScalarNode) and node.style is None
-        if plain and node.tag == INT_TAG and ":" in node.value:
+        if plain and node.tag in (INT_TAG, STR_TAG) and _CLOCK.match(node.value):
             value = node.value
         else:
             value = self.string(node, path)
@@ -228,7 +270,30 @@ class _Reader(NodeReader):
         admin = AdminSpec(**self.given(self.fields(f.get("admin"), "admin", ("password_hash",)),
                                        "admin", {"password_hash": self.string}))
         return Config(providers, keys, clients, routing, state_dir, logging, version,
-                      self.source, tuple(self.warnings), admin)
+                      self.source, tuple(self.warnings), admin, server=self.server(f.get("server")))
+
+    def server(self, node: Node | None) -> ServerSpec:
+        f = self.fields(node, "server", SERVER_FIELDS)
+        return ServerSpec(**self.given(f, "server", {
+            "allowed_origins": self.names_list, "allowed_hosts": self.names_list,
+            "metrics": self.surface, "health": self.surface}))
+
+    def surface(self, node: Node, path: str) -> str:
+        # YAML 1.1 reads an unquoted `off` as false: take the word as written (as YAML 1.2 does).
+        if isinstance(node, ScalarNode) and node.style is None and node.value in SURFACE_MODES:
+            return node.value
+        return self.choice(SURFACE_MODES)(node, path)
+
+    def names_list(self, node: Node, path: str) -> tuple[str, ...]:
+        """A list of origins or host names, compared case-insensitively; "*" stands alone."""
+        out = []
+        for i, item in enumerate(self.items(node, path)):
+            value = self.string(item, f"{path}[{i}]").strip()
+            if not value or any(c.isspace() or c in "/@" for c in value.split("://", 1)[-1]):
+                self.fail(item, f"{path}[{i}]: {value!r} is not a host name or origin"
+                                " (like gw.example.com, or https://app.example.com)")
+            out.append(value)
+        return tuple(out)
 
     def version(self, node: Node, path: str) -> int:
         value = self.typed(node, path)
@@ -316,7 +381,7 @@ class _Reader(NodeReader):
         return Routing(**self.given(f, "routing", {
             "strategy": self.choice(STRATEGIES), "max_attempts": self.count,
             "timeout_s": self.positive, "cooldown": self.cooldown, "queue_s": self.seconds,
-            "daily_reset": self.clock}))
+            "daily_reset": self.clock, "max_response_mb": self.positive}))
 
     def cooldown(self, node: Node, path: str) -> Cooldown:
         f = self.fields(node, path, COOLDOWN_FIELDS)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from . import answers
+from . import answers, exposure
 from .answers import Answer
 from .config import ClientSpec
 from .globs import is_wildcard
@@ -23,14 +23,12 @@ def reserved(gw: "Gateway", method: str, path: str, headers: Mapping[str, str]) 
     if path == "/health":
         return answers.json_answer(200, {"status": "ok"})
     if path == "/metrics":
-        return Answer(200, gw.metrics.render(), {"content-type": CONTENT_TYPE_LATEST})
+        return _surface(gw, gw.config.server.metrics, path, headers) or Answer(
+            200, gw.metrics.render(), {"content-type": CONTENT_TYPE_LATEST})
     if path == "/_keymux/health":
-        return readiness(gw)
+        return _surface(gw, gw.config.server.health, path, headers) or readiness(gw)
     if path == "/_keymux/stats":
-        if not _admin_ok(gw, headers):
-            return answers.error(401, "this path needs the admin token (KEYMUX_ADMIN_TOKEN)",
-                                 "admin_token_required")
-        return answers.json_answer(200, stats(gw))
+        return admin_refusal(gw, headers, write=False) or answers.json_answer(200, stats(gw))
     if path.startswith("/_keymux/keys/") and path.endswith("/reset"):
         return reset_key(gw, method, path[len("/_keymux/keys/"):-len("/reset")], headers)
     if path.startswith("/_keymux/"):
@@ -42,29 +40,62 @@ def reset_key(gw: "Gateway", method: str, name: str, headers: Mapping[str, str])
     """POST /_keymux/keys/NAME/reset: end a key's cooldowns now (the UI's button)."""
     if method != "POST":
         return answers.error(405, "use POST to reset a key's cooldown", "method_not_allowed")
-    if not _admin_ok(gw, headers):
-        return answers.error(401, "this path needs the admin token (KEYMUX_ADMIN_TOKEN)",
-                             "admin_token_required")
+    refused = admin_refusal(gw, headers, write=True)
+    if refused is not None:
+        return refused
     if not gw.pool.reset_cooldown(name):
         return answers.error(404, f"no key named '{name[:64]}'", "key_not_found")
     return answers.json_answer(200, {"key": name, "state": "reset"})
 
 
-def _admin_ok(gw: "Gateway", headers: Mapping[str, str]) -> bool:
+def _surface(gw: "Gateway", mode: str, path: str, headers: Mapping[str, str]) -> Answer | None:
+    """server.metrics / server.health: open, admin (the admin token), or off."""
+    if mode == "open":
+        return None
+    if mode == "off":
+        return answers.error(404, f"{path} is turned off in keys.yaml (server:)", "unknown_path")
+    return admin_refusal(gw, headers, write=True)
+
+
+HOW_TO_SET = ("no admin token is set: start the gateway with KEYMUX_ADMIN_TOKEN=<a long random"
+              " string> in its environment and send it as the x-keymux-admin-token header")
+
+
+def admin_refusal(gw: "Gateway", headers: Mapping[str, str], write: bool) -> Answer | None:
+    """None when this caller may use the admin surface.
+
+    Reading stats is open only on a loopback gateway without clients: and without an admin
+    token; a change (reset) always needs a token. The sidecar token is the one ``keymux
+    run`` generates for its own web UI."""
+    given = _presented(headers)
+    rules = exposure.of(gw)
+    if given and any(hmac.compare_digest(given.encode(), t.encode())
+                     for t in (gw.admin_token, rules.binds.sidecar_token) if t):
+        return None
     if not gw.admin_token:
-        return True
+        if not write and not rules.admin_closed:
+            return None
+        return answers.error(403, HOW_TO_SET, "admin_token_not_set")
+    return answers.error(401, "this path needs the admin token (KEYMUX_ADMIN_TOKEN)",
+                         "admin_token_required")
+
+
+def _presented(headers: Mapping[str, str]) -> str:
     given = headers.get(ADMIN_HEADER) or ""
     auth = headers.get("authorization") or ""
-    if auth.lower().startswith("bearer "):
-        given = given or auth[7:].strip()
-    return hmac.compare_digest(given.encode(), gw.admin_token.encode())
+    if not given and auth[:7].lower() == "bearer ":
+        given = auth[7:].strip()
+    return given
 
 
 def readiness(gw: "Gateway") -> Answer:
     snap = gw.pool.snapshot()
     usable = sum(1 for k in snap if k["state"] == "ok")
+    store = gw.store_status() if gw.store_status else None
+    # degraded: it serves, but something it should do fails (the store cannot write)
+    status = "unavailable" if not usable else "degraded" if store and not store["ok"] else "ok"
     body = {
-        "status": "ok" if usable else "unavailable",
+        "status": status,
         "config": gw.config.source,
         "config_loaded_at": gw.loaded_wall,
         "last_reload_error": gw.reload_error,
@@ -73,6 +104,8 @@ def readiness(gw: "Gateway") -> Answer:
         "keys": {"total": len(snap), "usable": usable},
         "providers": gw.pool.providers(),  # name -> {"state": "ok"} or its outage
     }
+    if store is not None:
+        body["store"] = store
     return answers.json_answer(200 if usable else 503, body)
 
 

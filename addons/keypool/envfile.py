@@ -15,6 +15,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .errors import ConfigError
+from .yamlrules import ambiguity
 
 _ASSIGN = re.compile(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)\Z", re.S)
 _DOUBLE = re.compile(r'"((?:[^"\\]|\\.)*)"\s*(?:#.*)?\Z', re.S)
@@ -130,6 +131,7 @@ class NodeReader:
             name = key.value
             if name in out:
                 self.fail(key, _at(path, f"duplicate field {name!r} (first on line {first[name]})"))
+            self._plain_key(key, path)
             if known is not None and name not in known:
                 self.fail(key, _at(path, _unknown(name, known)))
             out[name], first[name] = value, line_of(key)
@@ -155,10 +157,31 @@ class NodeReader:
 
     # -- scalars
 
+    def _plain_key(self, key: ScalarNode, path: str) -> None:
+        """A field or entry name means its text: YAML 1.2 would read ``017:`` or ``true:``
+        as a number or a boolean, so such names must be quoted."""
+        if not _implicit(self._yaml, key):
+            return
+        why = ambiguity(key.value)
+        if why is None and key.tag != STR_TAG:
+            why = "a name that YAML reads as a number, boolean or null must be quoted"
+        if why:
+            self.fail(key, _at(path, f"unquoted name {describe(key)}: {why}"))
+
+    def unambiguous(self, node: ScalarNode, path: str, secret: bool = False) -> None:
+        """Refuse an unquoted value that YAML 1.1 and 1.2 read differently (yamlrules)."""
+        if not _implicit(self._yaml, node):
+            return
+        why = ambiguity(node.value)
+        if why:
+            what = "the unquoted value" if secret else f"unquoted {describe(node)}"
+            self.fail(node, f"{path}: {what}: {why}")
+
     def scalar(self, node: Node, path: str) -> Any:
         """A scalar's value, strings interpolated; lists, mappings and dates give the node."""
         if not isinstance(node, ScalarNode):
             return node
+        self.unambiguous(node, path)
         if node.tag == STR_TAG:
             try:
                 text, missing = interpolate(node.value, self.env)
@@ -173,6 +196,9 @@ class NodeReader:
         """scalar(), but an unquoted ${VAR} reads as YAML would read its value (rpm: ${RPM})."""
         value = self.scalar(node, path)
         if isinstance(value, str) and node.style is None and value != node.value:
+            why = ambiguity(value)
+            if why:  # the variable's value is read as if it were written here
+                self.fail(node, f"{path}: the value of {node.value.strip()}: {why}")
             tag = self._yaml.resolve(ScalarNode, value, (True, False))
             if tag in _PLAIN_TYPES:
                 value = self._yaml.construct_object(ScalarNode(tag, value))
@@ -234,6 +260,7 @@ class NodeReader:
             self.fail(node, f"{path}: must be a string, got {describe(node)}")
         if node.tag != STR_TAG:
             self.fail(node, f"{path}: must be a string (quote it)")
+        self.unambiguous(node, path, secret=True)
         try:
             value, missing = interpolate(node.value, self.env, empty_is_unset=True)
         except ValueError as e:
@@ -248,6 +275,12 @@ class NodeReader:
             self.warnings.append(f"{kind} {owner!r} skipped: its {path.rsplit('.', 1)[1]} is empty")
             return None
         return value
+
+
+def _implicit(loader: yaml.SafeLoader, node: ScalarNode) -> bool:
+    """Plain and untagged: its type comes from how it looks (``!!str on`` says what it is)."""
+    return node.style is None and \
+        node.tag == loader.resolve(ScalarNode, node.value, (True, False))
 
 
 def line_of(node: Node) -> int:

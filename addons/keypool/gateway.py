@@ -12,13 +12,14 @@ glue (``keypool.mitm``) does the I/O. Headers are a case-insensitive mapping (mi
 from __future__ import annotations
 
 import random
-from typing import Mapping
+from typing import Callable, Mapping
 
-from . import answers, endpoints, policy
+from . import answers, endpoints, exposure, policy
 from .answers import Answer
 from .clients import ClientAuth, presented_token
 from .clock import Clock, SystemClock
 from .config import Config
+from .echo import Masker
 from .globs import GlobSet
 from .limits import ClientRate, estimate_tokens
 from .metrics import Metrics
@@ -40,6 +41,7 @@ class Gateway:
         self.admin_token = admin_token or None
         self.started_wall = self.clock.wall()
         self.reload_error: str | None = None
+        self.store_status: Callable[[], dict] | None = None  # the store writer's, when there is one
         self.pool = Pool(config, self.clock, self.rng)
         self.client_rate = ClientRate()
         self.waiting: dict[str, int] = {}  # provider -> requests queued for a key
@@ -56,6 +58,12 @@ class Gateway:
         globs = [g for p in config.providers.values() for g in p.models]
         self.metrics.set_model_globs(GlobSet(globs + [g for k in config.keys for g in k.models]))
         self._secrets = [k.secret for k in config.keys] + [c.token for c in config.clients or ()]
+        # Keys an upstream may echo; those of the previous config too, for the answers of
+        # requests that were sent before this reload.
+        previous = getattr(self, "config", None)
+        self.masker = Masker([k.secret for k in config.keys]
+                             + ([k.secret for k in previous.keys] if previous else []))
+        self.max_response_bytes = int(config.routing.max_response_mb * (1 << 20))
         self.config = config
         self.loaded_wall = self.clock.wall()
 
@@ -75,6 +83,8 @@ class Gateway:
 
     def _admit(self, method: str, path: str, headers: Mapping[str, str],
                body: bytes | None) -> Answer | Ticket:
+        if (refused := exposure.guard(self, path, headers)) is not None:  # browsers, open binds
+            return refused
         route_path = path.partition("?")[0]
         own = endpoints.reserved(self, method, route_path, headers)
         if own is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .globs import GlobSet
 
@@ -47,6 +47,10 @@ class Metrics:
         self._model_labels: set[str] = set()
         # prometheus_client's labels() costs microseconds per call: resolve each child once.
         self._children: dict[tuple, object] = {}
+
+    def watch_store(self, status: Callable[[], dict]) -> None:
+        """The state store's writer, read at scrape time (Writer.status)."""
+        self.registry.register(_StoreCollector(status))
 
     def set_model_globs(self, globs: GlobSet) -> None:
         self._model_globs = globs
@@ -111,6 +115,27 @@ class _PoolCollector:
             cooling = k["cooldown_s"] > 0
             until.add_metric(labels, (now + k["cooldown_s"]) if cooling else 0.0)
         yield from (in_flight, state, until)
+
+
+class _StoreCollector:
+    """Whether the state store keeps up: errors, rows waiting in memory, rows dropped."""
+
+    def __init__(self, status: Callable[[], dict]):
+        self.status = status
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        s = self.status()
+        yield CounterMetricFamily("keymux_store_errors", "Failed writes to the state store",
+                                  value=s["errors"])
+        yield GaugeMetricFamily("keymux_store_pending_rows",
+                                "Request-log rows kept in memory until the store can write",
+                                value=s["pending_rows"])
+        yield CounterMetricFamily("keymux_store_dropped_rows",
+                                  "Request-log rows dropped because the store could not write",
+                                  value=s["dropped_rows"])
 
 
 class _ProviderCollector:

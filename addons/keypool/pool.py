@@ -205,16 +205,16 @@ class Pool:
                 tokens_in: int = 0, tokens_out: int = 0) -> None:
         """End a lease: ``outcome`` is a policy outcome ("ok", "rate_limited", ...)."""
         key = lease.key
-        key.in_flight -= 1
+        key.in_flight -= 1  # the slots first: nothing below may keep them if it fails
+        key.probing.difference_update(lease.probes)
+        if lease.provider_probe:
+            self.outages.settled(key.spec.provider, lease)
         key.latency_sum += latency
         if outcome in ("ok", "client_error"):
             key.limits.settle(lease.reservation, tokens_in + tokens_out)
         key.tokens_in += tokens_in
         key.tokens_out += tokens_out
         key.daily.add(self.clock.wall(), requests=1, tokens_in=tokens_in, tokens_out=tokens_out)
-        key.probing.difference_update(lease.probes)
-        if lease.provider_probe:
-            self.outages.settled(key.spec.provider, lease)
         if outcome == "ok":
             key.successes += 1
             key.failures_in_row = 0

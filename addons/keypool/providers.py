@@ -13,7 +13,10 @@ AUTH_SCHEMES = ("bearer", "x-api-key", "x-goog-api-key")
 # The header each auth scheme fills; every one of them is also a header a client may use
 # to present its own token, so all are stripped from client requests.
 AUTH_HEADER = {"bearer": "authorization", "x-api-key": "x-api-key", "x-goog-api-key": "x-goog-api-key"}
-CLIENT_AUTH_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "api-key")
+# Credentials a client may send: never forwarded upstream, masked on flows. The last is the
+# admin token (keypool.endpoints.ADMIN_HEADER).
+CLIENT_AUTH_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "api-key",
+                       "x-keymux-admin-token")
 
 
 @dataclass(frozen=True)

@@ -95,27 +95,34 @@ def _queue_wait(gw: Gateway, ticket: Ticket, e: NoKeyAvailable) -> float | None:
 
 
 async def _attempt(gw: Gateway, plan: Plan, send: Sender) -> Outcome | None:
-    """One attempt; the Outcome to return to the client, or None to re-issue."""
+    """One attempt; the Outcome to return to the client, or None to re-issue.
+
+    The plan's key is released on every way out but a returned Outcome (the caller then
+    owns it): ``finish`` runs at most once, so a release here after judge's is harmless."""
     ticket = plan.ticket
+    reply = None
     try:
-        async with asyncio.timeout_at(_loop_deadline(gw, ticket)):
-            reply = await send(plan)
-            gw.first_byte(plan)
-            body = await reply.read() if reply.status >= 400 or not ticket.stream else None
-    except TimeoutError:
-        gw.judge(plan, None, {}, None, error="timeout")
-        return Outcome(answer=gw.timed_out(ticket))
-    except UpstreamError as e:
-        gw.judge(plan, None, {}, None, error=str(e))
+        try:
+            async with asyncio.timeout_at(_loop_deadline(gw, ticket)):
+                reply = await send(plan)
+                gw.first_byte(plan)
+                body = await reply.read() if reply.status >= 400 or not ticket.stream else None
+        except TimeoutError:
+            gw.judge(plan, None, {}, None, error="timeout")
+            return Outcome(answer=gw.timed_out(ticket))
+        except UpstreamError as e:
+            gw.judge(plan, None, {}, None, error=str(e))
+            return None
+        verdict = gw.judge(plan, reply.status, reply.headers, body)
+        if not verdict.retry:
+            return Outcome(plan=plan, reply=reply, body=body)
+        reply.close()
         return None
     except BaseException:
         gw.abandon(plan)  # cancelled (client gone) or a bug: free the key, blame nobody
+        if reply is not None:
+            reply.close()
         raise
-    verdict = gw.judge(plan, reply.status, reply.headers, body)
-    if not verdict.retry:
-        return Outcome(plan=plan, reply=reply, body=body)
-    reply.close()
-    return None
 
 
 def _loop_deadline(gw: Gateway, ticket: Ticket) -> float:

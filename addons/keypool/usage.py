@@ -3,12 +3,21 @@
 ``SseTap`` is a ``flow.response.stream`` callable: it forwards every chunk as it comes
 (never buffering the stream), reads the usage on the way, and, when keymux itself asked
 the upstream for ``stream_options.include_usage``, removes what the client did not ask for.
+
+An upstream answer is untrusted input: nothing here may raise on it (deep nesting is a
+RecursionError in ``json``), and an event that never ends is parsed only up to
+``MAX_EVENT`` bytes; past that the tap passes the stream through unread.
 """
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
+
+logger = logging.getLogger("keymux")
+MAX_EVENT = 16 * 1024 * 1024  # a Responses API "completed" event may carry a whole image
+MAX_TOKENS = 10 ** 9          # a count above this is not a count (and would overflow SQLite)
 
 
 @dataclass(slots=True)
@@ -30,7 +39,7 @@ class Usage:
 
 
 def _int(v: object) -> int:
-    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
+    return v if isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_TOKENS else 0
 
 
 def find_usage(obj: object) -> object:
@@ -52,7 +61,7 @@ def usage_of_body(body: bytes) -> Usage:
     if b'"usage"' in body:
         try:
             u.absorb(find_usage(json.loads(body)))
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested beyond the parser's depth
             pass
     return u
 
@@ -73,21 +82,45 @@ class SseTap:
         self.usage = Usage()
         self.strip = strip_injected
         self._tail = b""
+        self.blind = False  # gave up reading (event too long, or a bug): bytes pass through
 
     def __call__(self, data: bytes) -> bytes | list[bytes]:
         # Returns a list when there may be nothing to send: an empty bytes chunk would be
         # written as chunked encoding's terminator and end the client's response early.
+        # Never raises: mitmproxy would drop the connection and the client's stream with it.
+        if self.blind:
+            return [data] if data else []
+        try:
+            return self._feed(data)
+        except Exception:  # noqa: BLE001 - the stream matters more than its usage
+            logger.exception("keymux: cannot read a stream's usage; passing it through")
+            # A stripping tap has sent nothing of its tail yet (_feed sets it last).
+            return self._give_up(self._tail + data if self.strip else data)
+
+    def _give_up(self, out: bytes) -> list[bytes]:
+        """Stop reading for good; ``out``: every byte not yet sent on."""
+        self.blind, self._tail = True, b""
+        return [out] if out else []
+
+    def _feed(self, data: bytes) -> bytes | list[bytes]:
         if not data:  # end of stream: an unterminated last event goes out as it is
-            rest, self._tail = self._tail, b""
-            rest = self._event(rest) if rest else b""
+            rest = self._event(self._tail) if self._tail else b""
+            self._tail = b""
             return [rest] if rest and self.strip else []
+        # Only the new bytes (and 3 before them, for a split "\r\n\r\n") are searched for
+        # an event's end: a long event arriving in small chunks costs linear time.
+        start = max(0, len(self._tail) - 3)
         buf = self._tail + data
         cut = 0
         kept: list[bytes] = []
-        for m in _EVENT_END.finditer(buf):
+        for m in _EVENT_END.finditer(buf, start):
             kept.append(self._event(buf[cut:m.end()]))
             cut = m.end()
         self._tail = buf[cut:]
+        if len(self._tail) > MAX_EVENT:
+            logger.warning("keymux: a stream event over %d MB; the stream's usage is not read",
+                           MAX_EVENT >> 20)
+            return self._give_up(b"".join(kept) + self._tail if self.strip else data)
         if not self.strip:
             return data
         out = b"".join(kept)
@@ -105,7 +138,7 @@ class SseTap:
         )
         try:
             obj = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):
             return event
         self.usage.absorb(find_usage(obj))
         if self.strip and isinstance(obj, dict) and obj.get("choices") == []:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 MITMDUMP = Path(sys.executable).with_name("mitmdump")
+# What `keymux run` hands its UI: opens the admin paths (reset) without making stats need it.
+SIDECAR_TOKEN = "kmx-harness-sidecar-token-0123456789"
 
 
 def free_port() -> int:
@@ -25,7 +27,8 @@ class GatewayProcess:
 
     def __init__(self, workdir: Path, config_text: str | None, *, env: dict | None = None,
                  args: tuple[str, ...] = (), confdir: Path | None = None,
-                 script: Path | None = None, config: Path | None = None):
+                 script: Path | None = None, config: Path | None = None,
+                 reverse: str = "https://api.openai.com", scripts: tuple[Path, ...] = ()):
         self.workdir = workdir
         self.config = config or workdir / "keys.yaml"
         if config_text is not None:  # None: keep the file that is there (a restart)
@@ -33,9 +36,11 @@ class GatewayProcess:
         self.script = script or ROOT / "addons" / "keymux.py"
         self.log_path = workdir / "mitmdump.log"
         self.port = free_port()
-        self.env = {**os.environ, **(env or {})}
+        self.env = {**os.environ, "KEYMUX_SIDECAR_TOKEN": SIDECAR_TOKEN, **(env or {})}
         self.confdir = confdir or workdir / "mitmproxy"
         self.args = args
+        self.reverse = reverse
+        self.scripts = scripts  # more -s addons, loaded after keymux (test instruments)
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -43,8 +48,9 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20) -> "GatewayProcess":
-        cmd = [str(MITMDUMP), "-s", str(self.script),
-               "--mode", "reverse:https://api.openai.com", "--listen-host", "127.0.0.1",
+        extra = [a for s in self.scripts for a in ("-s", str(s))]
+        cmd = [str(MITMDUMP), "-s", str(self.script), *extra,
+               "--mode", f"reverse:{self.reverse}", "--listen-host", "127.0.0.1",
                "-p", str(self.port), "--set", f"keymux_config={self.config}",
                "--set", f"confdir={self.confdir}", *self.args]
         self._log = open(self.log_path, "ab")
@@ -61,6 +67,12 @@ class GatewayProcess:
                 time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"mitmdump did not come up:\n{self.log()}")
+
+    def reset(self, name: str) -> None:
+        """End a key's cooldowns, as the UI's button does."""
+        urllib.request.urlopen(urllib.request.Request(
+            f"{self.url}/_keymux/keys/{name}/reset", method="POST",
+            headers={"x-keymux-admin-token": SIDECAR_TOKEN}), timeout=5).read()
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

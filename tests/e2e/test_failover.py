@@ -40,8 +40,7 @@ def gw(mock, tmp_path_factory, confdir):
 @pytest.fixture(autouse=True)
 def _rested(gw):
     for name in KEYS:  # every test starts from healthy keys
-        urllib.request.urlopen(urllib.request.Request(
-            f"{gw.url}/_keymux/keys/{name}/reset", method="POST"), timeout=5).read()
+        gw.reset(name)
 
 
 def client(gw, timeout=20):

@@ -219,8 +219,7 @@ def test_request_log_rows_tell_the_attempts(gw, mock):
     with pytest.raises(openai.APIStatusError):
         ask(gw)  # both keys fail once: the provider's outage, 503
     for name in ("a", "b"):
-        urllib.request.urlopen(urllib.request.Request(
-            f"{gw.url}/_keymux/keys/{name}/reset", method="POST"), timeout=5).read()
+        gw.reset(name)
     ask(gw)
     time.sleep(1.3)
     db = gw.config.parent / "state" / "keymux.db"

@@ -152,6 +152,13 @@ def test_routing_values() -> None:
                                      0.0, "07:05")
 
 
+def test_max_response_mb() -> None:
+    assert parse("keys: []\n").routing.max_response_mb == 64.0
+    assert parse("routing:\n  max_response_mb: 0.5\n").routing.max_response_mb == 0.5
+    with pytest.raises(ConfigError, match="max_response_mb"):
+        parse("routing:\n  max_response_mb: 0\n")
+
+
 def test_unquoted_time_is_read_as_written() -> None:
     # YAML 1.1 would make 12:30 the base-60 integer 750.
     assert parse("routing:\n  daily_reset: 12:30\n").routing.daily_reset == "12:30"
@@ -306,7 +313,7 @@ ERRORS = [
     # unknown fields, everywhere
     ("version: 1\nkey: []\n", 2, "unknown field 'key' (did you mean 'keys'?)"),
     ("xyz: 1\n", 1, "unknown field 'xyz' (known fields: version, providers, keys, clients,"
-                    " routing, state_dir, logging, admin)"),
+                    " routing, state_dir, logging, admin, server)"),
     ("providers:\n  local:\n    base_ur: http://a/v1\n", 3,
      "providers.local: unknown field 'base_ur' (did you mean 'base_url'?)"),
     (key_with("wieght: 2"), 5, "keys[0]: unknown field 'wieght' (did you mean 'weight'?)"),

@@ -228,3 +228,15 @@ def test_request_log_rows_and_redacted_bodies():
     row = g.recorder.drain([]).requests[0]
     assert "sk-openai-real-secret-9999" not in row["request_body"] + row["response_body"]
     assert "abcdefghijklmnop" not in row["request_body"] and "sk-…9999" in row["request_body"]
+
+
+def test_masker_covers_every_key_and_those_of_the_previous_config():
+    a, b, c = "sk-first-secret-0001", "sk-second-secret-0002", "sk-third-secret-0003"
+    g = gw(keys=[key("a", secret=a), key("b", secret=b)])
+    assert g.masker.masked(f"{a} {b}".encode()) == b"sk-\xe2\x80\xa60001 sk-\xe2\x80\xa60002"
+    assert g.max_response_bytes == 64 << 20
+    g.update(config(keys=[key("c", secret=c)]))
+    assert a.encode() not in g.masker.masked(a.encode())  # a request sent before the reload
+    assert c.encode() not in g.masker.masked(c.encode())
+    g.update(config(keys=[key("c", secret=c)]))
+    assert g.masker.masked(a.encode()) == a.encode()  # one generation only: no growth

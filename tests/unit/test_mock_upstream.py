@@ -404,3 +404,11 @@ def test_cli_subprocess(tmp_path: Path):
         rc = proc.wait(10)
         proc.stdout.close()
     assert rc == 0
+
+
+def test_hostile_behaviour_is_validated():
+    from keypool.demo.mock_behaviour import Behaviour
+    assert Behaviour.build(hostile="huge:3").hostile == "huge:3"
+    for bad in ("nope", "huge", "gzip_bomb:0", "huge:x"):
+        with pytest.raises(ValueError, match="hostile"):
+            Behaviour.build(hostile=bad)

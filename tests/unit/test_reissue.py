@@ -295,3 +295,24 @@ def test_learned_budget_counts_requests_still_in_flight():
     gw.pool.release(held, outcome="ok", latency=0.1)
     with pytest.raises(Exception):  # 1 left minus the 1 in flight: nothing until the reset
         gw.pool.pick("openai", "gpt-4o-mini")
+
+
+@pytest.mark.parametrize("fail_in", ["judge", "first_byte", "read"])
+def test_a_bug_during_an_attempt_frees_the_key_and_closes_the_reply(monkeypatch, fail_in):
+    gw, clock = make(n=1)
+    reply = FakeReply(500)
+    if fail_in == "read":
+        async def read():
+            raise RuntimeError("bug")
+        reply.read = read
+    else:
+        def boom(*a, **kw):
+            raise RuntimeError("bug")
+        monkeypatch.setattr(gw, fail_in, boom)
+    send = FakeUpstream(clock, {"k1": [reply]})
+    ticket = gw.admit("POST", "/v1/chat/completions", {"content-type": "application/json"}, BODY)
+    with pytest.raises(RuntimeError):
+        asyncio.run(serve(gw, ticket, send))
+    k1 = gw.pool.by_name["k1"]
+    assert k1.in_flight == 0 and not k1.probing and reply.closed
+    assert k1.failures == 0  # keymux's own bug blames no key

@@ -1,5 +1,8 @@
 import json
 
+import pytest
+
+from keypool import usage
 from keypool.usage import SseTap, usage_of_body
 
 
@@ -92,3 +95,70 @@ def test_body_usage_shapes():
     assert (u.input, u.output) == (3, 4)
     assert not usage_of_body(b"not json").seen
     assert not usage_of_body(b'{"x":1}').seen
+
+
+# -- hostile upstream answers: never raise, never grow without bound ------------------
+
+DEEP = b'{"usage": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+
+def test_deeply_nested_body_around_usage_counts_as_no_usage():
+    u = usage_of_body(DEEP)
+    assert not u.seen and (u.input, u.output) == (0, 0)
+    assert not usage_of_body(b'{"usage": {"prompt_tokens": ' + b"[" * 50_000 + b"}").seen
+
+
+def test_garbage_and_absurd_counts_are_not_usage():
+    for body in (b'"usage"\xff\xfe', b'{"usage": 1e999999}', b'{"usage": "x"}',
+                 b'{"usage": {"prompt_tokens": ' + b"9" * 5000 + b"}}"):
+        u = usage_of_body(body)
+        assert (u.input, u.output) == (0, 0)
+    u = usage_of_body(b'{"usage": {"prompt_tokens": 100000000000000000000, "completion_tokens": 3}}')
+    assert (u.input, u.output) == (0, 3)
+
+
+@pytest.mark.parametrize("strip", [False, True])
+def test_deeply_nested_event_passes_through_and_the_stream_goes_on(strip):
+    tap = SseTap(strip)
+    bad = b"data: " + DEEP + b"\n\n"
+    chunks = [bad] + sse(chunk("a"), {"choices": [], "usage": USAGE})
+    out = b"".join(flat(tap(c)) for c in chunks) + flat(tap(b""))
+    assert bad in out and b'"a"' in out and out.endswith(b"data: [DONE]\n\n")
+    assert (tap.usage.input, tap.usage.output) == (11, 7)
+
+
+def test_an_event_that_never_ends_stops_the_parsing_not_the_stream(monkeypatch):
+    monkeypatch.setattr(usage, "MAX_EVENT", 1000)
+    for strip in (False, True):
+        tap = SseTap(strip)
+        head = sse(chunk("a"))[0]
+        sent = [flat(tap(head))]
+        sent += [flat(tap(b"x" * 300)) for _ in range(5)]  # no blank line, ever
+        assert tap.blind and len(tap._tail) == 0
+        sent += [flat(tap(b"tail\n\n")), flat(tap(b""))]
+        assert b"".join(sent) == head + b"x" * 1500 + b"tail\n\n"
+
+
+def test_a_long_event_in_one_byte_chunks_costs_linear_time():
+    tap = SseTap()
+    event = b"data: " + json.dumps({"choices": [], "usage": USAGE, "pad": "p" * 200_000}).encode()
+    for i in range(0, len(event), 7):
+        tap(event[i:i + 7])
+    tap(b"\n")
+    tap(b"\n")
+    assert (tap.usage.input, tap.usage.output) == (11, 7)
+
+
+@pytest.mark.parametrize("strip", [False, True])
+def test_the_tap_never_raises_and_passes_bytes_on_after_a_bug(monkeypatch, strip):
+    tap = SseTap(strip)
+    first = sse(chunk("a"))[0]
+    assert flat(tap(first)) == first
+    tap(b"data: {\"choi")  # held back when stripping
+
+    def boom(event):
+        raise RuntimeError("bug")
+    monkeypatch.setattr(tap, "_event", boom)
+    out = flat(tap(b'ces": []}\n\n'))
+    assert out == (b'data: {"choices": []}\n\n' if strip else b'ces": []}\n\n')
+    assert tap.blind and flat(tap(b"more")) == b"more" and flat(tap(b"")) == b""

@@ -158,3 +158,23 @@ def test_percentile_and_day_start():
 def test_store_reads_nothing_from_a_missing_file(tmp_path):
     store = Store(tmp_path / "nope.db")
     assert store.p95_latency(0) == {} and store.requests(LogFilter(), 1) == ([], 0)
+
+
+def test_reload_and_store_state_are_the_gateways_word(live_auth, live_client, stub):
+    """The dashboard shows what /_keymux/health says, on the first paint and on each poll."""
+    stub.health = {"status": "degraded", "last_reload_error": "keys.yaml:3: unknown field 'kyes'",
+                   "store": {"ok": False, "last_error": "OperationalError: database or disk is full",
+                             "pending_rows": 12, "dropped_rows": 0, "errors": 3}}
+    gw = live_client.get("/api/stats").json["gateway"]
+    assert gw["reload_error"] == "keys.yaml:3: unknown field 'kyes'"
+    assert gw["store_error"] == {"error": "OperationalError: database or disk is full",
+                                 "pending_rows": 12, "dropped_rows": 0}
+    page = live_client.get("/").get_data(as_text=True)
+    assert "unknown field &#39;kyes&#39;" in page and "disk is full" in page
+    stub.health = {"status": "ok", "last_reload_error": None,
+                   "store": {"ok": True, "last_error": "OperationalError: database or disk is full",
+                             "pending_rows": 0, "dropped_rows": 0, "errors": 3}}
+    gw = live_client.get("/api/stats").json["gateway"]
+    assert gw["reload_error"] is None and gw["store_error"] is None and gw["status"] == "ok"
+    page = live_client.get("/").get_data(as_text=True)
+    assert "kyes" not in page and "disk is full" not in page

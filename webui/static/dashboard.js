@@ -99,6 +99,10 @@
     banner("gateway-banner", data.gateway.reachable ? null
       : t("Cannot reach the gateway: showing the keys from keys.yaml, live state unknown.") + " (" + data.gateway.error + ")");
     banner("reload-banner", data.gateway.reload_error ? t("The gateway rejected the last reload:") + " " + data.gateway.reload_error : null);
+    var store = data.gateway.store_error;
+    banner("store-banner", store ? t("The gateway cannot write its state store (request log, usage); rows kept in memory: %(pending)s, dropped: %(dropped)s.",
+      { pending: store.pending_rows, dropped: store.dropped_rows }) + " " + store.error : null);
+    banner("config-banner", data.config.error ? t("keys.yaml does not validate; the gateway keeps its previous config:") + " " + data.config.error : null);
     setText("updated", t("updated %(time)s", { time: new Date(data.now * 1000).toLocaleTimeString(LOCALE) }));
   }
 

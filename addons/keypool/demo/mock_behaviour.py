@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields
 
 from keypool.redact import mask, scrub
 
+from . import mock_hostile
+
 RESET = 0  # the "status" recorded for a connection closed without an answer
 
 
@@ -38,6 +40,7 @@ class Behaviour:
     rpm: int | None = None           # requests allowed per window...
     window_s: float = 60             # ...of this many seconds (sliding)
     ratelimit_headers: dict = field(default_factory=dict)  # added to successful answers
+    hostile: str | None = None       # a hostile success instead (see mock_hostile)
 
     @classmethod
     def build(cls, **kw: object) -> "Behaviour":
@@ -65,6 +68,8 @@ class Behaviour:
                 raise ValueError(f"{name} must be a dict")
         if b.body is not None and not isinstance(b.body, (dict, str)):
             raise ValueError("body must be a dict or a string")
+        if b.hostile is not None:
+            mock_hostile.check(b.hostile)
         return b
 
 

@@ -31,6 +31,7 @@ from urllib.parse import parse_qs
 
 from keypool.redact import mask
 
+from . import mock_hostile as hostile
 from . import mock_http as H
 from . import mock_responses as R
 from .mock_behaviour import RESET, Behaviour, MockState, masked_record
@@ -203,6 +204,9 @@ class _Server:
         if status == RESET:
             H.rst(writer)
             return False
+        if status == 200 and b is not None and b.hostile and endpoint != "models":
+            stream = isinstance(body, dict) and body.get("stream") is True
+            return await hostile.answer(b.hostile, key, stream, writer, keep)
 
         self._rid += 1
         rid = {"request-id" if anthropic else "x-request-id": f"req_mock{self._rid:08d}"}

@@ -4,6 +4,9 @@ mitmproxy streams only responses it reads from a server. When keymux has found a
 whose answer is a good stream (after re-issuing failed attempts, before any byte went to
 the client), it parks that open reply here and points the flow at this loopback server;
 mitmproxy then fetches it and streams it chunk by chunk like any upstream's.
+
+Key secrets the upstream echoes are masked here, in the head and in every chunk, before
+mitmproxy (and so the client, the flow, ``-w`` files and ``-v`` logs) sees a byte.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import logging
 import secrets
 
 from ..answers import reason as reason_phrase
+from ..echo import Masker
 
 logger = logging.getLogger("keymux")
 UNCLAIMED_S = 30.0  # a parked reply nobody fetched (the client left) is closed after this
@@ -19,7 +23,8 @@ UNCLAIMED_S = 30.0  # a parked reply nobody fetched (the client left) is closed 
 
 class Relay:
     def __init__(self) -> None:
-        self.parked: dict[str, tuple[object, float | None]] = {}  # token -> (reply, idle_s)
+        # token -> (reply, idle_s, masker)
+        self.parked: dict[str, tuple[object, float | None, Masker]] = {}
         self.port: int | None = None
         self._server: asyncio.Server | None = None
 
@@ -29,14 +34,16 @@ class Relay:
             self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
-    def park(self, reply, idle_s: float | None = None) -> str:
-        """Keep ``reply`` for mitmproxy to fetch; ``idle_s``: how long its stream may be silent."""
+    def park(self, reply, idle_s: float | None = None, masker: Masker = Masker(())) -> str:
+        """Keep ``reply`` for mitmproxy to fetch; ``idle_s``: how long its stream may be silent;
+        ``masker``: the secrets to mask in it."""
         token = secrets.token_urlsafe(18)
-        self.parked[token] = (reply, idle_s)
-        asyncio.get_running_loop().call_later(UNCLAIMED_S, self._expire, token)
+        self.parked[token] = (reply, idle_s, masker)
+        asyncio.get_running_loop().call_later(UNCLAIMED_S, self.discard, token)
         return token
 
-    def _expire(self, token: str) -> None:
+    def discard(self, token: str) -> None:
+        """Close a parked reply nobody will fetch (expired, or its flow failed)."""
         parked = self.parked.pop(token, None)
         if parked is not None:
             parked[0].close()
@@ -62,7 +69,7 @@ class Relay:
 
     async def close(self) -> None:
         for token in list(self.parked):
-            self._expire(token)
+            self.discard(token)
         if self._server is not None:
             self._server.close()
 
@@ -78,17 +85,24 @@ def _parse_head(head: bytes) -> tuple[str, int]:
     return target.lstrip("/"), length
 
 
-async def _relay(reply, idle_s: float | None, writer: asyncio.StreamWriter) -> bool:
+async def _relay(reply, idle_s: float | None, masker: Masker,
+                 writer: asyncio.StreamWriter) -> bool:
     """Write one reply as a chunked response; False if it broke off (connection unusable)."""
-    head = [f"HTTP/1.1 {reply.status} {reply.reason or reason_phrase(reply.status)}".encode()]
-    head += [k + b": " + v for k, v in reply.fields]
+    reason = masker.masked_text(reply.reason or reason_phrase(reply.status))
+    head = [f"HTTP/1.1 {reply.status} {reason}".encode("utf-8", "surrogateescape")]
+    head += [k + b": " + v for k, v in masker.masked_fields(reply.fields)]
     head.append(b"transfer-encoding: chunked\r\n\r\n")
     writer.write(b"\r\n".join(head))
+    masking = masker.stream()
     try:
         async for chunk in reply.chunks(idle_s):
+            chunk = masking.feed(chunk)
             if chunk:
                 writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                 await writer.drain()
+        rest = masking.flush()
+        if rest:
+            writer.write(b"%x\r\n%s\r\n" % (len(rest), rest))
         writer.write(b"0\r\n\r\n")
         await writer.drain()
         return True

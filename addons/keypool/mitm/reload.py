@@ -17,7 +17,7 @@ from typing import Callable
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from ..config import Config, load_config
+from ..config import MAX_CONFIG_BYTES, Config, load_config
 from ..errors import ConfigError
 
 logger = logging.getLogger("keymux")
@@ -76,8 +76,10 @@ class ConfigWatcher(FileSystemEventHandler):
 
     def _reload(self) -> None:
         now = digest(self.path)
-        if now in (self._digest, self._bad):
+        if now == self._bad or (now == self._digest and self._bad is None):
             return  # an unrelated file in the directory changed, or nothing new
+        # Also when the serving content is back after a reported error (a typo undone, a
+        # deleted file put back): reading it again clears the error, as any good reload does.
         try:
             config, error = load_config(self.path), None
         except ConfigError as e:
@@ -96,8 +98,10 @@ def digest(path: str | Path) -> bytes:
     h = hashlib.sha256()
     path = Path(path)
     for p in (path, path.with_name(".env")):
-        try:
-            h.update(p.read_bytes())
+        try:  # a huge file is refused by its size: hashing its head (and size) is enough
+            with p.open("rb") as f:
+                h.update(str(os.fstat(f.fileno()).st_size).encode() + b"\0")
+                h.update(f.read(MAX_CONFIG_BYTES + 1))
         except OSError:
             h.update(b"\0missing")
     return h.digest()

@@ -21,19 +21,35 @@ KEY_FIELDS = ("key", "fingerprint", "cooldown_until", "cooldown_reason", "model_
 
 
 class SQLiteStore:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, lazy: bool = False):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # One connection, used by the writer thread and (before serving) the loader.
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        # One connection, used by the writer thread and (before serving) the loader. Opened
+        # on first use when ``lazy``: a state_dir that cannot be written yet must not stop
+        # the gateway (the writer reports it and retries).
+        self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
-        with self._lock:
-            self._db.executescript(SCHEMA)
-            self._db.execute("PRAGMA synchronous = NORMAL")  # WAL: durable at checkpoints, never corrupt
+        if not lazy:
+            with self._lock:
+                self._conn()
+
+    def _conn(self) -> sqlite3.Connection:
+        """The connection, opened (schema and all) if it is not yet; call with the lock held."""
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            try:
+                db.executescript(SCHEMA)
+                db.execute("PRAGMA synchronous = NORMAL")  # WAL: durable at checkpoints, never corrupt
+            except BaseException:
+                db.close()
+                raise
+            self._db = db
+        return self._db
 
     def load_keys(self) -> list[dict]:
         with self._lock:
-            rows = self._db.execute(f"SELECT {', '.join(KEY_FIELDS)} FROM key_state").fetchall()
+            rows = self._conn().execute(
+                f"SELECT {', '.join(KEY_FIELDS)} FROM key_state").fetchall()
         out = []
         for row in rows:
             d = dict(zip(KEY_FIELDS, row))
@@ -45,15 +61,16 @@ class SQLiteStore:
     def write(self, batch: Batch) -> None:
         now = time.time()
         with self._lock, self._transaction():
-            self._db.executemany(
+            db = self._db
+            db.executemany(
                 f"INSERT INTO requests ({', '.join(REQUEST_FIELDS)}) VALUES "
                 f"({', '.join('?' * len(REQUEST_FIELDS))})",
                 [tuple(_column(r.get(f, REQUEST_DEFAULTS.get(f))) for f in REQUEST_FIELDS)
                  for r in batch.requests])
-            self._db.executemany(_USAGE_UPSERT, [
+            db.executemany(_USAGE_UPSERT, [
                 (key, minute, sums["provider"], *(sums.get(f, 0) for f in USAGE_FIELDS))
                 for (key, minute), sums in batch.usage.items()])
-            self._db.executemany(
+            db.executemany(
                 f"INSERT OR REPLACE INTO key_state ({', '.join(KEY_FIELDS)}) VALUES "
                 f"({', '.join('?' * len(KEY_FIELDS))})",
                 [tuple(_column(s.get(f, now)) for f in KEY_FIELDS) for s in batch.key_states])
@@ -66,9 +83,10 @@ class SQLiteStore:
 
     def export(self) -> dict:
         with self._lock:
+            db = self._conn()
             return {table: [dict(zip([c[0] for c in cur.description], row)) for row in cur]
                     for table in ("key_state", "usage_minute", "requests")
-                    for cur in [self._db.execute(f"SELECT * FROM {table}")]}
+                    for cur in [db.execute(f"SELECT * FROM {table}")]}
 
     def import_(self, data: dict) -> None:
         with self._lock, self._transaction():
@@ -81,10 +99,12 @@ class SQLiteStore:
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     def _transaction(self):
-        return _Transaction(self._db)
+        return _Transaction(self._conn())
 
 
 class _Transaction:
@@ -95,7 +115,23 @@ class _Transaction:
         self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type, *_):
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is None:
+            try:
+                self.db.execute("COMMIT")
+                return
+            except sqlite3.Error:  # e.g. the disk filled up at commit: leave no transaction open
+                self._rollback()
+                raise
+        self._rollback()
+
+    def _rollback(self) -> None:
+        # SQLite may have rolled back already (SQLITE_FULL does): a second ROLLBACK would
+        # raise and hide the error that matters.
+        if self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
 
 
 def _column(value):
