@@ -198,8 +198,12 @@ class Gateway:
         plan.ttfb = self.clock.monotonic() - plan.started
 
     def judge(self, plan: Plan, status: int | None, headers: Mapping[str, str],
-              body: bytes | None, error: str | None = None) -> policy.Verdict:
+              body: bytes | None, error: str | None = None,
+              answered: int | None = None) -> policy.Verdict:
         """Classify an attempt's answer: cool its key, learn its budget, record it.
+
+        ``answered``: the status of an answer whose body then failed (``status`` None); only
+        a server-class one is evidence of a provider outage, the rest is the key's fault.
 
         A failed attempt is finished here; a successful or passed-through one is finished
         by the caller once its body (or stream) is complete."""
@@ -208,7 +212,8 @@ class Gateway:
                             failures_in_row=key.failures_in_row, now=self.clock.wall(),
                             rng=self.rng)
         # before any cooldown: a failure that is the provider's outage cools no key
-        blame_key = self.pool.observe(plan.lease, v.outcome)
+        evidence = v.outcome if answered is None or answered >= 500 or answered == 408 else "answered"
+        blame_key = self.pool.observe(plan.lease, evidence)
         if v.cooldown_s > 0 and blame_key:
             scope = plan.model if v.scope == "model" and plan.model else WHOLE_KEY
             self.pool.cool_down(key, scope, v.cooldown_s, v.outcome)

@@ -339,3 +339,28 @@ def test_client_retry_after_is_capped_at_max_s():
     gw.pool.by_name["k1"].limits.learn(clock.monotonic(), 0, 86_400.0, None, None)
     status, out = ask(gw, Upstream(clock, 0))
     assert status == 429 and int(out.answer.headers["retry-after"]) <= 40
+
+
+class BrokenBody(Reply):
+    """An answer whose body breaks off, or is over the cap, after its status line."""
+
+    async def read(self):
+        raise UpstreamError("answer over 1 MB")
+
+
+def test_a_broken_body_after_a_200_is_the_keys_fault_not_an_outage():
+    gw, clock = gateway(n=2)
+
+    async def send(plan):
+        return BrokenBody(200)
+
+    status, out = ask(gw, send)
+    assert status == 502 and not gw.pool.outages.down
+    assert all(k["state"] == "cooling" for k in gw.pool.snapshot())
+
+    async def send_503(plan):  # a 5xx whose body breaks off is still the provider's
+        return BrokenBody(503)
+
+    for name in ("k1", "k2"):
+        gw.pool.reset_cooldown(name)
+    assert ask(gw, send_503)[0] == 503 and gw.pool.outages.down
