@@ -102,7 +102,7 @@ def readiness(gw: "Gateway") -> Answer:
         "warnings": list(gw.config.warnings),
         "open_gateway": gw.clients.open,
         "keys": {"total": len(snap), "usable": usable},
-        "providers": sorted({k["provider"] for k in snap}),
+        "providers": gw.pool.providers(),  # name -> {"state": "ok"} or its outage
     }
     if store is not None:
         body["store"] = store
@@ -113,7 +113,8 @@ def stats(gw: "Gateway") -> dict:
     keys = gw.pool.snapshot()
     total = {f: sum(k[f] for k in keys)
              for f in ("requests", "successes", "failures", "in_flight", "tokens_in", "tokens_out")}
-    return {"uptime_s": round(gw.clock.wall() - gw.started_wall, 3), "totals": total, "keys": keys}
+    return {"uptime_s": round(gw.clock.wall() - gw.started_wall, 3), "totals": total, "keys": keys,
+            "providers": gw.pool.providers()}
 
 
 def model_ids(gw: "Gateway", client: ClientSpec | None) -> list[tuple[str, str]]:

@@ -24,7 +24,7 @@ from .echo import Masker
 from .globs import GlobSet
 from .limits import ClientRate, estimate_tokens
 from .metrics import Metrics
-from .pool import WHOLE_KEY, NoKeyAvailable, Pool
+from .pool import WHOLE_KEY, NoKeyAvailable, Pool, ProviderOutage
 from .redact import scrub
 from .routing import PROVIDER_HEADERS, RouteError, Router
 from .store.recorder import Recorder
@@ -47,7 +47,7 @@ class Gateway:
         self.client_rate = ClientRate()
         self.waiting: dict[str, int] = {}  # provider -> requests queued for a key
         self.recorder = Recorder()
-        self.metrics = Metrics(self.pool.snapshot, self.clock.wall)
+        self.metrics = Metrics(self.pool.snapshot, self.clock.wall, providers=self.pool.providers)
         self.update(config)
 
     def update(self, config: Config) -> None:
@@ -193,9 +193,12 @@ class Gateway:
 
     def refuse(self, ticket: Ticket, e: NoKeyAvailable) -> Answer:
         """The answer when no (further) key can take the ticket."""
-        if e.retry_after is not None:
-            answer = answers.error(429, e.message, "all_keys_busy", retry_after=e.retry_after,
-                                   anthropic=ticket.anthropic)
+        if isinstance(e, ProviderOutage):
+            answer = answers.error(503, e.message, "provider_outage",
+                                   retry_after=self._capped(e.retry_after), anthropic=ticket.anthropic)
+        elif e.retry_after is not None:
+            answer = answers.error(429, e.message, "all_keys_busy",
+                                   retry_after=self._capped(e.retry_after), anthropic=ticket.anthropic)
         elif ticket.attempts:
             answer = self.exhausted(ticket)
         else:
@@ -209,10 +212,14 @@ class Gateway:
         if all(a["outcome"] in ("rate_limited", "quota") for a in ticket.attempts):
             wait = self.pool.soonest(ticket.route.provider.name, ticket.route.model)
             return answers.error(429, f"every key tried is rate limited ({story})",
-                                 "all_keys_rate_limited", retry_after=wait or 1.0,
+                                 "all_keys_rate_limited", retry_after=self._capped(wait or 1.0),
                                  anthropic=ticket.anthropic)
         return answers.error(502, f"the upstream failed on every attempt ({story})",
                              "upstream_failed", anthropic=ticket.anthropic)
+
+    def _capped(self, seconds: float) -> float:
+        """No Retry-After keymux tells a client exceeds cooldown.max_s."""
+        return min(seconds, float(self.config.routing.cooldown.max_s))
 
     def timed_out(self, ticket: Ticket) -> Answer:
         answer = answers.error(504, f"no answer within timeout_s "
@@ -227,8 +234,12 @@ class Gateway:
         plan.ttfb = self.clock.monotonic() - plan.started
 
     def judge(self, plan: Plan, status: int | None, headers: Mapping[str, str],
-              body: bytes | None, error: str | None = None) -> policy.Verdict:
+              body: bytes | None, error: str | None = None,
+              answered: int | None = None) -> policy.Verdict:
         """Classify an attempt's answer: cool its key, learn its budget, record it.
+
+        ``answered``: the status of an answer whose body then failed (``status`` None); only
+        a server-class one is evidence of a provider outage, the rest is the key's fault.
 
         A failed attempt is finished here; a successful or passed-through one is finished
         by the caller once its body (or stream) is complete."""
@@ -236,7 +247,10 @@ class Gateway:
         v = policy.classify(status, headers, body, cooldown=self.config.routing.cooldown,
                             failures_in_row=key.failures_in_row, now=self.clock.wall(),
                             rng=self.rng)
-        if v.cooldown_s > 0:
+        # before any cooldown: a failure that is the provider's outage cools no key
+        evidence = v.outcome if answered is None or answered >= 500 or answered == 408 else "answered"
+        blame_key = self.pool.observe(plan.lease, evidence)
+        if v.cooldown_s > 0 and blame_key:
             scope = plan.model if v.scope == "model" and plan.model else WHOLE_KEY
             self.pool.cool_down(key, scope, v.cooldown_s, v.outcome)
         if v.outcome == "ok":
@@ -246,8 +260,11 @@ class Gateway:
                 # flight will spend that budget too.
                 others = key.in_flight - 1
                 left = None if b.remaining_requests is None else b.remaining_requests - others
-                key.limits.learn(self.clock.monotonic(), left, b.requests_reset_s,
-                                 b.remaining_tokens, b.tokens_reset_s)
+                cap = self._capped
+                key.limits.learn(self.clock.monotonic(), left,
+                                 None if b.requests_reset_s is None else cap(b.requests_reset_s),
+                                 b.remaining_tokens,
+                                 None if b.tokens_reset_s is None else cap(b.tokens_reset_s))
         plan.ticket.attempts.append({
             "key": key.name, "status": status, "error": error, "outcome": v.outcome,
             "latency_s": round(self.clock.monotonic() - plan.started, 4)})

@@ -21,7 +21,8 @@ def status_class(status: int | None) -> str:
 
 
 class Metrics:
-    def __init__(self, snapshot: Callable[[], list[dict]], wall_now: Callable[[], float]):
+    def __init__(self, snapshot: Callable[[], list[dict]], wall_now: Callable[[], float],
+                 providers: Callable[[], dict[str, dict]] | None = None):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("keymux_requests", "Upstream answers by key and status class",
@@ -40,6 +41,8 @@ class Metrics:
         self.tokens = Counter("keymux_tokens", "Tokens reported by the upstream",
                               ["provider", "key", "model", "direction"], registry=r)
         r.register(_PoolCollector(snapshot, wall_now))
+        if providers is not None:
+            r.register(_ProviderCollector(providers))
         self._model_globs = GlobSet()
         self._model_labels: set[str] = set()
         # prometheus_client's labels() costs microseconds per call: resolve each child once.
@@ -133,3 +136,21 @@ class _StoreCollector:
         yield CounterMetricFamily("keymux_store_dropped_rows",
                                   "Request-log rows dropped because the store could not write",
                                   value=s["dropped_rows"])
+
+
+class _ProviderCollector:
+    """1 while a provider is in outage (most of its keys failing together), read at scrape."""
+
+    def __init__(self, providers: Callable[[], dict[str, dict]]):
+        self.providers = providers
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        outage = GaugeMetricFamily("keymux_provider_outage",
+                                   "1 while the provider is in outage and being probed",
+                                   labels=["provider"])
+        for name, st in self.providers().items():
+            outage.add_metric([name], 1.0 if st["state"] == "outage" else 0.0)
+        yield outage

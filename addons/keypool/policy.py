@@ -86,6 +86,7 @@ def _too_many(headers: Headers, body: bytes | None, cooldown: Cooldown, now: flo
             wait is None and any(p in text for p in _QUOTA_PHRASES)):
         return _quota(cooldown)
     seconds = float(cooldown.rate_limited_s) if wait is None else wait
+    seconds = min(seconds, float(cooldown.max_s))  # no hint, however absurd, parks it longer
     return Verdict("rate_limited", True, seconds, "model")  # other models may still have room
 
 

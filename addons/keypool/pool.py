@@ -6,10 +6,15 @@ awaits, so a pick and its acquire cannot interleave with another flow's.
 Cooldowns have a scope: ``""`` is the whole key (auth, quota, server errors), a model name
 is the (key, model) pair (rate limits). When a cooldown runs out the scope is *half-open*:
 exactly one request probes it while the others keep away; its success reopens the scope.
+
+A provider whose keys fail together is down, not its keys (``keypool.outage``): its keys are
+not cooled for it, one request at a time probes it and the others get ``ProviderOutage``.
+Every cooldown but a dead key's (auth, quota: ``auth_error_s``) is capped at ``max_s``.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import random
 from dataclasses import dataclass, field
@@ -18,11 +23,15 @@ from .clock import Clock
 from .config import Config, KeySpec
 from .globs import GlobSet
 from .limits import DailyCounters, KeyLimits, Reservation
+from .outage import WINDOW_S, Outages
 from .redact import mask
 from .strategies import STRATEGIES
 
 WHOLE_KEY = ""
 IN_FLIGHT_POLL_S = 0.05  # a key at max_in_flight frees up when a request ends; look again soon
+DEAD = ("auth", "quota")  # cooled auth_error_s, deliberately beyond max_s
+
+logger = logging.getLogger("keymux")
 
 
 @dataclass(eq=False, slots=True)
@@ -103,12 +112,17 @@ class NoKeyAvailable(Exception):
         self.retry_after = retry_after
 
 
+class ProviderOutage(NoKeyAvailable):
+    """The provider is down (most of its keys failed together): answer 503 at once."""
+
+
 @dataclass(slots=True)
 class Lease:
     """One request's hold on a key: released exactly once."""
     key: KeyState
     reservation: Reservation
     probes: tuple[str, ...]
+    provider_probe: bool = False  # this attempt probes a provider in outage
 
 
 class Pool:
@@ -117,6 +131,7 @@ class Pool:
         self.rng = rng or random.Random()
         self.by_name: dict[str, KeyState] = {}
         self.by_provider: dict[str, list[KeyState]] = {}
+        self.outages = Outages(clock, self.rng)
         self.update(config)
 
     def update(self, config: Config) -> None:
@@ -139,10 +154,21 @@ class Pool:
         for state in fresh.values():
             self.by_provider.setdefault(state.spec.provider, []).append(state)
         self.choose = STRATEGIES[config.routing.strategy]
+        self.max_cool = float(config.routing.cooldown.max_s)
+        self.outages.probe_timeout_s = float(config.routing.timeout_s) + 1.0
+        for name in list(self.outages.state):
+            if name not in self.by_provider:
+                self.outages.forget(name)
 
     def pick(self, provider: str, model: str | None, exclude: frozenset[str] | set[str] = frozenset(),
              est_tokens: int = 1) -> Lease:
-        """Choose and acquire a key, or raise NoKeyAvailable."""
+        """Choose and acquire a key, or raise NoKeyAvailable (ProviderOutage: provider down)."""
+        if provider in self.outages.down:
+            wait = self.outages.wait(provider)
+            if wait > 0:
+                raise ProviderOutage(f"provider '{provider}' is failing on most of its keys; "
+                                     "keymux is probing it and answers again as soon as it "
+                                     "recovers", wait)
         now = self.clock.monotonic()
         cands: list[KeyState] = []
         soonest = math.inf
@@ -161,7 +187,10 @@ class Pool:
                                      "is cooling down or at its limits", soonest - now)
             raise NoKeyAvailable(f"no enabled key of provider '{provider}' serves {what}", None)
         key = self.choose(cands, self.rng) if len(cands) > 1 else cands[0]
-        return self._acquire(key, model, now, est_tokens)
+        lease = self._acquire(key, model, now, est_tokens)
+        if provider in self.outages.down:
+            lease.provider_probe = self.outages.probing(provider, lease)
+        return lease
 
     def _acquire(self, key: KeyState, model: str | None, now: float, est_tokens: int) -> Lease:
         probes = tuple(s for s in ((WHOLE_KEY, model) if model else (WHOLE_KEY,))
@@ -178,6 +207,8 @@ class Pool:
         key = lease.key
         key.in_flight -= 1  # the slots first: nothing below may keep them if it fails
         key.probing.difference_update(lease.probes)
+        if lease.provider_probe:
+            self.outages.settled(key.spec.provider, lease)
         key.latency_sum += latency
         if outcome in ("ok", "client_error"):
             key.limits.settle(lease.reservation, tokens_in + tokens_out)
@@ -192,8 +223,50 @@ class Pool:
             key.failures += 1
             key.failures_by_class[outcome] = key.failures_by_class.get(outcome, 0) + 1
 
+    def observe(self, lease: Lease, outcome: str) -> bool:
+        """Tell the outage detector an attempt's outcome (before any cooldown); False when
+        a server failure is the provider's outage, so the key must not be cooled for it."""
+        provider = lease.key.spec.provider
+        if outcome in ("ok", "client_error"):  # the provider answers: it is up
+            ended = self.outages.success(provider) if provider in self.outages.state else None
+            if ended is not None:
+                logger.warning("keymux: provider '%s' is back after %.1f s (%d probes, %d failed "
+                               "attempts during the outage); all its keys serve again", provider,
+                               self.clock.monotonic() - ended.since, ended.probes, ended.failures)
+            return True
+        if outcome != "server":
+            return True
+        keys = self.by_provider.get(provider, ())
+        enabled = sum(1 for k in keys if k.spec.enabled)
+        blame = self.outages.failure(provider, lease.key.name, enabled, lease)
+        if blame == "start":
+            self._forgive(keys)
+            st = self.outages.state[provider]
+            logger.warning("keymux: provider '%s' is down: server errors from %d of its %d keys "
+                           "within %g s; one request at a time probes it, the others get 503",
+                           provider, len(st.failed), enabled, WINDOW_S)
+        return blame == "key"
+
+    @staticmethod
+    def _forgive(keys) -> None:
+        """Undo the server cooldowns that were the provider's outage, not the keys' faults."""
+        for k in keys:
+            if k.reason.get(WHOLE_KEY) == "server":
+                k.cool.pop(WHOLE_KEY, None)
+                k.reason.pop(WHOLE_KEY, None)
+                k.needs_probe.discard(WHOLE_KEY)
+            k.failures_in_row = 0
+
+    def providers(self) -> dict[str, dict]:
+        """Per configured provider: ``{"state": "ok"}`` or its outage (see Outages.snapshot)."""
+        down = self.outages.snapshot()
+        return {p: down.get(p, {"state": "ok"}) for p in sorted(self.by_provider)}
+
     def cool_down(self, key: KeyState, scope: str, seconds: float, outcome: str) -> None:
-        """Rest ``key`` (for ``scope``) ``seconds`` from now; it is probed once afterwards."""
+        """Rest ``key`` (for ``scope``) ``seconds`` from now, at most ``max_s`` unless the key
+        is dead (auth, quota); it is probed once afterwards."""
+        if outcome not in DEAD:
+            seconds = min(seconds, self.max_cool)
         end = self.clock.monotonic() + seconds
         if end > key.cool.get(scope, 0.0):
             key.cool[scope] = end
@@ -217,6 +290,7 @@ class Pool:
         key.reason.clear()
         key.needs_probe.clear()
         key.failures_in_row = 0
+        self.outages.forget(key.spec.provider)  # the operator says: use it now
         return True
 
     # -- durable state: cooldowns and counters as wall-clock facts ----------------------
@@ -252,7 +326,10 @@ class Pool:
                 k.reason[WHOLE_KEY] = row.get("cooldown_reason") or "server"
             for scope, end in ends.items():
                 if end > wall:
-                    k.cool[scope] = now + (end - wall)
+                    left = end - wall
+                    if not (scope == WHOLE_KEY and k.reason[WHOLE_KEY] in DEAD):
+                        left = min(left, self.max_cool)  # saved by a gateway without the cap
+                    k.cool[scope] = now + left
                     k.needs_probe.add(scope)
             k.failures_in_row = int(row.get("failures_in_row") or 0)
             c = row.get("counters") or {}

@@ -14,7 +14,7 @@ from typing import Awaitable, Callable, Mapping, Protocol
 
 from .answers import Answer
 from .gateway import Gateway
-from .pool import NoKeyAvailable
+from .pool import NoKeyAvailable, ProviderOutage
 from .ticket import Plan, Ticket
 
 
@@ -79,7 +79,7 @@ async def serve(gw: Gateway, ticket: Ticket, send: Sender, *,
 
 def _queue_wait(gw: Gateway, ticket: Ticket, e: NoKeyAvailable) -> float | None:
     """How long to wait for a busy pool, or None to answer now."""
-    if e.retry_after is None:
+    if e.retry_after is None or isinstance(e, ProviderOutage):  # a down provider: 503 at once
         return None
     now = gw.clock.monotonic()
     wait = max(e.retry_after, 0.001)
@@ -108,10 +108,10 @@ async def _attempt(gw: Gateway, plan: Plan, send: Sender) -> Outcome | None:
                 gw.first_byte(plan)
                 body = await reply.read() if reply.status >= 400 or not ticket.stream else None
         except TimeoutError:
-            gw.judge(plan, None, {}, None, error="timeout")
+            gw.judge(plan, None, {}, None, error="timeout", answered=_status(reply))
             return Outcome(answer=gw.timed_out(ticket))
-        except UpstreamError as e:
-            gw.judge(plan, None, {}, None, error=str(e))
+        except UpstreamError as e:  # no answer, or its body broke off / was over the cap
+            gw.judge(plan, None, {}, None, error=str(e), answered=_status(reply))
             return None
         verdict = gw.judge(plan, reply.status, reply.headers, body)
         if not verdict.retry:
@@ -123,6 +123,10 @@ async def _attempt(gw: Gateway, plan: Plan, send: Sender) -> Outcome | None:
         if reply is not None:
             reply.close()
         raise
+
+
+def _status(reply: Reply | None) -> int | None:
+    return None if reply is None else reply.status
 
 
 def _loop_deadline(gw: Gateway, ticket: Ticket) -> float:

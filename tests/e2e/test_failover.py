@@ -27,7 +27,7 @@ def yaml(mock_url):
     return (f"providers:\n{prov('mock', '    models: [\"gpt-*\"]')}\n{prov('solo')}{prov('lim')}"
             f"{prov('busy')}{prov('tok')}keys:\n{keys}\n"
             "routing:\n  max_attempts: 3\n  timeout_s: 3\n  queue_s: 2\n"
-            "  cooldown: {rate_limited_s: 30, server_error_s: 1, max_s: 4, auth_error_s: 2}\n")
+            "  cooldown: {rate_limited_s: 30, server_error_s: 1, max_s: 60, auth_error_s: 2}\n")
 
 
 @pytest.fixture(scope="module")
@@ -166,20 +166,54 @@ def test_dead_key_is_probed_once_and_revived(gw, mock):
     assert times[1] - times[0] >= 0.3
 
 
+def _until_f1_fails(gw, mock, deadline_s=8):
+    """Ask until f1 (answering 500) is tried; its siblings succeed meanwhile."""
+    n, deadline = count(mock, "f1"), time.monotonic() + deadline_s
+    while count(mock, "f1") == n:
+        assert time.monotonic() < deadline, "f1 was never tried again"
+        assert ask(gw).choices  # re-issued on a sibling when f1 fails
+        time.sleep(0.05)
+
+
 def test_server_errors_escalate_and_a_success_resets(gw, mock):
+    # f1 fails alone while f2..f4 succeed: its fault, not the provider's; it is cooled.
+    mock.set_behavior(KEYS["f1"], status=500)
     waits = []
     for _ in range(3):
-        mock.set_behavior(KEYS["s1"], status=500, times=1)
-        with pytest.raises(openai.APIStatusError):
-            ask(gw, provider="solo")
-        waits.append(stats(gw)["s1"]["cooldown_s"])
+        _until_f1_fails(gw, mock)
+        waits.append(stats(gw)["f1"]["cooldown_s"])
         time.sleep(waits[-1] + 0.1)
     assert [round(w) for w in waits] == [1, 2, 4]
-    assert ask(gw, provider="solo").choices  # success: the escalation starts over
+    assert json.loads(urllib.request.urlopen(gw.url + "/_keymux/stats", timeout=5).read())[
+        "providers"]["mock"] == {"state": "ok"}
+    mock.set_behavior(KEYS["f1"])
+    deadline, before = time.monotonic() + 8, stats(gw)["f1"]["successes"]
+    while stats(gw)["f1"]["successes"] == before:  # its probe succeeds: escalation starts over
+        assert time.monotonic() < deadline
+        ask(gw)
+    mock.set_behavior(KEYS["f1"], status=500)
+    _until_f1_fails(gw, mock)
+    assert round(stats(gw)["f1"]["cooldown_s"]) == 1
+
+
+def test_single_key_provider_failing_is_an_outage_probed_soon(gw, mock):
     mock.set_behavior(KEYS["s1"], status=500, times=1)
-    with pytest.raises(openai.APIStatusError):
+    with pytest.raises(openai.APIStatusError) as e:
         ask(gw, provider="solo")
-    assert round(stats(gw)["s1"]["cooldown_s"]) == 1
+    assert e.value.status_code == 503 and e.value.body["code"] == "provider_outage"
+    assert int(e.value.response.headers["retry-after"]) >= 1
+    state = json.loads(urllib.request.urlopen(gw.url + "/_keymux/stats", timeout=5).read())
+    assert state["providers"]["solo"]["state"] == "outage"
+    assert stats(gw)["s1"]["state"] == "ok"  # the key is not parked for the provider's blip
+    t0, deadline = time.monotonic(), time.monotonic() + 5
+    while True:  # fast 503s until the probe, about half a second later, succeeds
+        try:
+            assert ask(gw, provider="solo").choices
+            break
+        except openai.APIStatusError as e:
+            assert e.status_code == 503 and time.monotonic() < deadline
+            time.sleep(0.05)
+    assert time.monotonic() - t0 < 2.0 and count(mock, "s1") == 2
 
 
 def test_max_attempts_then_502(gw, mock):

@@ -217,7 +217,7 @@ def test_request_log_rows_tell_the_attempts(gw, mock):
     mock.set_behavior(SECRETS["a"], status=503, times=1)
     mock.set_behavior(SECRETS["b"], status=503, times=1)
     with pytest.raises(openai.APIStatusError):
-        ask(gw)  # both keys fail once: 502
+        ask(gw)  # both keys fail once: the provider's outage, 503
     for name in ("a", "b"):
         gw.reset(name)
     ask(gw)
@@ -225,7 +225,7 @@ def test_request_log_rows_tell_the_attempts(gw, mock):
     db = gw.config.parent / "state" / "keymux.db"
     rows = sqlite3.connect(db).execute(
         "SELECT status, key, attempts, tokens_out FROM requests ORDER BY id").fetchall()
-    assert [r[0] for r in rows] == [502, 200]
+    assert [r[0] for r in rows] == [503, 200]
     assert [a["status"] for a in json.loads(rows[0][2])] == [503, 503]
     assert rows[1][1] in ("a", "b") and rows[1][3] > 0
     text = db.read_bytes() + (db.parent / "keymux.db-wal").read_bytes()

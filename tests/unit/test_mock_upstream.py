@@ -228,6 +228,22 @@ def test_times_then_ok_and_counters(mock):
     assert [r["status"] for r in mock.requests(KEY)] == [503, 503, 200]
 
 
+def test_for_s_is_a_timed_outage_of_every_key(mock):
+    mock.set_default(status=503, for_s=0.6)
+    t0 = time.monotonic()
+    c = oai(mock)
+    with pytest.raises(openai.InternalServerError):
+        c.chat.completions.create(model="m", messages=MSG)
+    deadline = t0 + 5
+    while time.monotonic() < deadline:  # recovers by itself once for_s has passed
+        try:
+            c.chat.completions.create(model="m", messages=MSG)
+            break
+        except openai.InternalServerError:
+            time.sleep(0.05)
+    assert time.monotonic() - t0 >= 0.6 and mock.count(status=200) == 1
+
+
 def test_401_masks_the_key(mock):
     mock.set_behavior(KEY, status=401)
     with pytest.raises(openai.AuthenticationError) as ei:

@@ -350,8 +350,38 @@ def test_negative_go_duration_clamps_to_zero():
     assert retry_after({"x-ratelimit-reset-tokens": "-3s"}, None, NOW) == 0.0
 
 
-def test_429_cooldown_from_clamped_hint():
-    assert verdict(429, {"retry-after": "999999"}).cooldown_s == 86400.0
+def test_429_cooldown_is_capped_at_max_s():
+    assert verdict(429, {"retry-after": "999999"}).cooldown_s == CD.max_s == 100.0
+    assert verdict(429, {}).cooldown_s == 30.0  # rate_limited_s, below max_s
+
+
+# Absurd hints: a number that is not one is ignored (the default applies), a huge one or a
+# far-future date is capped at max_s, a date in the past means "now". Never above max_s.
+@pytest.mark.parametrize("headers, expected", [
+    ({"retry-after": "-1"}, 30.0),
+    ({"retry-after": "1e12"}, 30.0),
+    ({"retry-after": "1000000000000"}, 100.0),
+    ({"retry-after": "9" * 400}, 100.0),            # float() says inf
+    ({"retry-after": "inf"}, 30.0),
+    ({"retry-after": "nan"}, 30.0),
+    ({"retry-after": "soon, please"}, 30.0),
+    ({"retry-after": "\x00\x01"}, 30.0),
+    ({"retry-after": ""}, 30.0),
+    ({"retry-after": "Fri, 31 Dec 9999 23:59:59 GMT"}, 100.0),
+    ({"retry-after": formatdate(NOW + 10**9, usegmt=True)}, 100.0),
+    ({"retry-after": formatdate(NOW - 500, usegmt=True)}, 0.0),
+    ({"retry-after-ms": "-5"}, 30.0),
+    ({"retry-after-ms": "1e15"}, 30.0),
+    ({"retry-after-ms": "999999999999999"}, 100.0),
+    ({"x-ratelimit-reset-requests": "-10s"}, 0.0),
+    ({"x-ratelimit-reset-requests": "100000h"}, 100.0),
+    ({"anthropic-ratelimit-requests-reset": "2999-01-01T00:00:00Z"}, 100.0),
+    ({"anthropic-ratelimit-requests-reset": "not a date"}, 30.0),
+], ids=lambda x: repr(x)[:40])
+def test_absurd_retry_after_is_ignored_or_capped(headers, expected):
+    v = verdict(429, headers)
+    assert v.outcome == "rate_limited" and v.cooldown_s == pytest.approx(expected, abs=1e-6)
+    assert 0.0 <= v.cooldown_s <= CD.max_s
 
 
 # -- budget ------------------------------------------------------------------------------

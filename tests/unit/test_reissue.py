@@ -210,17 +210,30 @@ def test_cancelled_attempt_frees_the_key_without_blame():
     assert k1["in_flight"] == 0 and k1["failures"] == 0 and k1["state"] == "ok"
 
 
+def _until_k1_fails(gw, clock):
+    """Requests until k1 (always 503) is tried; its siblings succeed meanwhile."""
+    for _ in range(6):
+        up = FakeUpstream(clock, {"k1": [FakeReply(503)]})
+        run(gw, up)
+        if "k1" in up.calls:
+            return
+    raise AssertionError("k1 was never tried")
+
+
 def test_server_errors_escalate_and_success_resets():
-    gw, clock = make(n=1, max_attempts=1)
+    # A key failing alone while its siblings succeed: cooled, escalating (not an outage).
+    gw, clock = make(n=3, max_attempts=1)
     cooldowns = []
     for _ in range(4):
-        run(gw, FakeUpstream(clock, {"k1": [FakeReply(503)]}))
+        _until_k1_fails(gw, clock)
         cooldowns.append(state(gw, "k1")["cooldown_s"])
         clock.advance(cooldowns[-1] + 0.01)
     assert [round(c / 5) for c in cooldowns[:3]] == [1, 2, 4]   # 5, 10, 20 (+-10% jitter)
-    assert cooldowns[3] <= 40 * 1.1                            # capped at max_s
-    run(gw, FakeUpstream(clock))  # the probe succeeds
-    run(gw, FakeUpstream(clock, {"k1": [FakeReply(503)]}))
+    assert cooldowns[3] <= 40                                  # capped at max_s, jitter too
+    assert gw.pool.providers()["openai"] == {"state": "ok"}
+    while state(gw, "k1")["successes"] == 0:  # the probe succeeds
+        run(gw, FakeUpstream(clock))
+    _until_k1_fails(gw, clock)
     assert state(gw, "k1")["cooldown_s"] == pytest.approx(5, rel=0.11)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field, fields
 
@@ -28,6 +29,7 @@ class Behaviour:
 
     status: int | None = None        # answer this error status instead of success
     times: int | None = None         # ...only for the next N requests of the key (None = forever)
+    for_s: float | None = None       # ...only this many seconds after it was set (an outage)
     quota: bool = False              # 429 body says insufficient_quota
     body: dict | str | None = None   # overrides the error body
     headers: dict = field(default_factory=dict)            # added to the error answer
@@ -46,12 +48,15 @@ class Behaviour:
         unknown = set(kw) - known
         if unknown:
             raise ValueError(f"unknown behaviour field(s): {', '.join(sorted(unknown))}")
-        kw = {k: v for k, v in kw.items() if v is not None or k in ("status", "times", "body", "rpm")}
+        kw = {k: v for k, v in kw.items()
+              if v is not None or k in ("status", "times", "for_s", "body", "rpm")}
         b = cls(**kw)  # type: ignore[arg-type]
         if b.status is not None and not (isinstance(b.status, int) and 400 <= b.status <= 599):
             raise ValueError("status must be an int in 400..599")
         if b.times is not None and (not isinstance(b.times, int) or b.times < 0):
             raise ValueError("times must be a non-negative int or None")
+        if b.for_s is not None and (not isinstance(b.for_s, (int, float)) or not b.for_s >= 0):
+            raise ValueError("for_s must be a non-negative number or None")
         if not isinstance(b.chunks, int) or b.chunks < 1:
             raise ValueError("chunks must be an int >= 1")
         if b.rpm is not None and (not isinstance(b.rpm, int) or b.rpm < 0):
@@ -87,6 +92,7 @@ class MockState:
         self._default = OK
         self._by_key: dict[str, Behaviour] = {}
         self._times_left: dict[tuple[bool, str], int] = {}   # (own behaviour?, key) -> failures left
+        self._set_at: dict[str | None, float] = {}  # key (None: the default) -> when set (for_s)
         self._windows: dict[str, deque[float]] = {}
         self._records: deque[dict] = deque(maxlen=max_records)
         self._counts: dict[str | None, dict[int, int]] = {}
@@ -96,6 +102,7 @@ class MockState:
     def set_behavior(self, key: str | None, **behaviour: object) -> None:
         b = Behaviour.build(**behaviour)
         with self._lock:
+            self._set_at[key] = time.monotonic()
             if key is None:
                 self._default = b
                 self._times_left = {k: v for k, v in self._times_left.items() if k[0]}
@@ -109,6 +116,7 @@ class MockState:
             self._default = OK
             self._by_key.clear()
             self._times_left.clear()
+            self._set_at.clear()
             self._windows.clear()
             self._records.clear()
             self._counts.clear()
@@ -123,8 +131,8 @@ class MockState:
             own = key in self._by_key
             b = self._by_key[key] if own else self._default
             if b.status is not None or b.reset:
-                fire = True
-                if b.times is not None:
+                fire = b.for_s is None or now - self._set_at.get(key if own else None, now) < b.for_s
+                if fire and b.times is not None:
                     left = self._times_left.get((own, key), b.times)
                     fire = left > 0
                     if fire:
