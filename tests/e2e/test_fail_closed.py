@@ -120,6 +120,9 @@ def test_a_fault_when_a_stream_ends_still_releases_its_key(gw, trap, mock):
     log_from = len(gw.log())
     gw.fault.write_text("response")
     assert chat(gw, stream=True)  # the client already has its whole stream
+    # mitmproxy runs the response hook once the last chunk is out: maybe after the client
+    # has read it, so wait for the hook before the fault is lifted
+    assert wait_for(lambda: "injected fault in response" in gw.log()[log_from:])
     _check(gw, trap, mock, "response", log_from)
 
 
