@@ -64,6 +64,7 @@ class Keymux:
                           "Serve a bind beyond loopback without a clients: section (anyone "
                           "who reaches the port spends your keys).")
         conns.install(ctx.master)  # before the proxy listens: every connection is guarded
+        runtime.exit_cleanly_at_exit(ctx.master)
 
     def configure(self, updated: set[str]) -> None:
         if "keymux_config" in updated or self.gateway is None:
@@ -324,6 +325,10 @@ class Keymux:
         if self.runtime is not None:  # shutdown or script reload: persist what we have
             self.runtime.flush()
             self.runtime.writer.flush(timeout=2.0)
+            unwritten = self.runtime.writer.status().get("pending_rows", 0)
+            if unwritten:
+                logger.warning("keymux: %d request-log rows could not be written to the state "
+                               "store and are lost with this process", unwritten)
         asyncio.get_running_loop().create_task(self._close_io())
 
     async def _close_io(self) -> None:
