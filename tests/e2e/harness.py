@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import time
+import json
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -99,3 +101,26 @@ class GatewayProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def get(gw: "GatewayProcess", path: str) -> tuple[int, bytes]:
+    """GET a path on the gateway: (status, body), error statuses included."""
+    try:
+        with urllib.request.urlopen(gw.url + path, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def health(gw: "GatewayProcess") -> dict:
+    return json.loads(get(gw, "/_keymux/health")[1])
+
+
+def wait_for(cond, timeout: float = 5.0, step: float = 0.05) -> bool:
+    """Poll ``cond`` until it holds or ``timeout`` passes; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return cond()

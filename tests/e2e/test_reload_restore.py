@@ -5,7 +5,8 @@ import urllib.request
 
 import pytest
 
-from .harness import GatewayProcess
+from . import harness
+from .harness import GatewayProcess, get, health
 
 SECRET = "sk-restore-key-000000001"
 
@@ -13,18 +14,6 @@ SECRET = "sk-restore-key-000000001"
 def config(mock_url):
     return (f"# serving\nproviders:\n  mock:\n    base_url: {mock_url}/v1\n"
             f"keys:\n  - {{name: a, provider: mock, key: {SECRET}}}\n")
-
-
-def get(gw, path):
-    try:
-        with urllib.request.urlopen(gw.url + path, timeout=5) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
-def health(gw):
-    return json.loads(get(gw, "/_keymux/health")[1])
 
 
 def reloads(gw, result):
@@ -35,13 +24,8 @@ def reloads(gw, result):
     return 0.0
 
 
-def wait_for(cond, timeout=2.0, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
+def wait_for(cond, timeout=2.0):
+    return harness.wait_for(cond, timeout)
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ import urllib.request
 import openai
 import pytest
 
-from .harness import ROOT, GatewayProcess
+from . import harness
+from .harness import ROOT, GatewayProcess, get, health
 
 SECRETS = {n: f"sk-{n}-reload-key-{i:06d}" for i, n in enumerate(("a", "b", "c", "x"))}
 
@@ -22,20 +23,8 @@ def config(mock_url, keys=("a", "b"), extra=""):
             f"    base_url: {mock_url}/v1\nkeys:\n{lines}\n{extra}")
 
 
-def get(gw, path):
-    try:
-        with urllib.request.urlopen(gw.url + path, timeout=5) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
 def stats(gw):
     return {k["name"]: k for k in json.loads(get(gw, "/_keymux/stats")[1])["keys"]}
-
-
-def health(gw):
-    return json.loads(get(gw, "/_keymux/health")[1])
 
 
 def ask(gw, timeout=20):
@@ -44,14 +33,9 @@ def ask(gw, timeout=20):
         model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
 
 
-def wait_for(cond, timeout=1.0, step=0.05):
+def wait_for(cond, timeout=1.0):
     """The reload promise: visible within 1 s of the write."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
+    return harness.wait_for(cond, timeout)
 
 
 @pytest.fixture

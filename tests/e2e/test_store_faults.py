@@ -15,7 +15,8 @@ import urllib.request
 
 import pytest
 
-from .harness import GatewayProcess
+from . import harness
+from .harness import GatewayProcess, get, health
 
 SECRET = "sk-store-fault-key-000001"
 BODY_TEXT = "x" * 20_000  # with logging.bodies each row is ~20 KB: the store fills fast
@@ -25,18 +26,6 @@ def config(mock_url, state_dir):
     return (f"providers:\n  mock:\n    base_url: {mock_url}/v1\n"
             f"keys:\n  - {{name: a, provider: mock, key: {SECRET}}}\n"
             f"state_dir: {state_dir}\nlogging: {{bodies: true}}\n")
-
-
-def get(gw, path):
-    try:
-        with urllib.request.urlopen(gw.url + path, timeout=5) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
-def health(gw):
-    return json.loads(get(gw, "/_keymux/health")[1])
 
 
 def ask(gw):
@@ -49,13 +38,8 @@ def ask(gw):
         r.read()
 
 
-def wait_for(cond, timeout, step=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
+def wait_for(cond, timeout):
+    return harness.wait_for(cond, timeout, step=0.1)
 
 
 def rows_in(db):
