@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 from keypool.redact import mask, scrub
 
@@ -36,6 +36,7 @@ class Behaviour:
     rpm: int | None = None           # requests allowed per window...
     window_s: float = 60             # ...of this many seconds (sliding)
     ratelimit_headers: dict = field(default_factory=dict)  # added to successful answers
+    echo: tuple = ()                 # hostile upstream: put the raw key in these ECHO_PLACES
 
     @classmethod
     def build(cls, **kw: object) -> "Behaviour":
@@ -60,7 +61,18 @@ class Behaviour:
                 raise ValueError(f"{name} must be a dict")
         if b.body is not None and not isinstance(b.body, (dict, str)):
             raise ValueError("body must be a dict or a string")
-        return b
+        return _checked_echo(b)
+
+
+ECHO_PLACES = frozenset({"body", "header", "sse"})  # body: the error or 200 JSON body
+
+
+def _checked_echo(b: Behaviour) -> Behaviour:
+    """``echo`` given as a list (JSON) or one string becomes a tuple of known places."""
+    echo = (b.echo,) if isinstance(b.echo, str) else b.echo
+    if not isinstance(echo, (list, tuple)) or not set(echo) <= ECHO_PLACES:
+        raise ValueError(f"echo must be a list of: {', '.join(sorted(ECHO_PLACES))}")
+    return b if isinstance(b.echo, tuple) else replace(b, echo=tuple(echo))
 
 
 OK = Behaviour()

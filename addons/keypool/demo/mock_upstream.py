@@ -71,6 +71,22 @@ def _key_of(headers: dict[str, str]) -> str | None:
     return headers.get("x-api-key") or headers.get("x-goog-api-key") or None
 
 
+def _with_echo(places: tuple, key: str, endpoint: str, body: object, payload: bytes | list[bytes] | None,
+               extra: dict | None) -> tuple[bytes | list[bytes] | None, dict | None]:
+    """A hostile upstream: the raw key it was sent, back in the places ``places`` names."""
+    if "body" in places and isinstance(payload, bytes):
+        try:
+            payload = R.dumps(R.echo_in_body(json.loads(payload), key))
+        except (ValueError, AttributeError):  # a scripted text body: append it raw
+            payload += b" " + key.encode()
+    if "sse" in places and isinstance(payload, list):
+        i, ev = R.echo_event(endpoint, body if isinstance(body, dict) else {}, key)
+        payload = payload[:i] + [ev] + payload[i:]
+    if "header" in places:
+        extra = {**(extra or {}), "x-mock-echo": key}
+    return payload, extra
+
+
 class _Server:
     """The asyncio HTTP/1.1 server; lives on one event loop."""
 
@@ -204,6 +220,8 @@ class _Server:
             H.rst(writer)
             return False
 
+        if b is not None and b.echo:
+            payload, extra = _with_echo(b.echo, key, endpoint, body, payload, extra)  # type: ignore[arg-type]
         self._rid += 1
         rid = {"request-id" if anthropic else "x-request-id": f"req_mock{self._rid:08d}"}
         extra = rid | extra if extra else rid
