@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 
 from keypool.redact import mask, scrub
 
@@ -30,13 +30,13 @@ class Behaviour:
     body: dict | str | None = None   # overrides the error body
     headers: dict = field(default_factory=dict)            # added to the error answer
     reset: bool = False              # close the connection without answering
+    echo: tuple = ()                 # hostile upstream: put the raw key in these ECHO_PLACES
     delay_ms: float = 0              # wait before the response headers
     chunk_delay_ms: float = 0        # wait between SSE events
     chunks: int = 5                  # content chunks (= completion tokens)
     rpm: int | None = None           # requests allowed per window...
     window_s: float = 60             # ...of this many seconds (sliding)
     ratelimit_headers: dict = field(default_factory=dict)  # added to successful answers
-    echo: tuple = ()                 # hostile upstream: put the raw key in these ECHO_PLACES
 
     @classmethod
     def build(cls, **kw: object) -> "Behaviour":
@@ -45,6 +45,8 @@ class Behaviour:
         if unknown:
             raise ValueError(f"unknown behaviour field(s): {', '.join(sorted(unknown))}")
         kw = {k: v for k, v in kw.items() if v is not None or k in ("status", "times", "body", "rpm")}
+        if "echo" in kw:
+            kw["echo"] = _echo_places(kw["echo"])
         b = cls(**kw)  # type: ignore[arg-type]
         if b.status is not None and not (isinstance(b.status, int) and 400 <= b.status <= 599):
             raise ValueError("status must be an int in 400..599")
@@ -61,18 +63,18 @@ class Behaviour:
                 raise ValueError(f"{name} must be a dict")
         if b.body is not None and not isinstance(b.body, (dict, str)):
             raise ValueError("body must be a dict or a string")
-        return _checked_echo(b)
+        return b
 
 
 ECHO_PLACES = frozenset({"body", "header", "sse"})  # body: the error or 200 JSON body
 
 
-def _checked_echo(b: Behaviour) -> Behaviour:
+def _echo_places(echo: object) -> tuple:
     """``echo`` given as a list (JSON) or one string becomes a tuple of known places."""
-    echo = (b.echo,) if isinstance(b.echo, str) else b.echo
+    echo = (echo,) if isinstance(echo, str) else echo
     if not isinstance(echo, (list, tuple)) or not set(echo) <= ECHO_PLACES:
         raise ValueError(f"echo must be a list of: {', '.join(sorted(ECHO_PLACES))}")
-    return b if isinstance(b.echo, tuple) else replace(b, echo=tuple(echo))
+    return tuple(echo)
 
 
 OK = Behaviour()

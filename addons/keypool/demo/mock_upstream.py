@@ -210,6 +210,8 @@ class _Server:
                 else:
                     payload = R.dumps(_NONSTREAM[endpoint](body, b.chunks))
 
+        if b is not None and b.echo:
+            payload, extra = _with_echo(b.echo, key, endpoint, body, payload, extra)  # type: ignore[arg-type]
         rec["status"] = status
         self.state.record(rec)
         if self.log is not None:
@@ -220,8 +222,6 @@ class _Server:
             H.rst(writer)
             return False
 
-        if b is not None and b.echo:
-            payload, extra = _with_echo(b.echo, key, endpoint, body, payload, extra)  # type: ignore[arg-type]
         self._rid += 1
         rid = {"request-id" if anthropic else "x-request-id": f"req_mock{self._rid:08d}"}
         extra = rid | extra if extra else rid
