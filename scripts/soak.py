@@ -10,7 +10,8 @@ while now and then, two Anthropic keys of which one is flaky (529/500). keys.yam
 rewritten now and then (sometimes with a typo, which must not stop anything).
 
 Every --sample-s it reads the gateway's RSS and open fds from /proc. The report gives
-requests sent/answered/succeeded, errors by cause, lost requests (sent and never answered
+requests sent/answered/succeeded, errors by cause (2% of requests carry a wrong
+client token: 401s are expected), what the mock answered, lost requests (sent and never answered
 or a stream that never ended: must be 0), upstream calls per request, latency, RSS and fds
 at start/middle/end with slopes, and in-flight slots left after the traffic (must be 0).
 
@@ -91,7 +92,7 @@ class Tally:
 
 def _request(kind: str, rng: random.Random) -> tuple[str, dict, dict]:
     """(path, body, headers) for one request of ``kind``."""
-    h = {"authorization": f"Bearer {rng.choice(TOKENS)}"}
+    h = {"authorization": f"Bearer {rng.choice(TOKENS) if rng.random() > 0.02 else 'kmx-soak-wrong-token'}"}
     stream = kind.endswith("stream") or kind == "abort"
     if kind.startswith("ant"):
         h |= {"anthropic-version": "2023-06-01"}
@@ -224,7 +225,7 @@ async def drive(args, gw: str, mock: str, cfg: Path, mock_url: str, state: Path,
         await asyncio.gather(*tasks)
         in_flight = await settle(session, gw)
         async with session.get(f"{mock}/_mock/stats") as r:
-            upstream = (await r.json())["total"]
+            upstream = await r.json()
     await asyncio.sleep(1)
     idle_after = sample(pid)
     return {"tally": t, "samples": samples, "events": events, "upstream": upstream, "in_flight": in_flight,
@@ -243,6 +244,14 @@ async def settle(session, gw: str, within: float = 15) -> int:
         await asyncio.sleep(0.5)
 
 
+def _by_status(mock_stats: dict) -> dict:
+    """What the mock answered, summed over keys ("0" = a reset, the faults injected)."""
+    out: Counter = Counter()
+    for per in mock_stats["keys"].values():
+        out.update(per["by_status"])
+    return dict(sorted(out.items()))
+
+
 def report(args, res: dict) -> tuple[dict, list[str]]:
     t: Tally = res["tally"]
     lat = sorted(t.latencies)
@@ -256,7 +265,9 @@ def report(args, res: dict) -> tuple[dict, list[str]]:
         "seconds": args.duration, "clients": args.clients, "requests_sent": t.sent, "answered": t.answered,
         "succeeded": t.succeeded, "client_aborts": t.aborted, "errors_by_cause": dict(t.causes.most_common()),
         "lost": sum(t.lost.values()), "lost_by_how": dict(t.lost),
-        "upstream_calls_per_request": round(res["upstream"] / max(1, t.sent), 3),
+        "upstream_calls_per_request": round(res["upstream"]["total"] / max(1, t.sent), 3),
+        "upstream_by_status": _by_status(res["upstream"]),
+        "gateway_log_lines": res["log_lines"],
         "latency_ms": {"p50": pct(0.5), "p99": pct(0.99)}, "in_flight_after": res["in_flight"],
         "rss_mb": {k: round(v[1] / 1024, 1) for k, v in (("start", start_), ("middle", mid), ("end", end))},
         "rss_slope_mb_per_min": round(slope([(x, r / 1024) for x, r, _ in warm]), 3),
@@ -312,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         res = asyncio.run(drive(args, gw, mock_url, cfg, mock_url, state, procs[1].pid))
     finally:
         stop(procs)
+    # with -q only warnings and errors reach the log: each line is worth reading
+    res["log_lines"] = len((work / "mitmdump.log").read_text(errors="replace").splitlines())
     out, failures = report(args, res)
     print(json.dumps(out, indent=1))
     if args.json:
