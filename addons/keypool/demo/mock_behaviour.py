@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 from keypool.redact import mask, scrub
 
@@ -45,8 +45,6 @@ class Behaviour:
         if unknown:
             raise ValueError(f"unknown behaviour field(s): {', '.join(sorted(unknown))}")
         kw = {k: v for k, v in kw.items() if v is not None or k in ("status", "times", "body", "rpm")}
-        if "echo" in kw:
-            kw["echo"] = _echo_places(kw["echo"])
         b = cls(**kw)  # type: ignore[arg-type]
         if b.status is not None and not (isinstance(b.status, int) and 400 <= b.status <= 599):
             raise ValueError("status must be an int in 400..599")
@@ -56,6 +54,8 @@ class Behaviour:
             raise ValueError("chunks must be an int >= 1")
         if b.rpm is not None and (not isinstance(b.rpm, int) or b.rpm < 0):
             raise ValueError("rpm must be a non-negative int or None")
+        if b.echo != ():
+            b = replace(b, echo=_echo_places(b.echo))
         if not b.window_s > 0:
             raise ValueError("window_s must be > 0")
         for name in ("headers", "ratelimit_headers"):
