@@ -7,7 +7,8 @@ OpenAI- and Anthropic-shaped requests, streams and non-streams, some clients dro
 stream half way. Keys: two healthy OpenAI keys, one the mock rate-limits (undeclared),
 one flaky (5xx or a reset before headers, now and then), one that is dead (401) for a
 while now and then, two Anthropic keys of which one is flaky (529/500). keys.yaml is
-rewritten now and then (sometimes with a typo, which must not stop anything).
+rewritten now and then (sometimes with a typo, which must not stop anything); each
+rewrite is followed on /_keymux/health until the gateway loaded or rejected it.
 
 Every --sample-s it reads the gateway's RSS and open fds from /proc. The report gives
 requests sent/answered/succeeded, errors by cause (2% of requests carry a wrong
@@ -148,7 +149,7 @@ async def worker(session, gw: str, rng: random.Random, t: Tally, until: float) -
 
 # ---------------------------------------------------------------- faults and samples
 
-async def chaos(session, mock: str, cfg: Path, mock_url: str, state: Path, rng: random.Random,
+async def chaos(session, mock: str, gw: str, cfg: Path, state: Path, rng: random.Random,
                 until: float, rewrite_every: float, log: list) -> None:
     """Flaky keys now and then, the dead key dead for a while, config rewrites."""
     async def behave(name: str, **b) -> None:
@@ -169,13 +170,38 @@ async def chaos(session, mock: str, cfg: Path, mock_url: str, state: Path, rng: 
             await behave("dead", **({"status": 401} if dead else {}))
         if time.monotonic() >= next_rewrite:
             version += 1
-            broken = version % 4 == 0  # a typo the gateway must reject while it keeps serving
+            broken = version % 4 == 3  # a typo the gateway must reject while it keeps serving
+            before = await health(session, gw)
             tmp = cfg.with_suffix(".tmp")
-            tmp.write_text(config_text(mock_url, state, version, broken))
+            tmp.write_text(config_text(mock, state, version, broken))
             os.replace(tmp, cfg)
-            log.append(f"{time.monotonic() - t0:7.1f}s config rewrite {version}{' (broken)' if broken else ''}")
+            seen = await reload_seen(session, gw, before, broken)
+            log.append(f"{time.monotonic() - t0:7.1f}s config rewrite {version}"
+                       f"{' (broken)' if broken else ''}: {seen}")
             next_rewrite += rewrite_every
         await asyncio.sleep(2)
+
+
+async def health(session, gw: str) -> dict:
+    async with session.get(f"{gw}/_keymux/health", headers={"x-keymux-admin-token": ADMIN}) as r:
+        return await r.json()
+
+
+async def reload_seen(session, gw: str, before: dict, broken: bool, within: float = 10) -> str:
+    """How the gateway took a rewrite: loaded (a new config_loaded_at) or, for a broken
+    file, rejected (last_reload_error set) while the previous config kept serving."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < within:
+        h = await health(session, gw)
+        if broken and h.get("last_reload_error"):
+            return f"rejected after {time.monotonic() - t0:.1f} s"
+        if not broken and h.get("config_loaded_at") != before.get("config_loaded_at"):
+            return f"loaded after {time.monotonic() - t0:.1f} s"
+        await asyncio.sleep(0.1)
+    return RELOAD_NOT_SEEN
+
+
+RELOAD_NOT_SEEN = "NOT SEEN within 10 s"
 
 
 def sample(pid: int) -> tuple[int, int]:
@@ -208,7 +234,7 @@ def slope(points: list[tuple[float, float]]) -> float:
 
 # ---------------------------------------------------------------- the run
 
-async def drive(args, gw: str, mock: str, cfg: Path, mock_url: str, state: Path, pid: int) -> dict:
+async def drive(args, gw: str, mock: str, cfg: Path, state: Path, pid: int) -> dict:
     rng = random.Random(args.seed)
     t = Tally()
     samples: list = []
@@ -219,8 +245,8 @@ async def drive(args, gw: str, mock: str, cfg: Path, mock_url: str, state: Path,
         idle_before = sample(pid)
         tasks = [asyncio.create_task(worker(session, gw, random.Random(rng.random()), t, until))
                  for _ in range(args.clients)]
-        tasks.append(asyncio.create_task(chaos(session, mock, cfg, mock_url, state, random.Random(rng.random()),
-                                               until, max(5.0, min(30.0, args.duration / 6)), events)))
+        tasks.append(asyncio.create_task(chaos(session, mock, gw, cfg, state, random.Random(rng.random()),
+                                               until, max(4.0, min(30.0, args.duration / 6)), events)))
         tasks.append(asyncio.create_task(sampler(pid, args.sample_s, until, samples)))
         await asyncio.gather(*tasks)
         in_flight = await settle(session, gw)
@@ -268,6 +294,7 @@ def report(args, res: dict) -> tuple[dict, list[str]]:
         "upstream_calls_per_request": round(res["upstream"]["total"] / max(1, t.sent), 3),
         "upstream_by_status": _by_status(res["upstream"]),
         "gateway_log_lines": res["log_lines"],
+        "gateway_log_other_than_reloads": dict(res["log_kinds"].most_common(10)),
         "latency_ms": {"p50": pct(0.5), "p99": pct(0.99)}, "in_flight_after": res["in_flight"],
         "rss_mb": {k: round(v[1] / 1024, 1) for k, v in (("start", start_), ("middle", mid), ("end", end))},
         "rss_slope_mb_per_min": round(slope([(x, r / 1024) for x, r, _ in warm]), 3),
@@ -279,6 +306,8 @@ def report(args, res: dict) -> tuple[dict, list[str]]:
     failures = []
     if out["lost"]:
         failures.append(f"{out['lost']} lost request(s): {out['lost_by_how']}")
+    if any(e.endswith(RELOAD_NOT_SEEN) for e in res["events"]):
+        failures.append("a config rewrite was not taken up (see config_rewrites)")
     if res["in_flight"]:
         failures.append(f"{res['in_flight']} in-flight slot(s) still held after the traffic")
     if rss_growth_mb > args.rss_tolerance_mb:
@@ -312,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     procs = [start([sys.executable, "-m", "keypool.demo.mock_upstream", "--port", str(mock_port),
                     "--behaviors", str(work / "behaviours.json")], work / "mock.log")]
     os.environ["KEYMUX_ADMIN_TOKEN"] = ADMIN  # the gateway inherits it
-    procs.append(start([str(BIN / "mitmdump"), "--listen-host", "127.0.0.1", "-p", str(gw_port), "-q",
+    procs.append(start([str(BIN / "mitmdump"), "--listen-host", "127.0.0.1", "-p", str(gw_port),
+                        "--set", "termlog_verbosity=warn", "--set", "flow_detail=0",
                         "--mode", f"reverse:{mock_url}", "--set", f"confdir={work}",
                         "-s", str(ROOT / "addons/keymux.py"), "--set", f"keymux_config={cfg}"],
                        work / "mitmdump.log"))
@@ -320,11 +350,13 @@ def main(argv: list[str] | None = None) -> int:
         wait_up(f"{mock_url}/_mock/health", procs[0])
         wait_up(f"{gw}/health", procs[1])
         print(f"soaking for {args.duration:g} s with {args.clients} clients ...", flush=True)
-        res = asyncio.run(drive(args, gw, mock_url, cfg, mock_url, state, procs[1].pid))
+        res = asyncio.run(drive(args, gw, mock_url, cfg, state, procs[1].pid))
     finally:
         stop(procs)
-    # with -q only warnings and errors reach the log: each line is worth reading
-    res["log_lines"] = len((work / "mitmdump.log").read_text(errors="replace").splitlines())
+    # only warnings and errors reach the log (the broken rewrites are expected there)
+    lines = (work / "mitmdump.log").read_text(errors="replace").splitlines()
+    res["log_lines"] = len(lines)
+    res["log_kinds"] = Counter(line.split("] ", 1)[-1][:120] for line in lines if "config reloaded" not in line)
     out, failures = report(args, res)
     print(json.dumps(out, indent=1))
     if args.json:

@@ -20,4 +20,6 @@ def test_soak_20s_loses_nothing(tmp_path):
     assert report["requests_sent"] > 100 and report["succeeded"] > 0
     assert report["answered"] == report["requests_sent"]
     assert report["in_flight_after"] == 0
+    assert any("rejected" in e for e in report["config_rewrites"]), report["config_rewrites"]
+    assert all("loaded" in e or "rejected" in e for e in report["config_rewrites"])
     assert run.returncode == 0, run.stderr
