@@ -125,12 +125,12 @@ async def one(session: aiohttp.ClientSession, gw: str, kind: str, rng: random.Ra
                 t.aborted += 1
                 return
             data = await r.read()
+            if r.status == 200 and body["stream"] and not (b"[DONE]" in data or b"message_stop" in data):
+                t.lost["stream never ended"] += 1
+                return
             t.answered += 1
             if r.status != 200:
                 t.causes[_cause(r.status, data)] += 1
-            elif body["stream"] and not (b"[DONE]" in data or b"message_stop" in data):
-                t.answered -= 1
-                t.lost["stream never ended"] += 1
             else:
                 t.succeeded += 1
                 t.latencies.append(time.monotonic() - t0)
