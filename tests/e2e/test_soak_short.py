@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,8 @@ def test_soak_20s_loses_nothing(tmp_path):
     out = tmp_path / "soak.json"
     run = subprocess.run([sys.executable, str(ROOT / "scripts" / "soak.py"), "--seconds", "20",
                           "--clients", "6", "--json", str(out)],
-                         capture_output=True, text=True, timeout=150)
+                         capture_output=True, text=True, timeout=150,
+                         env={**os.environ, "TMPDIR": str(tmp_path)})  # its work directory lands here
     assert out.exists(), run.stdout + run.stderr
     report = json.loads(out.read_text())
     assert report["lost"] == 0, report["lost_by_how"]
