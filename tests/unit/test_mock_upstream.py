@@ -314,6 +314,49 @@ def test_behaviour_validation(mock):
         mock.set_behavior(KEY, status=200)
 
 
+def test_echo_error_body_and_header(mock):
+    """A hostile upstream: the raw key comes back in a 4xx body and a response header."""
+    mock.set_behavior(KEY, status=401, echo=["body", "header"])
+    status, hdrs, body = raw(mock, "POST", "/v1/chat/completions", {"model": "m", "messages": MSG},
+                             {"authorization": f"Bearer {KEY}"})
+    assert status == 401 and hdrs["x-mock-echo"] == KEY
+    assert KEY in json.loads(body)["error"]["message"]
+    mock.set_behavior(ANT_KEY, status=429, body="plain text", echo="body")
+    status, _, body = raw(mock, "POST", "/v1/messages", {"model": CLAUDE, "max_tokens": 5, "messages": MSG},
+                          {"x-api-key": ANT_KEY, "anthropic-version": "2023-06-01"})
+    assert status == 429 and body == f"plain text {ANT_KEY}".encode()
+
+
+def test_echo_200_body_and_streams(mock):
+    mock.set_behavior(KEY, echo=("body", "sse"))
+    r = oai(mock).chat.completions.create(model="m", messages=MSG)
+    assert r.choices[0].message.content == REPLY and r.model_extra["echo"] == KEY
+    text = "".join(c.choices[0].delta.content or "" for c in
+                   oai(mock).chat.completions.create(model="m", messages=MSG, stream=True) if c.choices)
+    assert KEY in text and text.replace(KEY, "") == REPLY
+    mock.set_behavior(ANT_KEY, echo=["sse"])
+    with ant(mock).messages.stream(model=CLAUDE, max_tokens=5, messages=MSG) as s:
+        text = "".join(s.text_stream)
+    assert text == ANT_KEY + REPLY
+    for endpoint in ("completions", "responses"):  # every stream shape has its echo event
+        mock.set_behavior(KEY, echo=["sse"])
+        status, _, body = raw(mock, "POST", f"/v1/{endpoint}", {"model": "m", "prompt": "x", "input": "x",
+                                                                "stream": True}, {"authorization": f"Bearer {KEY}"})
+        assert status == 200 and body.count(KEY.encode()) == 1
+    mock.set_behavior(KEY2, echo=["header"])  # a place that does not apply is simply skipped
+    assert raw(mock, "GET", "/v1/models", None, {"authorization": f"Bearer {KEY2}"})[1]["x-mock-echo"] == KEY2
+
+
+def test_echo_validation_and_masked_control_api(mock):
+    with pytest.raises(ValueError):
+        mock.set_behavior(KEY, echo=["footer"])
+    status, _, body = raw(mock, "POST", "/_mock/behavior", {"key": KEY, "echo": ["sse", "header"]})
+    assert status == 200 and mock.state.behaviour(KEY).echo == ("sse", "header")
+    raw(mock, "POST", "/v1/chat/completions", {"model": "m", "messages": MSG}, {"authorization": f"Bearer {KEY}"})
+    _, _, body = raw(mock, "GET", "/_mock/requests?limit=5")
+    assert KEY.encode() not in body  # the control API itself never echoes
+
+
 # ---------------------------------------------------------------- recording and HTTP details
 
 def test_recording_per_key(mock):

@@ -9,7 +9,7 @@ import math
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 from keypool.redact import mask, scrub
 
@@ -34,6 +34,7 @@ class Behaviour:
     body: dict | str | None = None   # overrides the error body
     headers: dict = field(default_factory=dict)            # added to the error answer
     reset: bool = False              # close the connection without answering
+    echo: tuple = ()                 # hostile upstream: put the raw key in these ECHO_PLACES
     delay_ms: float = 0              # wait before the response headers
     chunk_delay_ms: float = 0        # wait between SSE events
     chunks: int = 5                  # content chunks (= completion tokens)
@@ -61,6 +62,8 @@ class Behaviour:
             raise ValueError("chunks must be an int >= 1")
         if b.rpm is not None and (not isinstance(b.rpm, int) or b.rpm < 0):
             raise ValueError("rpm must be a non-negative int or None")
+        if b.echo != ():
+            b = replace(b, echo=_echo_places(b.echo))
         if not b.window_s > 0:
             raise ValueError("window_s must be > 0")
         for name in ("headers", "ratelimit_headers"):
@@ -71,6 +74,17 @@ class Behaviour:
         if b.hostile is not None:
             mock_hostile.check(b.hostile)
         return b
+
+
+ECHO_PLACES = frozenset({"body", "header", "sse"})  # body: the error or 200 JSON body
+
+
+def _echo_places(echo: object) -> tuple:
+    """``echo`` given as a list (JSON) or one string becomes a tuple of known places."""
+    echo = (echo,) if isinstance(echo, str) else echo
+    if not isinstance(echo, (list, tuple)) or not set(echo) <= ECHO_PLACES:
+        raise ValueError(f"echo must be a list of: {', '.join(sorted(ECHO_PLACES))}")
+    return tuple(echo)
 
 
 OK = Behaviour()

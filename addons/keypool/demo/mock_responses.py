@@ -2,7 +2,8 @@
 
 Pure functions: a parsed request body in, a JSON-able dict (or a list of encoded SSE
 events) out.  Nothing here does I/O, keeps state or ever sees a credential except
-:func:`error_body`, which only receives the already masked form.
+:func:`error_body`, which only receives the already masked form, and the echo builders at
+the end, which play a hostile upstream on purpose.
 """
 from __future__ import annotations
 
@@ -305,3 +306,32 @@ def error_body(status: int, *, anthropic: bool = False, quota: bool = False,
         status, ("server_error", None, f"Mock upstream error {status}."))
     return {"error": {"message": message or msg.format(key=masked_key or "…"), "type": type_,
                       "param": None, "code": code}}
+
+
+# ---------------------------------------------------------------- a hostile upstream's echo
+
+def echo_event(endpoint: str, body: dict, key: str) -> tuple[int, bytes]:
+    """One extra SSE event carrying the raw ``key`` as reply text, and where it goes in the
+    stream (after the events a client SDK needs first), for the ``echo: [sse]`` behaviour."""
+    if endpoint == "messages":
+        return 3, sse({"type": "content_block_delta", "index": 0,
+                       "delta": {"type": "text_delta", "text": key}}, "content_block_delta")
+    if endpoint == "responses":
+        return 4, sse({"type": "response.output_text.delta", "sequence_number": 0, "delta": key,
+                       "logprobs": [], "item_id": "msg_echo", "output_index": 0, "content_index": 0},
+                      "response.output_text.delta")
+    if endpoint == "completions":
+        return 0, sse({"id": "cmpl-echo", "object": "text_completion", "created": int(time.time()),
+                       "model": _model(body), "choices": [{"text": key, "index": 0, "logprobs": None,
+                                                           "finish_reason": None}]})
+    return 1, sse({"id": "chatcmpl-echo", "object": "chat.completion.chunk", "created": int(time.time()),
+                   "model": _model(body), "choices": [{"index": 0, "delta": {"content": key},
+                                                       "logprobs": None, "finish_reason": None}]})
+
+
+def echo_in_body(obj: dict, key: str) -> dict:
+    """The ``echo: [body]`` behaviour: the raw key in an error's message, or a 200's field."""
+    err = obj.get("error")
+    if isinstance(err, dict):
+        return {**obj, "error": {**err, "message": f"{err.get('message', '')} (key: {key})"}}
+    return {**obj, "echo": key}

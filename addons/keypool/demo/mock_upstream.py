@@ -72,6 +72,22 @@ def _key_of(headers: dict[str, str]) -> str | None:
     return headers.get("x-api-key") or headers.get("x-goog-api-key") or None
 
 
+def _with_echo(places: tuple, key: str, endpoint: str, body: object, payload: bytes | list[bytes] | None,
+               extra: dict | None) -> tuple[bytes | list[bytes] | None, dict | None]:
+    """A hostile upstream: the raw key it was sent, back in the places ``places`` names."""
+    if "body" in places and isinstance(payload, bytes):
+        try:
+            payload = R.dumps(R.echo_in_body(json.loads(payload), key))
+        except (ValueError, AttributeError):  # a scripted text body: append it raw
+            payload += b" " + key.encode()
+    if "sse" in places and isinstance(payload, list):
+        i, ev = R.echo_event(endpoint, body if isinstance(body, dict) else {}, key)
+        payload = payload[:i] + [ev] + payload[i:]
+    if "header" in places:
+        extra = {**(extra or {}), "x-mock-echo": key}
+    return payload, extra
+
+
 class _Server:
     """The asyncio HTTP/1.1 server; lives on one event loop."""
 
@@ -195,6 +211,8 @@ class _Server:
                 else:
                     payload = R.dumps(_NONSTREAM[endpoint](body, b.chunks))
 
+        if b is not None and b.echo:
+            payload, extra = _with_echo(b.echo, key, endpoint, body, payload, extra)  # type: ignore[arg-type]
         rec["status"] = status
         self.state.record(rec)
         if self.log is not None:
