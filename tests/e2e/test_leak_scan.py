@@ -40,8 +40,6 @@ WRONG_TOKEN = "kmx-leak-wrong-token-5a5a5a5a"
 ADMIN = "kmx-leak-admin-token-9c9c9c9c9c"
 CLAUDE = "claude-mock-1"
 MSG = [{"role": "user", "content": "Say hello to the leak scan"}]
-ECHO_XFAIL = pytest.mark.xfail(strict=False, reason=(
-    "an echoed key is masked by the `upstream` branch (issue 8, item 4); drop this marker once it is merged"))
 
 
 def config(mock_url: str, state: str, reloaded: bool = False) -> str:
@@ -272,15 +270,11 @@ def test_no_pool_key_or_client_token_anywhere(produced):
     assert not hits, f"{len(hits)} leak(s):\n" + "\n".join(hits[:40])
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "the admin token sent to /_keymux/* is kept in clear in -w flows and the -v log until the "
-    "`exposure` branch (issue 8, item 5) masks it; drop this marker once it is merged"))
 def test_no_admin_token_anywhere(produced):
     hits = scan(produced, {"admin token": ADMIN})
     assert not hits, f"{len(hits)} leak(s):\n" + "\n".join(hits[:40])
 
 
-@ECHO_XFAIL
 def test_no_echoed_key_anywhere(produced):
     hits = scan(produced, {f"echoed {n}": s for n, s in ECHOED.items()})
     assert not hits, f"{len(hits)} leak(s):\n" + "\n".join(hits[:40])
