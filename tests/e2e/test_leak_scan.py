@@ -204,6 +204,7 @@ def _use_ui(ui: Browser, key_names: list[str]) -> None:
 @pytest.fixture(scope="module")
 def produced(mock, tmp_path_factory, confdir):
     """Run the scenario; every artifact keymux produced, as (where, bytes)."""
+    mock.reset()  # a module fixture runs before the per-test reset: clear earlier modules' behaviours
     work = tmp_path_factory.mktemp("leak")
     state, flows = work / "state", work / "flows.mitm"
     env = {"KEYMUX_ADMIN_TOKEN": ADMIN, "LEAK_KEY_2": KEYS["k2"]}
