@@ -313,7 +313,8 @@ class Keymux:
 
     def _failed(self, step: str, exc: BaseException) -> None:
         gw = self.gateway
-        boundary.log_failure(step, exc, gw._secrets if gw is not None else ())
+        secrets = [*gw._secrets, gw.admin_token or ""] if gw is not None else []
+        boundary.log_failure(step, exc, secrets)
 
     def done(self) -> None:
         if runtime.active is self:
