@@ -41,7 +41,6 @@ def create_app(config_path: str | Path, gateway_url: str = DEFAULT_GATEWAY,
         PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
         MAX_CONTENT_LENGTH=2 * 1024 * 1024,
         TRUSTED_HOSTS=None,           # serve.py narrows this to loopback names on a loopback bind
-        KEYMUX_LOGIN_DELAY_S=0.5,     # after a failed login, slows down guessing
         KEYMUX_ENVIRON=None,          # tests: a dict instead of os.environ
         KEYMUX_ADMIN_TOKEN=None,      # tests: the gateway admin token instead of the environment's
     )

@@ -3,8 +3,14 @@
 - Login with ``KEYMUX_ADMIN_TOKEN`` (environment) or the password whose werkzeug hash is
   ``admin.password_hash`` in keys.yaml, both compared in constant time. With neither set
   (loopback only, see serve.py) the UI is open and says so on every page.
-- The session remembers a fingerprint of the credentials it logged in with: changing the
-  token or the password logs every session out.
+- A session lives server-side (sessions.py): the cookie carries an id the registry must still
+  know, so logout, "sign out everywhere" and the 12 h lifetime end it at once, and a copied
+  cookie dies with it. It also remembers a fingerprint of the credentials it logged in with:
+  changing the token or the password logs every session out.
+- Guesses (login, and the re-authentication that an export with secrets asks for) go through
+  one shared limiter (throttle.py), per client address and globally: a refused guess gets 429
+  and ``Retry-After`` at once, no thread sleeps. A blank (whitespace) token is never a
+  credential, and does not open the UI either.
 - Every state-changing request carries the session's CSRF token (form field ``csrf_token``
   or header ``X-CSRF-Token``): missing -> 400, wrong -> 403, before any handler runs.
 - Responses: a strict Content-Security-Policy (no inline script, no other origin), no
@@ -16,7 +22,7 @@ import hashlib
 import hmac
 import logging
 import secrets
-import time
+from dataclasses import replace
 from urllib.parse import urlsplit
 
 from flask import (Blueprint, Flask, Response, abort, current_app, flash, g, jsonify, redirect,
@@ -27,20 +33,73 @@ from werkzeug.security import check_password_hash
 from . import deps
 from .configfile import Credentials, scrub
 from .i18n import LANGUAGES, t
+from .sessions import SessionRegistry, label_of
+from .throttle import LoginLimiter
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("auth", __name__)
 
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 PUBLIC = {"auth.login", "auth.language", "static"}
+LIMITER = "keymux_login_limiter"     # app.extensions keys
+SESSIONS = "keymux_sessions"
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
        " connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
 
 def credentials() -> Credentials:
     if "credentials" not in g:
-        g.credentials = deps.config_file().credentials()
+        c = deps.config_file().credentials()
+        g.blank_token = c.token is not None and not c.token.strip()
+        if g.blank_token:  # a typo, not a credential: never accepted, and never an open UI
+            c = replace(c, token=None, locked=not c.password_hash)
+        g.credentials = c
     return g.credentials
+
+
+def limiter() -> LoginLimiter:
+    return current_app.extensions[LIMITER]
+
+
+def sessions() -> SessionRegistry:
+    return current_app.extensions[SESSIONS]
+
+
+def _address() -> str:
+    return request.remote_addr or "?"
+
+
+def guess(given: str) -> tuple[int, bool]:
+    """Check an admin credential through the shared limiter: (retry_after, ok). A refused
+    guess (retry_after > 0) is not checked at all."""
+    c = credentials()
+    wait = limiter().acquire(_address())
+    if wait:
+        logger.warning("UI sign-in throttled for %s (retry in %ss)", _address(), wait)
+        return wait, False
+    ok = bool(given) and not c.locked and check_secret(given, c)
+    if ok:
+        limiter().succeeded(_address())
+    else:
+        logger.warning("failed UI sign-in from %s", _address())
+    return 0, ok
+
+
+def throttled_message(wait: int) -> str:
+    return t("Too many failed attempts: try again in %(seconds)s s.", seconds=wait)
+
+
+def reauthenticate() -> tuple[int, str, int] | None:
+    """For a request that shows secrets: None if the form's ``secret`` is the admin credential
+    (or the UI has none), else why not: (403 or 429, message, seconds to wait)."""
+    if not credentials().required:
+        return None
+    wait, ok = guess(request.form.get("secret", ""))
+    if ok:
+        return None
+    if wait:
+        return 429, throttled_message(wait), wait
+    return 403, t("Wrong token or password."), 0
 
 
 def _fingerprint(c: Credentials) -> str:
@@ -83,28 +142,51 @@ def login():
     c = credentials()
     if not c.required:
         return redirect(url_for("index"))
-    error = None
+    error, status, wait = None, 200, 0
     if request.method == "POST":
-        given = request.form.get("secret", "")
-        if given and not c.locked and check_secret(given, c):
+        wait, ok = guess(request.form.get("secret", ""))
+        if ok:
             target = safe_next(request.form.get("next"))
-            session.clear()
-            session.permanent = True
-            session["auth"] = _fingerprint(c)
-            session["csrf"] = secrets.token_urlsafe(32)
+            _start_session(c)
             return redirect(target)
-        time.sleep(current_app.config["KEYMUX_LOGIN_DELAY_S"])
-        logger.warning("failed UI login from %s", request.remote_addr)
-        error = t("Wrong token or password.")
-    status = 401 if error else 200
-    return render_template("auth/login.html", error=error, locked=c.locked,
-                           next=safe_next(request.values.get("next"))), status
+        error, status = (throttled_message(wait), 429) if wait else (t("Wrong token or password."), 401)
+    response = current_app.make_response((render_template(
+        "auth/login.html", error=error, locked=c.locked, blank_token=g.blank_token,
+        next=safe_next(request.values.get("next"))), status))
+    if wait:
+        response.headers["Retry-After"] = str(wait)
+    return response
+
+
+def _start_session(c: Credentials) -> None:
+    sessions().end(session.get("sid"))
+    session.clear()
+    session.permanent = True
+    session["sid"] = sessions().start(_address())
+    session["auth"] = _fingerprint(c)
+    session["csrf"] = secrets.token_urlsafe(32)
 
 
 @bp.post("/logout")
 def logout():
+    sessions().end(session.get("sid"))
     session.clear()
     flash(t("Signed out."), "info")
+    return redirect(url_for("auth.login") if credentials().required else url_for("index"))
+
+
+@bp.get("/sessions")
+def session_list():
+    current = label_of(session["sid"]) if isinstance(session.get("sid"), str) else None
+    return render_template("auth/sessions.html", sessions=sessions().live(), current=current)
+
+
+@bp.post("/logout/everywhere")
+def logout_everywhere():
+    count = sessions().end_all()
+    logger.warning("UI: every session signed out (%d) from %s", count, _address())
+    session.clear()
+    flash(t("Every session is signed out."), "info")
     return redirect(url_for("auth.login") if credentials().required else url_for("index"))
 
 
@@ -131,19 +213,39 @@ def _guard():
             abort(403, t("Cross-origin request refused."))
         given = request.form.get("csrf_token") or request.headers.get("X-CSRF-Token")
         expected = session.get("csrf")
-        if not given or not expected:
+        if not given:
             abort(400, t("Missing CSRF token: reload the page and try again."))
+        if not expected:  # a page from a session that is gone (expired, restart): no handler runs
+            return _expired()
         if not hmac.compare_digest(given.encode(), expected.encode()):
             abort(403, t("Invalid CSRF token: reload the page and try again."))
     c = credentials()
     g.open_ui = not c.required
     g.signed_in = c.required and hmac.compare_digest(
-        str(session.get("auth", "")).encode(), _fingerprint(c).encode())
+        str(session.get("auth", "")).encode(), _fingerprint(c).encode()) \
+        and sessions().check(session.get("sid"))
     if request.endpoint in PUBLIC or g.open_ui or g.signed_in:
         return None
+    if "auth" in session:  # signed out elsewhere, expired, or the credential changed
+        session.clear()
+        if not _wants_json():
+            flash(t("Your session has ended: sign in again."), "info")
     if _wants_json():
         return jsonify(error=t("Sign in first.")), 401
     return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+
+
+def _expired():
+    session.clear()
+    message = t("Your session has expired: sign in again.")
+    if _wants_json():
+        return jsonify(error=message), 401
+    if request.endpoint == "auth.login":
+        return render_template("auth/login.html", error=message, locked=credentials().locked,
+                               blank_token=g.blank_token,
+                               next=safe_next(request.form.get("next"))), 400
+    flash(message, "info")
+    return redirect(url_for("auth.login"), 303)
 
 
 def _headers(response):
@@ -182,6 +284,9 @@ def _error_page(e):
 
 
 def init_app(app: Flask) -> None:
+    app.extensions[LIMITER] = LoginLimiter()
+    app.extensions[SESSIONS] = SessionRegistry(
+        app.permanent_session_lifetime.total_seconds())
     app.before_request(_guard)
     app.after_request(_headers)
     for code in (400, 403, 404, 405, 409, 413, 500):

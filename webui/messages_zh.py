@@ -288,4 +288,23 @@ ZH: dict[str, str] = {
     "line %(n)s": "第 %(n)s 行",
     "line %(n)s, item %(i)s": "第 %(n)s 行第 %(i)s 项",
     "keys[%(n)s]": "keys[%(n)s]",
+    # auth
+    "Too many failed attempts: try again in %(seconds)s s.": "失败次数过多：请在 %(seconds)s 秒后重试。",
+    "Every session is signed out.": "所有会话均已退出登录。",
+    "Your session has ended: sign in again.": "你的会话已结束：请重新登录。",
+    "Your session has expired: sign in again.": "你的会话已过期：请重新登录。",
+    "Your admin token or password, again": "请再次输入管理员令牌或密码",
+    "KEYMUX_ADMIN_TOKEN is blank, so it is not accepted. Set a real token (24 characters or more),"
+    " or admin.password_hash.":
+        "KEYMUX_ADMIN_TOKEN 为空白，因此不被接受。请设置一个真正的令牌（至少 24 个字符），或设置 admin.password_hash。",
+    "Sessions": "会话",
+    "Browsers signed in to this UI now. A restart of the UI signs every one of them out too.":
+        "当前登录此界面的浏览器。重启界面也会让它们全部退出登录。",
+    "Session": "会话",
+    "Address": "地址",
+    "Signed in": "登录时间",
+    "Last seen": "最近活动",
+    "this one": "当前会话",
+    "No one is signed in.": "没有人登录。",
+    "Sign out everywhere": "全部退出登录",
 }

@@ -1,8 +1,10 @@
 """Serving the UI: ``keymux ui`` and ``keymux hash-password``.
 
-The UI binds 127.0.0.1 by default. A bind to any other address is refused unless an admin
-credential is configured (``KEYMUX_ADMIN_TOKEN`` or ``admin.password_hash``): an open UI can
-rewrite keys.yaml. On a loopback bind only loopback host names are accepted in ``Host``, so
+The UI binds 127.0.0.1 by default. A bind to any other address is refused (exit 2) unless a
+strong admin credential is configured: ``KEYMUX_ADMIN_TOKEN`` of at least 24 characters, or
+``admin.password_hash`` (with no shorter token beside it): an open or guessable UI can rewrite
+keys.yaml. A blank (whitespace) token is refused on every bind; a short one on loopback is
+only warned about. On a loopback bind only loopback host names are accepted in ``Host``, so
 a web page cannot reach the UI through DNS rebinding.
 """
 from __future__ import annotations
@@ -12,6 +14,7 @@ import getpass
 import ipaddress
 import logging
 import os
+import secrets
 import signal
 import sys
 from pathlib import Path
@@ -25,6 +28,7 @@ from .configfile import ConfigFile
 DEFAULT_PORT = 8787
 LOOPBACK_NAMES = ("localhost", "127.0.0.1")
 MIN_PASSWORD_LEN = 8
+MIN_TOKEN_LEN = 24
 
 
 def is_loopback(host: str) -> bool:
@@ -36,16 +40,43 @@ def is_loopback(host: str) -> bool:
         return False  # a name: it may resolve to anything
 
 
+def _how() -> str:
+    return (" Make a password hash with `keymux hash-password` and put it in keys.yaml"
+            " (admin: password_hash: ...), or a token with"
+            " `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            f" (for example, made just now: KEYMUX_ADMIN_TOKEN={secrets.token_urlsafe(32)}).")
+
+
+def _env_token(environ: dict | None) -> str | None:
+    return (os.environ if environ is None else environ).get("KEYMUX_ADMIN_TOKEN")
+
+
 def bind_refusal(host: str, config: str | Path, environ: dict | None = None) -> str | None:
     """Why the UI must not listen on ``host`` (None: it may)."""
+    raw = _env_token(environ)
+    if raw is not None and raw and not raw.strip():
+        return "keymux ui: KEYMUX_ADMIN_TOKEN is blank (only whitespace); refusing to start." + _how()
     if is_loopback(host):
         return None
     creds = ConfigFile(config, environ=environ).credentials()
+    if creds.token and len(creds.token) < MIN_TOKEN_LEN:
+        return (f"keymux ui: refusing to listen on {host}: KEYMUX_ADMIN_TOKEN has"
+                f" {len(creds.token)} characters, and a token on a network needs at least"
+                f" {MIN_TOKEN_LEN}." + _how())
     if creds.token or creds.password_hash:
         return None
     return (f"keymux ui: refusing to listen on {host}: anyone who can reach it could read and"
-            " change your keys. Set KEYMUX_ADMIN_TOKEN, or put a password hash from"
-            " `keymux hash-password` in keys.yaml (admin: password_hash: ...), or bind 127.0.0.1.")
+            " change your keys. Set KEYMUX_ADMIN_TOKEN (at least"
+            f" {MIN_TOKEN_LEN} characters) or admin.password_hash, or bind 127.0.0.1." + _how())
+
+
+def bind_warning(host: str, environ: dict | None = None) -> str | None:
+    """A weak but tolerated setting: a short token on a loopback bind."""
+    raw = _env_token(environ)
+    if raw and raw.strip() and len(raw) < MIN_TOKEN_LEN and is_loopback(host):
+        return (f"KEYMUX_ADMIN_TOKEN has {len(raw)} characters; use at least {MIN_TOKEN_LEN}"
+                " (a bind to a network address would refuse it)")
+    return None
 
 
 def trusted_hosts(host: str) -> list[str] | None:
@@ -60,6 +91,9 @@ def serve(config: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
     if refusal:
         print(refusal, file=sys.stderr)
         return 2
+    warning = bind_warning(host)
+    if warning:
+        logging.getLogger(__name__).warning("%s", warning)
     if not Path(config).exists():
         print(f"keymux ui: no config at {config}", file=sys.stderr)
         return 2

@@ -1,12 +1,13 @@
 """Import keys (preview first) and export the config (secrets as ``${VAR}`` by default)."""
 from __future__ import annotations
 
-from flask import Blueprint, Response, abort, flash, g, redirect, render_template, request, url_for
+from flask import (Blueprint, Response, abort, flash, g, make_response, redirect, render_template,
+                   request, url_for)
 
 from keypool.envfile import parse_dotenv
 from keypool.redact import mask
 
-from . import deps, forms, importexport
+from . import auth, deps, forms, importexport
 from .configfile import ConfigError, scrub
 from .i18n import t
 from .importexport import ImportFormatError
@@ -132,8 +133,19 @@ def export_secrets():
         return render_template("transfer/export.html", yaml_text=text, dotenv=None,
                                placeholders=[var for var, _ in pairs],
                                error=t("Tick the box to confirm that you want the secrets.")), 400
+    refusal = auth.reauthenticate()  # the admin credential again, throttled like a login
+    if refusal:
+        code, message, wait = refusal
+        text, pairs = _export()
+        response = make_response(render_template(
+            "transfer/export.html", yaml_text=text, dotenv=None,
+            placeholders=[var for var, _ in pairs], error=message), code)
+        if wait:
+            response.headers["Retry-After"] = str(wait)
+        return response
     text, pairs = _export()
-    g.reveal_secrets = True  # asked for, and confirmed
+    auth.logger.warning("UI: secrets exported in plain text from %s", request.remote_addr)
+    g.reveal_secrets = True  # asked for, confirmed, and the credential given again
     return render_template("transfer/export.html", yaml_text=text,
                            dotenv=importexport.dotenv_block(pairs),
                            placeholders=[var for var, _ in pairs])

@@ -147,7 +147,7 @@ def test_non_loopback_bind_needs_a_credential(config_path):
     assert serve.bind_refusal("::1", config_path, environ={}) is None
     refusal = serve.bind_refusal("0.0.0.0", config_path, environ={})
     assert refusal and "refusing to listen on 0.0.0.0" in refusal
-    assert serve.bind_refusal("0.0.0.0", config_path, environ={"KEYMUX_ADMIN_TOKEN": "t" * 20}) is None
+    assert serve.bind_refusal("0.0.0.0", config_path, environ={"KEYMUX_ADMIN_TOKEN": "t" * 24}) is None
     config_path.write_text(CONFIG + f"admin:\n  password_hash: '{generate_password_hash('x' * 12)}'\n")
     assert serve.bind_refusal("192.168.1.10", config_path, environ={}) is None
 

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from keypool.config import load_config
-from uihelpers import CLIENT_TOKEN, ENV, KEY_ANTHROPIC, KEY_LOCAL, KEY_OPENAI
+from uihelpers import ADMIN_TOKEN, CLIENT_TOKEN, ENV, KEY_ANTHROPIC, KEY_LOCAL, KEY_OPENAI
 from webui import importexport  # noqa: E402
 from webui.yamledit import Document  # noqa: E402
 
@@ -155,7 +155,13 @@ def test_export_uses_placeholders_by_default(signed_in, client):
 def test_export_with_secrets_needs_confirmation(signed_in, client):
     refused = client.post("/transfer/export", data={"csrf_token": signed_in.csrf()})
     assert refused.status_code == 400 and KEY_OPENAI not in refused.get_data(as_text=True)
-    r = client.post("/transfer/export", data={"csrf_token": signed_in.csrf(), "confirm": "yes"})
+    wrong = client.post("/transfer/export", data={"csrf_token": signed_in.csrf(), "confirm": "yes",
+                                                  "secret": "not-the-token"})
+    assert wrong.status_code == 403 and KEY_OPENAI not in wrong.get_data(as_text=True)
+    unasked = client.post("/transfer/export", data={"csrf_token": signed_in.csrf(), "confirm": "yes"})
+    assert unasked.status_code == 403 and KEY_OPENAI not in unasked.get_data(as_text=True)
+    r = client.post("/transfer/export", data={"csrf_token": signed_in.csrf(), "confirm": "yes",
+                                              "secret": ADMIN_TOKEN})
     page = r.get_data(as_text=True)
     assert f"KEYMUX_KEY_OPENAI_1={KEY_OPENAI}" in page
     assert f"ANTHROPIC_KEY_1={KEY_ANTHROPIC}" in page
