@@ -59,7 +59,7 @@ class UIServer:
         from werkzeug.serving import make_server
         env = {**os.environ, "KEYMUX_ADMIN_TOKEN": ADMIN_TOKEN}
         app = create_app(config, gateway_url=gateway_url,
-                         test_config={"KEYMUX_ENVIRON": env, "KEYMUX_LOGIN_DELAY_S": 0})
+                         test_config={"KEYMUX_ENVIRON": env})
         self.server = make_server("127.0.0.1", 0, app, threaded=True)
         self.url = f"http://127.0.0.1:{self.server.port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

@@ -67,7 +67,7 @@ def make_app(config_path: Path, gateway_url: str = UNREACHABLE, env: dict | None
     if admin_token:
         environ["KEYMUX_ADMIN_TOKEN"] = admin_token
     return create_app(config_path, gateway_url=gateway_url, test_config={
-        "TESTING": True, "KEYMUX_ENVIRON": environ, "KEYMUX_LOGIN_DELAY_S": 0})
+        "TESTING": True, "KEYMUX_ENVIRON": environ})
 
 
 class AuthActions:
