@@ -289,3 +289,12 @@ ZH: dict[str, str] = {
     "line %(n)s, item %(i)s": "第 %(n)s 行第 %(i)s 项",
     "keys[%(n)s]": "keys[%(n)s]",
 }
+
+# request log
+ZH.update({
+    "Search": "搜索",
+    "model, client, key, error": "模型、客户端、密钥、错误",
+    "refused by keymux": "被 keymux 拒绝",
+    "Export CSV": "导出 CSV",
+    "Export JSONL": "导出 JSONL",
+})
