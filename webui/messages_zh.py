@@ -308,3 +308,12 @@ ZH: dict[str, str] = {
     "No one is signed in.": "没有人登录。",
     "Sign out everywhere": "全部退出登录",
 }
+
+# request log
+ZH.update({
+    "Search": "搜索",
+    "model, client, key, error": "模型、客户端、密钥、错误",
+    "refused by keymux": "被 keymux 拒绝",
+    "Export CSV": "导出 CSV",
+    "Export JSONL": "导出 JSONL",
+})

@@ -1,4 +1,5 @@
-"""The request log: newest first, filtered, paginated; each row opens to its attempts."""
+"""The request log: newest first, filtered, paginated; each row opens to its attempts.
+The filtered rows export as CSV or JSONL (``/requests/export.csv``, ``.jsonl``)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -7,7 +8,7 @@ import time
 
 from flask import Blueprint, render_template, request
 
-from . import deps, live
+from . import deps, live, logexport
 from .configfile import scrub
 from .store import PAGE_SIZE, STATUS_FILTERS, LogFilter
 
@@ -25,7 +26,7 @@ def _utc(value: str) -> float | None:
 
 def read_filter(args, now: float) -> tuple[LogFilter, dict]:
     shown = {name: (args.get(name) or "").strip()[:200]
-             for name in ("key", "client", "model", "status", "range", "from", "to")}
+             for name in ("key", "client", "model", "status", "range", "from", "to", "q")}
     if shown["range"] not in RANGES:
         shown["range"] = "24h"
     since = _utc(shown["from"]) if shown["from"] else None
@@ -33,7 +34,19 @@ def read_filter(args, now: float) -> tuple[LogFilter, dict]:
     if since is None and RANGES[shown["range"]] is not None:
         since = now - RANGES[shown["range"]]
     status = shown["status"] if shown["status"] in STATUS_FILTERS or shown["status"].isdigit() else ""
-    return LogFilter(shown["key"], shown["client"], shown["model"], status, since, until), shown
+    return LogFilter(shown["key"], shown["client"], shown["model"], status, since, until,
+                     shown["q"]), shown
+
+
+def clean(row: dict, secrets) -> dict:
+    """Bodies and errors are redacted by the gateway; this is belt and braces."""
+    for field in ("request_body", "response_body", "error"):
+        if row.get(field):
+            row[field] = scrub(row[field], secrets)
+    for attempt in row["attempts"]:
+        if isinstance(attempt.get("error"), str):
+            attempt["error"] = scrub(attempt["error"], secrets)
+    return row
 
 
 @bp.get("/")
@@ -48,13 +61,7 @@ def index():
     store = deps.store()
     bodies = bool(snap.config and snap.config.logging.bodies)
     rows, total = store.requests(f, page, bodies=bodies)
-    for row in rows:  # bodies and errors are redacted by the gateway; this is belt and braces
-        for field in ("request_body", "response_body"):
-            if row.get(field):
-                row[field] = scrub(row[field], snap.secrets)
-        for attempt in row["attempts"]:
-            if isinstance(attempt.get("error"), str):
-                attempt["error"] = scrub(attempt["error"], snap.secrets)
+    rows = [clean(row, snap.secrets) for row in rows]
     pages = max(1, math.ceil(total / PAGE_SIZE))
     keys = [k["name"] for k in live.file_keys(snap)]
     clients = [c.name for c in (snap.config.clients or ())] if snap.config else []
@@ -63,3 +70,15 @@ def index():
                            filters=shown, keys=keys, clients=clients, query=query,
                            models=store.models(now - 7 * 86400), statuses=STATUS_FILTERS,
                            ranges=list(RANGES), store_exists=store.path.is_file())
+
+
+@bp.get("/export.<fmt>")
+def export(fmt: str):
+    """The rows the same filters show, as a download (bodies only with logging.bodies)."""
+    if fmt not in logexport.FORMATS:
+        return {"error": f"unknown export format {fmt[:20]!r}: csv or jsonl"}, 404
+    f, _ = read_filter(request.args, time.time())
+    snap = deps.snapshot()
+    bodies = bool(snap.config and snap.config.logging.bodies)
+    rows = (clean(row, snap.secrets) for row in deps.store().export_rows(f, bodies=bodies))
+    return logexport.response(fmt, rows, bodies)

@@ -15,7 +15,16 @@ from urllib.parse import quote
 
 RANGES = {"hour": (60, 1), "day": (1440, 15)}  # name -> (minutes shown, minutes per point)
 PAGE_SIZE = 50
-STATUS_FILTERS = ("2xx", "4xx", "5xx", "429", "error")
+STATUS_FILTERS = ("2xx", "4xx", "5xx", "429", "error", "refused")
+EXPORT_MAX = 100_000   # rows one export may hold
+EXPORT_CHUNK = 1000    # rows read at a time while exporting
+LOG_COLUMNS = ("id", "ts", "client", "key", "provider", "model", "status", "attempts",
+               "latency_s", "ttfb_s", "tokens_in", "tokens_out", "stream")
+ADDED_COLUMNS = ("error_code", "error", "path")  # absent from a database an older gateway wrote
+BODY_COLUMNS = ("request_body", "response_body")
+# The attempts of a row, even a row whose JSON is broken (json_each would raise).
+_ATTEMPTS = ("json_each(CASE WHEN json_valid(requests.attempts) THEN requests.attempts"
+             " ELSE '[]' END)")
 
 
 @dataclass(frozen=True)
@@ -26,6 +35,7 @@ class LogFilter:
     status: str = ""
     since: float | None = None
     until: float | None = None
+    q: str = ""        # free text: model, client, key, error code or message (any attempt's too)
 
 
 class Store:
@@ -91,24 +101,40 @@ class Store:
     # -- request log
 
     def requests(self, f: LogFilter, page: int, bodies: bool = False) -> tuple[list[dict], int]:
-        where, params = _where(f)
+        have = self._added_columns()
+        where, params = _where(f, have)
         total_rows = self._query(f"SELECT COUNT(*) FROM requests{where}", params)
         total = total_rows[0][0] if total_rows else 0
-        cols = "id, ts, client, key, provider, model, status, attempts, latency_s, ttfb_s," \
-               " tokens_in, tokens_out, stream"
-        if bodies:
-            cols += ", substr(request_body, 1, 4000), substr(response_body, 1, 4000)"
+        names, cols = _select(have, bodies, body_chars=4000)
         rows = self._query(f"SELECT {cols} FROM requests{where} ORDER BY ts DESC, id DESC"
                            " LIMIT ? OFFSET ?", [*params, PAGE_SIZE, max(0, page - 1) * PAGE_SIZE])
-        names = ("id", "ts", "client", "key", "provider", "model", "status", "attempts",
-                 "latency_s", "ttfb_s", "tokens_in", "tokens_out", "stream",
-                 "request_body", "response_body")
-        out = []
-        for row in rows:
-            item = dict(zip(names, row))
-            item["attempts"] = _attempts(item["attempts"])
-            out.append(item)
-        return out, total
+        return [_item(names, row) for row in rows], total
+
+    def export_rows(self, f: LogFilter, bodies: bool = False, limit: int = EXPORT_MAX):
+        """The filtered rows, newest first, read a chunk at a time (keyset, not OFFSET)."""
+        have = self._added_columns()
+        where, params = _where(f, have)
+        names, cols = _select(have, bodies)
+        after: tuple | None = None
+        left = limit
+        while left > 0:
+            page_where, page_params = where, list(params)
+            if after is not None:
+                page_where += (" AND " if where else " WHERE ") + "(ts < ? OR (ts = ? AND id < ?))"
+                page_params += [after[0], after[0], after[1]]
+            rows = self._query(f"SELECT {cols} FROM requests{page_where} ORDER BY ts DESC,"
+                               " id DESC LIMIT ?", [*page_params, min(EXPORT_CHUNK, left)])
+            for row in rows:
+                yield _item(names, row)
+            if len(rows) < min(EXPORT_CHUNK, left):
+                return
+            left -= len(rows)
+            after = (rows[-1][1], rows[-1][0])
+
+    def _added_columns(self) -> frozenset[str]:
+        """Which newer columns this database has (an older gateway may not have added them)."""
+        rows = self._query("PRAGMA table_info(requests)")
+        return frozenset(r[1] for r in rows) & frozenset(ADDED_COLUMNS)
 
     def models(self, since: float) -> list[str]:
         rows = self._query("SELECT DISTINCT model FROM requests WHERE ts >= ? AND model IS NOT NULL"
@@ -116,19 +142,51 @@ class Store:
         return [r[0] for r in rows]
 
 
-def _where(f: LogFilter) -> tuple[str, list]:
+def _select(have: frozenset[str], bodies: bool, body_chars: int | None = None):
+    """The names and the SELECT list of a log row; a missing newer column reads as NULL."""
+    names = LOG_COLUMNS + ADDED_COLUMNS
+    cols = list(LOG_COLUMNS) + [c if c in have else "NULL" for c in ADDED_COLUMNS]
+    if bodies:
+        names += BODY_COLUMNS
+        cols += [f"substr({c}, 1, {body_chars})" if body_chars else c for c in BODY_COLUMNS]
+    return names, ", ".join(cols)
+
+
+def _item(names: tuple, row: tuple) -> dict:
+    item = dict(zip(names, row))
+    item["attempts"] = _attempts(item["attempts"])
+    return item
+
+
+def _like(text: str) -> str:
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _where(f: LogFilter, have: frozenset[str] = frozenset()) -> tuple[str, list]:
     clauses, params = [], []
-    for column in ("key", "client"):
-        value = getattr(f, column)
-        if value:
-            clauses.append(f"{column} = ?")
-            params.append(value)
+    if f.key:  # any attempt on the key, not only the one that answered
+        clauses.append(f"(key = ? OR EXISTS (SELECT 1 FROM {_ATTEMPTS}"
+                       " WHERE json_extract(value, '$.key') = ?))")
+        params += [f.key, f.key]
+    if f.client:
+        clauses.append("client = ?")
+        params.append(f.client)
+    if f.q:
+        columns = ["model", "client", "key", "provider"] + [c for c in ("error_code", "error")
+                                                           if c in have]
+        like = _like(f.q)
+        clauses.append("(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in columns)
+                       + f" OR EXISTS (SELECT 1 FROM {_ATTEMPTS}"
+                       " WHERE json_extract(value, '$.error') LIKE ? ESCAPE '\\'))")
+        params += [like] * (len(columns) + 1)
     if f.model:
         clauses.append("model GLOB ?" if "*" in f.model else "model = ?")
         params.append(f.model)
     status = {"2xx": "status BETWEEN 200 AND 299", "4xx": "status BETWEEN 400 AND 499",
               "5xx": "status BETWEEN 500 AND 599", "429": "status = 429",
-              "error": "status >= 400"}.get(f.status)
+              "error": "status >= 400",
+              # answered by keymux itself: no attempt went upstream
+              "refused": "status >= 400 AND attempts IN ('[]', '')"}.get(f.status)
     if status:
         clauses.append(status)
     elif f.status.isdigit():

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from typing import Callable, Mapping
 
-from . import answers, endpoints, exposure, policy
+from . import answers, endpoints, exposure, policy, refusals
 from .answers import Answer
 from .canon import MB, Refused, canonical_target, inflate, model_problem, screen_head, too_large
 from .clients import ClientAuth, presented_token
@@ -26,6 +26,7 @@ from .limits import ClientRate, estimate_tokens
 from .metrics import Metrics
 from .pool import WHOLE_KEY, NoKeyAvailable, Pool, ProviderOutage
 from .redact import scrub
+from .refusals import RefusalLimit, Seen
 from .routing import PROVIDER_HEADERS, RouteError, Router
 from .store.recorder import Recorder
 from .ticket import MODEL_PATHS, Plan, Ticket, read_json, rewrite_body
@@ -47,6 +48,7 @@ class Gateway:
         self.client_rate = ClientRate()
         self.waiting: dict[str, int] = {}  # provider -> requests queued for a key
         self.recorder = Recorder()
+        self.refusal_limit = RefusalLimit()  # refusal rows per second: a 401 flood fills no disk
         self.metrics = Metrics(self.pool.snapshot, self.clock.wall, providers=self.pool.providers)
         self.update(config)
 
@@ -72,10 +74,22 @@ class Gateway:
 
     def admit(self, method: str, path: str, headers: Mapping[str, str],
               body: bytes | None) -> Answer | Ticket:
-        result = self._admit(method, path, headers, body)
+        seen = Seen()
+        result = self._admit(method, path, headers, body, seen)
         if isinstance(result, Answer):
             self.count_answer(result)
+            self.log_refusal(result, seen)
         return result
+
+    def log_refusal(self, answer: Answer, seen: Seen) -> None:
+        """A request-log row for an API request the gateway refused itself (bounded rate)."""
+        if answer.status < 400 or seen.path is None or not refusals.logged(seen.path):
+            return
+        now = self.clock.wall()
+        if not self.refusal_limit.allow(now):
+            self.metrics.refusals_dropped.inc()
+            return
+        self.recorder.request(refusals.row(now, answer, seen))
 
     def count_answer(self, answer: Answer) -> None:
         if answer.status >= 400:
@@ -91,6 +105,9 @@ class Gateway:
             return None
         answer = answers.error(refused.status, refused.message, refused.code)
         self.count_answer(answer)
+        seen = Seen()
+        seen.path = target if target.startswith("/v1/") else None
+        self.log_refusal(answer, seen)
         return answer
 
     @property
@@ -98,14 +115,16 @@ class Gateway:
         return int(self.config.routing.max_body_mb * MB)
 
     def _admit(self, method: str, path: str, headers: Mapping[str, str],
-               body: bytes | None) -> Answer | Ticket:
+               body: bytes | None, seen: Seen) -> Answer | Ticket:
         """``body`` is as the client sent it (still compressed): it is inflated only once
-        the client is authenticated, and only up to max_body_mb."""
+        the client is authenticated, and only up to max_body_mb. ``seen`` gathers what a
+        refusal's log row may tell (path, client name, model, provider)."""
         try:
             target = canonical_target(path)
         except Refused as e:
+            seen.path = path
             return answers.error(e.status, e.message, e.code)
-        route_path = target.path  # every decision below is taken on this one form
+        route_path = seen.path = target.path  # every decision below is taken on this one form
         if (refused := exposure.guard(self, route_path, headers)) is not None:  # browsers, open binds
             return refused
         own = endpoints.reserved(self, method, route_path, headers)
@@ -121,13 +140,14 @@ class Gateway:
             if client is None:
                 return answers.error(401, "missing or invalid client token", "invalid_client_token",
                                      anthropic=anthropic)
+            seen.client = client.name
         if method == "GET" and (route_path == "/v1/models" or route_path.startswith("/v1/models/")):
             return endpoints.models(self, route_path, headers, client)
         try:
             body, data = self._read_body(route_path, headers, body)
         except Refused as e:
             return answers.error(e.status, e.message, e.code, anthropic=anthropic)
-        model = data.get("model") if data else None
+        model = seen.model = data.get("model") if data else None
         if route_path in MODEL_PATHS and not model:
             return answers.error(400, "the request body must name a 'model'", "missing_model",
                                  anthropic=anthropic)
@@ -137,6 +157,8 @@ class Gateway:
         except RouteError as e:
             route, route_error = None, e
         wanted = route.model if route else model
+        if route:
+            seen.provider = route.provider.name
         if not self.clients.allows(client, wanted):
             return answers.error(403, f"client '{client.name}' may not use model '{wanted[:100]}'",
                                  "model_not_allowed", anthropic=anthropic)
@@ -296,8 +318,10 @@ class Gateway:
                                   latency, u.input, u.output)
 
     def complete(self, ticket: Ticket, status: int, plan: Plan | None = None,
-                 usage: Usage | None = None, response_body: bytes | None = None) -> None:
-        """The client has its answer: one row for the request log."""
+                 usage: Usage | None = None, response_body: bytes | None = None,
+                 answer: Answer | None = None) -> None:
+        """The client has its answer: one row for the request log (``answer``: the
+        gateway's own, e.g. 503 provider_outage, whose code and reason the row keeps)."""
         u = usage or Usage()
         ttfb = plan.ttfb + (plan.started - ticket.arrived) if plan and plan.ttfb is not None else None
         row = {"ts": ticket.arrived_wall, "client": ticket.client,
@@ -306,6 +330,8 @@ class Gateway:
                "latency_s": round(self.clock.monotonic() - ticket.arrived, 4),
                "ttfb_s": round(ttfb, 4) if ttfb is not None else None,
                "tokens_in": u.input, "tokens_out": u.output, "stream": int(ticket.stream)}
+        if answer is not None:
+            row["error_code"], row["error"] = refusals.error_of(answer)
         if self.config.logging.bodies:
             row["request_body"] = self._redacted(ticket.body)
             row["response_body"] = self._redacted(response_body)

@@ -30,6 +30,9 @@ class Metrics:
         self.gateway_answers = Counter("keymux_gateway_answers",
                                        "Answers the gateway gave itself, by status and code",
                                        ["status", "code"], registry=r)
+        self.refusals_dropped = Counter("keymux_request_log_refusals_dropped",
+                                        "Refusals not written to the request log (over its "
+                                        "rate bound)", registry=r)
         self.latency = Histogram("keymux_request_duration_seconds",
                                  "Time from sending upstream to the last byte",
                                  ["provider", "key"], buckets=LATENCY_BUCKETS, registry=r)

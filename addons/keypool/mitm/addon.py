@@ -209,7 +209,7 @@ class Keymux:
             _show(flow, ticket, out.plan, fields)
             if out.answer is not None:
                 flow.response = responses.from_answer(out.answer)
-                self.gateway.complete(ticket, out.answer.status)
+                self.gateway.complete(ticket, out.answer.status, answer=out.answer)
             elif out.body is not None:
                 self._deliver(flow, out)
             else:

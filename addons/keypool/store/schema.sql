@@ -18,7 +18,10 @@ CREATE TABLE IF NOT EXISTS requests (
     tokens_out  INTEGER NOT NULL DEFAULT 0,
     stream      INTEGER NOT NULL DEFAULT 0,
     request_body  TEXT,             -- only with logging.bodies: true, secrets redacted
-    response_body TEXT
+    response_body TEXT,
+    error_code  TEXT,               -- the gateway's own answer: its x-keymux-error (e.g. invalid_client_token)
+    error       TEXT,               -- ... and its message (keymux's words, no secret, <= 300 chars)
+    path        TEXT                -- refusals: the path's class (/v1/chat/completions, /v1/*, ...)
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
 

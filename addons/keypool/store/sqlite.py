@@ -14,7 +14,9 @@ USAGE_FIELDS = ("requests", "successes", "rate_limited", "auth_errors", "server_
                 "client_errors", "tokens_in", "tokens_out", "latency_sum")
 REQUEST_FIELDS = ("ts", "client", "key", "provider", "model", "status", "attempts",
                   "latency_s", "ttfb_s", "tokens_in", "tokens_out", "stream",
-                  "request_body", "response_body")
+                  "request_body", "response_body", "error_code", "error", "path")
+# Columns added after the first release: (name, type) added to an older database at open.
+ADDED_COLUMNS = (("error_code", "TEXT"), ("error", "TEXT"), ("path", "TEXT"))
 REQUEST_DEFAULTS = {"tokens_in": 0, "tokens_out": 0, "stream": 0, "attempts": []}
 KEY_FIELDS = ("key", "fingerprint", "cooldown_until", "cooldown_reason", "model_cooldowns",
               "failures_in_row", "counters", "updated")
@@ -39,6 +41,7 @@ class SQLiteStore:
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             try:
                 db.executescript(SCHEMA)
+                migrate(db)
                 db.execute("PRAGMA synchronous = NORMAL")  # WAL: durable at checkpoints, never corrupt
             except BaseException:
                 db.close()
@@ -132,6 +135,14 @@ class _Transaction:
                 self.db.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Bring an older database's tables up to the schema (columns are only ever added)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
+    for name, kind in ADDED_COLUMNS:
+        if name not in have:
+            db.execute(f"ALTER TABLE requests ADD COLUMN {name} {kind}")
 
 
 def _column(value):
