@@ -177,3 +177,12 @@ def test_ui_saves_through_configfile_against_appends_lose_nothing(path):
         cf.save(atomicfile.read(path)[1], _toggle)
     saved, conflicts = _race(path, 150, ui_write, pause_s=0.005)
     print(f"ConfigFile.save: saved={saved} conflicts={conflicts}")
+
+
+def test_the_form_names_the_edited_document_not_the_file(signed_in, config_path):
+    import html
+    r = signed_in.post("/keys/new", {"enabled": "1", "name": "x-1", "provider": "nosuch",
+                                     "key": "sk-1234567890"})
+    page = html.unescape(r.get_data(as_text=True))
+    assert r.status_code == 400 and "in the edited keys.yaml, line " in page
+    assert f"{config_path}:" not in page
