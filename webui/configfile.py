@@ -21,7 +21,18 @@ from . import atomicfile, yamledit
 from .atomicfile import Conflict
 from .yamledit import Document, EditError
 
-__all__ = ["ConfigFile", "Snapshot", "Credentials", "Conflict", "EditError", "ConfigError"]
+__all__ = ["ConfigFile", "Snapshot", "Credentials", "Conflict", "EditError", "ConfigError",
+           "EditedConfigError"]
+
+
+class EditedConfigError(ConfigError):
+    """A ConfigError in a document that is not on disk yet: its lines are the edit's."""
+
+    def __str__(self) -> str:
+        where = f"in the edited {self.path}"
+        if self.line is not None:
+            where += f", line {self.line}"
+        return f"{where}: {self.message}"
 
 
 @dataclass(frozen=True)
@@ -74,10 +85,19 @@ class ConfigFile:
         out.update(os.environ if self.environ is None else self.environ)
         return out
 
-    def validate(self, text: str) -> Config:
-        """Raise ConfigError exactly where the gateway would."""
-        return parse_config(text.lstrip("\ufeff"), source=str(self.path), env=self.variables(),
-                            base_dir=self.path.absolute().parent)
+    def validate(self, text: str, *, edited: bool = True) -> Config:
+        """Raise ConfigError exactly where the gateway would.
+
+        ``edited``: ``text`` is a new document, not the file on disk, so an error names it
+        "the edited keys.yaml" rather than citing a line of a file that does not hold it.
+        """
+        try:
+            return parse_config(text.lstrip("\ufeff"), source=str(self.path),
+                                env=self.variables(), base_dir=self.path.absolute().parent)
+        except ConfigError as e:
+            if not edited or e.path != str(self.path):
+                raise  # an error in .env or a file it names is about that file
+            raise EditedConfigError(e.message, e.line, self.path.name) from None
 
     def read(self) -> Snapshot:
         stamp = self._stamp()
@@ -116,7 +136,7 @@ class ConfigFile:
         except EditError as e:
             error = f"{self.path}: {e}"
         try:
-            config = self.validate(text)
+            config = self.validate(text, edited=False)
         except ConfigError as e:
             error = str(e)
         secrets = self._secrets(doc, config)

@@ -155,7 +155,7 @@ def test_write_atomic_keeps_mode_and_refuses_a_changed_file(tmp_path):
     with pytest.raises(Conflict):
         write_atomic(path, "version: 1\n", version)  # the old version: refused
     assert path.read_text().endswith("# edited\n")
-    assert [p.name for p in tmp_path.iterdir()] == ["keys.yaml"]  # no temp file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".keys.yaml.lock", "keys.yaml"]  # no temp
 
 
 def test_write_atomic_writes_through_a_symlink(tmp_path):
