@@ -54,7 +54,6 @@ ZH: dict[str, str] = {
     "In flight": "进行中",
     "in flight": "并发",
     "Requests": "请求数",
-    "Success rate": "成功率",
     "Success": "成功率",
     "Tokens today": "今日 token",
     "Chart": "图表",
@@ -288,4 +287,12 @@ ZH: dict[str, str] = {
     "line %(n)s": "第 %(n)s 行",
     "line %(n)s, item %(i)s": "第 %(n)s 行第 %(i)s 项",
     "keys[%(n)s]": "keys[%(n)s]",
+    # dashboard
+    "cooling for %(model)s": "%(model)s 冷却中",
+    "serving others": "其他模型照常服务",
+    "%(n)s cooling for some models": "%(n)s 个仅对部分模型冷却",
+    "%(n)s from %(k)s deleted keys": "其中 %(n)s 来自 %(k)s 个已删除的密钥",
+    "%(n)s client requests, last 24 h": "最近 24 小时 %(n)s 个客户端请求",
+    "Client success": "客户端成功率",
+    "Attempt success": "尝试成功率",
 }
