@@ -165,8 +165,9 @@ class Pool:
                 fresh[spec.name] = prev
             else:
                 fresh[spec.name] = _new_state(spec, config.routing.daily_reset)
-        for name, prev in old.items():
-            if fresh.get(name) is not prev:
+        kept = {id(k) for k in fresh.values()}
+        for prev in old.values():
+            if id(prev) not in kept:
                 prev.retired = True
         self.by_name = fresh
         self.by_provider = {}

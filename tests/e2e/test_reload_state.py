@@ -173,6 +173,22 @@ def test_state_carries_resets_and_drains(gw, mock):
     assert mock.requests()[-1]["key"] == SECRETS["x"] or mock.count(SECRETS["x"]) == 1
 
 
+def test_a_rename_keeps_the_keys_counters_and_cooldowns(gw, mock):
+    """The web UI's rename rewrites only the name: the gateway carries the state over."""
+    mock.set_behavior(SECRETS["a"], status=429, headers={"Retry-After": "60"}, times=1)
+    for _ in range(4):
+        ask(gw)
+    before = stats(gw)["a"]
+    assert before["requests"] >= 1 and before["cooling_models"]
+    write_atomic_rename(gw.config, config(mock.base_url).replace("name: a,", "name: a-renamed,"))
+    assert wait_for(lambda: "a-renamed" in stats(gw), timeout=1.5)
+    after = stats(gw)
+    assert "a" not in after
+    assert after["a-renamed"]["requests"] == before["requests"]
+    assert after["a-renamed"]["failures_by_class"] == before["failures_by_class"]
+    assert after["a-renamed"]["cooling_models"]
+
+
 def test_kill9_and_restart_restores_cooldowns_and_counters(mock, tmp_path, confdir):
     g = GatewayProcess(tmp_path, config(mock.base_url), confdir=confdir).start()
     try:

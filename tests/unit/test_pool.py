@@ -167,6 +167,7 @@ def test_a_rename_carries_the_keys_state():
     pool.update(config(keys=[key("renamed", secret="sk-a"), key("b", secret="sk-b")]))
     snap = {k["name"]: k for k in pool.snapshot()}
     assert snap["renamed"]["requests"] == before == 2 and snap["renamed"]["cooling_models"]
+    assert not pool.by_name["renamed"].retired
     assert [r["key"] for r in pool.export_state()] == ["renamed", "b"]
     # a secret shared by two new names carries to neither
     pool.update(config(keys=[key("x", secret="sk-a"), key("y", secret="sk-a"), key("b", secret="sk-b")]))
