@@ -10,6 +10,7 @@ from .gateway import GatewayUnavailable
 from .i18n import t
 
 bp = Blueprint("dashboard", __name__)
+CLIENT_WINDOW_S = 86400  # the client success rate covers the last day of the request log
 
 
 def dashboard_data() -> dict:
@@ -28,7 +29,9 @@ def dashboard_data() -> dict:
     cache = deps.cache()
     p95 = cache.get(f"p95:{store.path}", lambda: store.p95_latency(now - 3600))
     today = cache.get(f"today:{store.path}:{start}", lambda: store.usage_since(start))
-    return live.dashboard(snap, stats, error, health, p95, today, now)
+    clients = cache.get(f"clients:{store.path}", lambda: store.client_outcomes(now - CLIENT_WINDOW_S))
+    saved = cache.get(f"saved:{store.path}", store.key_states)
+    return live.dashboard(snap, stats, error, health, p95, today, now, clients, saved)
 
 
 @bp.get("/")
@@ -45,7 +48,10 @@ def stats():
 def history():
     keys = [k for k in request.args.getlist("key") if k][:20]
     range_name = request.args.get("range", "hour")
-    return jsonify(deps.store().history(keys, range_name, time.time()))
+    store = deps.store()
+    current = {f["name"] for f in live.file_keys(deps.snapshot())}
+    aliases, _ = live.former_names(deps.snapshot(), store.key_states(), current)
+    return jsonify(store.history(keys, range_name, time.time(), aliases))
 
 
 @bp.post("/api/keys/<name>/reset")

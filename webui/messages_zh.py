@@ -54,7 +54,6 @@ ZH: dict[str, str] = {
     "In flight": "进行中",
     "in flight": "并发",
     "Requests": "请求数",
-    "Success rate": "成功率",
     "Success": "成功率",
     "Tokens today": "今日 token",
     "Chart": "图表",
@@ -307,6 +306,14 @@ ZH: dict[str, str] = {
     "this one": "当前会话",
     "No one is signed in.": "没有人登录。",
     "Sign out everywhere": "全部退出登录",
+    # dashboard
+    "cooling for %(model)s": "%(model)s 冷却中",
+    "serving others": "其他模型照常服务",
+    "%(n)s cooling for some models": "%(n)s 个仅对部分模型冷却",
+    "%(n)s from %(k)s deleted keys": "其中 %(n)s 来自 %(k)s 个已删除的密钥",
+    "%(n)s client requests, last 24 h": "最近 24 小时 %(n)s 个客户端请求",
+    "Client success": "客户端成功率",
+    "Attempt success": "尝试成功率",
 }
 
 # request log
