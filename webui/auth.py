@@ -30,7 +30,7 @@ from flask import (Blueprint, Flask, Response, abort, current_app, flash, g, jso
 from flask.globals import request_ctx
 from werkzeug.security import check_password_hash
 
-from . import deps
+from . import audit, deps
 from .configfile import Credentials, scrub
 from .i18n import LANGUAGES, t
 from .sessions import SessionRegistry, label_of
@@ -184,6 +184,7 @@ def session_list():
 @bp.post("/logout/everywhere")
 def logout_everywhere():
     count = sessions().end_all()
+    audit.record("sessions.ended", "", f"{count} sessions")
     logger.warning("UI: every session signed out (%d) from %s", count, _address())
     session.clear()
     flash(t("Every session is signed out."), "info")

@@ -5,7 +5,7 @@ import time
 
 from flask import Blueprint, jsonify, render_template, request
 
-from . import deps, live
+from . import audit, deps, live
 from .gateway import GatewayUnavailable
 from .i18n import t
 
@@ -67,5 +67,7 @@ def reset(name: str):
         "refused": t("The gateway refused the admin token."),
         "error": t("The gateway answered %(status)s.", status=result.status),
     }
+    if result.ok:
+        audit.record("cooldown.reset", name)
     status = 200 if result.ok else 404 if result.reason == "unknown_key" else 502
     return jsonify(ok=result.ok, message=messages[result.reason]), status

@@ -13,8 +13,8 @@ ZH: dict[str, str] = {
     "Light theme": "浅色主题",
     "Sign out": "退出登录",
     "Signed out.": "已退出登录。",
-    "This UI reads the state store and keys.yaml, and writes only keys.yaml.":
-        "本界面读取状态库和 keys.yaml，只写入 keys.yaml。",
+    "This UI reads the state store and keys.yaml, and writes only keys.yaml and its own audit log.":
+        "本界面读取状态库和 keys.yaml，只写入 keys.yaml 和它自己的审计日志。",
     "No admin token or password is set: anyone who can open this page can change your keys."
     " Set KEYMUX_ADMIN_TOKEN, or admin.password_hash from \"keymux hash-password\".":
         "未设置管理员令牌或密码：任何能打开此页面的人都能修改你的密钥。请设置 KEYMUX_ADMIN_TOKEN，"
@@ -323,4 +323,37 @@ ZH.update({
     "refused by keymux": "被 keymux 拒绝",
     "Export CSV": "导出 CSV",
     "Export JSONL": "导出 JSONL",
+})
+
+# audit
+ZH.update({
+    "Audit log": "审计日志",
+    "1 change": "1 项更改",
+    "%(count)s changes": "%(count)s 项更改",
+    "The audit log could not record a change at %(time)s UTC: %(reason)s":
+        "审计日志未能记录 %(time)s UTC 的一项更改：%(reason)s",
+    "Every change made through this UI: who (session and address), when and what. Never a"
+    " secret: keys and tokens appear masked.":
+        "通过本界面所做的每项更改：谁（会话和地址）、何时、做了什么。绝不包含密钥：密钥和令牌均以掩码显示。",
+    "name, detail, session, address": "名称、详情、会话、地址",
+    "Action": "操作",
+    "Detail": "详情",
+    "No change matches these filters.": "没有符合这些筛选条件的更改。",
+    "The change was made, but the audit log could not record it: %(reason)s":
+        "更改已生效，但审计日志未能记录它：%(reason)s",
+    "key added": "添加了密钥",
+    "key edited": "编辑了密钥",
+    "key renamed": "重命名了密钥",
+    "key enabled": "启用了密钥",
+    "key disabled": "停用了密钥",
+    "key deleted": "删除了密钥",
+    "client added (token issued)": "添加了客户端（签发令牌）",
+    "client edited": "编辑了客户端",
+    "client token rotated (old one revoked)": "轮换了客户端令牌（旧令牌已吊销）",
+    "client deleted (token revoked)": "删除了客户端（令牌已吊销）",
+    "keys imported": "导入了密钥",
+    "config exported (secrets as ${VAR})": "导出了配置（密钥写为 ${VAR}）",
+    "config exported with secrets": "导出了配置（含明文密钥）",
+    "cooldown reset": "重置了冷却",
+    "every session signed out": "所有会话已退出登录",
 })
