@@ -245,7 +245,6 @@ ZH: dict[str, str] = {
     "Import preview": "导入预览",
     "Format:": "格式：",
     "Providers that will be added too:": "同时会添加以下服务商：",
-    "Not importable, the gateway would reject the result: %(error)s": "无法导入，网关会拒绝导入后的配置：%(error)s",
     "From": "来源",
     "Result": "结果",
     "skipped": "已跳过",
@@ -356,4 +355,34 @@ ZH.update({
     "config exported with secrets": "导出了配置（含明文密钥）",
     "cooldown reset": "重置了冷却",
     "every session signed out": "所有会话已退出登录",
+})
+
+# edges
+ZH.update({
+    "The request could not be understood.": "无法理解这个请求。",
+    "This request is not allowed.": "不允许这个请求。",
+    "There is no page at this address.": "这个地址没有页面。",
+    "This page does not accept this kind of request.": "这个页面不接受这种请求。",
+    "The upload is too large.": "上传的内容太大。",
+    "Error": "错误",
+    "Bad request": "请求有误",
+    "Forbidden": "禁止访问",
+    "Page not found": "页面不存在",
+    "Method not allowed": "不允许的请求方法",
+    "Conflict": "冲突",
+    "Too large": "内容太大",
+    "Server error": "服务器错误",
+    "Nothing will be imported: the whole import is refused, because the gateway would reject"
+    " the result: %(error)s": "不会导入任何密钥：整个导入被拒绝，因为网关会拒绝导入后的配置：%(error)s",
+    "refused": "已拒绝",
+    "the import is refused as a whole (see above)": "整个导入被拒绝（见上方）",
+    "keys.yaml, line %(line)s: %(reason)s": "keys.yaml 第 %(line)s 行：%(reason)s",
+    "keys.yaml: %(reason)s": "keys.yaml：%(reason)s",
+    "keys.yaml cannot be parsed, so the admin password (admin.password_hash, which lives in that"
+    " file) cannot be checked, and no other credential is set. Fix the file by hand at the line"
+    " above, or start the UI with KEYMUX_ADMIN_TOKEN set: the token does not depend on the file,"
+    " and once signed in the UI shows this error on the dashboard and the keys page.":
+        "keys.yaml 无法解析，因此无法校验管理员密码（admin.password_hash 就在这个文件里），"
+        "也没有设置其他凭据。请手动修复上面所示的那一行，或者设置 KEYMUX_ADMIN_TOKEN 后启动界面："
+        "该令牌不依赖这个文件，登录后仪表盘和密钥页会显示这个错误。",
 })

@@ -277,6 +277,13 @@ def test_screenshots_for_the_docs(stack, browser, mock, tmp_path):
         retried.first.scroll_into_view_if_needed()
         page.evaluate("window.scrollTo(0, 0)")
         shot(page, tmp_path, "request-log", full_page=False)
+        page.context.add_cookies([{"name": "lang", "value": "zh", "url": ui.url}])
+        page.goto(ui.url + "/")
+        page.wait_for_function("() => window.Chart && Object.keys(window.Chart.instances).length === 3",
+                               timeout=WAIT_MS)
+        page.wait_for_timeout(300)
+        assert "仪表盘" in page.inner_text("nav")
+        shot(page, tmp_path, "dashboard-zh")
         page.close()
 
         phone = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2,
@@ -289,4 +296,10 @@ def test_screenshots_for_the_docs(stack, browser, mock, tmp_path):
         shot(phone, tmp_path, "dashboard-phone", full_page=False)
         phone.goto(ui.url + "/keys/")
         assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+        phone.context.add_cookies([{"name": "lang", "value": "zh", "url": ui.url}])
+        phone.goto(ui.url + "/")
+        phone.wait_for_selector('#keys-body tr[data-key="mock-1"]')
+        phone.wait_for_timeout(500)
+        assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+        shot(phone, tmp_path, "dashboard-phone-zh", full_page=False)
         phone.close()
