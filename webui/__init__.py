@@ -55,11 +55,12 @@ def create_app(config_path: str | Path, gateway_url: str = DEFAULT_GATEWAY,
         cache=TTLCache(),
     )
 
-    from . import auth, clients, dashboard, i18n, keys, requestlog, transfer
+    from . import auth, clients, dashboard, i18n, keys, keytools, requestlog, transfer
 
     i18n.init_app(app)
     auth.init_app(app)
     for bp in (auth.bp, dashboard.bp, requestlog.bp, keys.bp, clients.bp, transfer.bp):
         app.register_blueprint(bp)
+    app.register_blueprint(keytools.bp)  # tools on the keys page (test, bulk, health)
     app.add_url_rule("/", endpoint="index")
     return app

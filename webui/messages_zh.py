@@ -317,3 +317,24 @@ ZH.update({
     "Export CSV": "导出 CSV",
     "Export JSONL": "导出 JSONL",
 })
+
+# tools
+ZH.update({
+    "Apply this action to every selected key?": "对所有选中的密钥执行此操作？",
+    "Selected keys": "选中的密钥",
+    "Apply": "执行",
+    "Select": "选择",
+    "Select %(name)s": "选择 %(name)s",
+    "One cheap call to the provider with this key, made by the gateway":
+        "由网关用此密钥向服务商发起一次低成本调用",
+    "Test": "测试",
+    "This gateway cannot test keys yet (update keymux).": "此网关尚不能测试密钥（请更新 keymux）。",
+    "Key %(name)s works: HTTP %(status)s in %(ms)s ms.": "密钥 %(name)s 可用：HTTP %(status)s，用时 %(ms)s 毫秒。",
+    "Key %(name)s failed the test: %(what)s in %(ms)s ms; its state is now %(state)s.":
+        "密钥 %(name)s 测试失败：%(what)s，用时 %(ms)s 毫秒；其状态现为 %(state)s。",
+    "Choose what to do with the selected keys.": "请选择要对选中密钥执行的操作。",
+    "Select at least one key.": "请至少选择一个密钥。",
+    "Enabled %(n)s keys: %(names)s.": "已启用 %(n)s 个密钥：%(names)s。",
+    "Disabled %(n)s keys: %(names)s.": "已停用 %(n)s 个密钥：%(names)s。",
+    "Deleted %(n)s keys: %(names)s.": "已删除 %(n)s 个密钥：%(names)s。",
+})
