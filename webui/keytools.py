@@ -1,4 +1,5 @@
-"""Tools on the keys page: test a key through the gateway, and bulk enable/disable/delete.
+"""Tools on the keys page: test a key through the gateway, bulk enable/disable/delete, and a
+key's health over the last day (``health.py``).
 
 A test is one cheap upstream call that the *gateway* makes (``POST /_keymux/keys/NAME/test``):
 the UI never sends a key anywhere, and the key's state changes as for any attempt (a 401
@@ -8,9 +9,11 @@ changed since the page was loaded).
 """
 from __future__ import annotations
 
-from flask import Blueprint, flash, redirect, request, url_for
+import time
 
-from . import deps, forms
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+
+from . import deps, forms, health, live
 from .configfile import scrub
 from .gateway import GatewayUnavailable
 from .i18n import t
@@ -83,3 +86,15 @@ def bulk():
             "delete": t("Deleted %(n)s keys: %(names)s.", n=len(names), names=", ".join(names))}
     flash(done[action], "success")
     return redirect(url_for("keys.index"), 303)
+
+
+@bp.get("/<name>/health")
+def key_health(name: str):
+    key = next((k for k in live.file_keys(deps.snapshot()) if k["name"] == name), None)
+    if key is None:
+        abort(404)
+    now = time.time()
+    cells = health.timeline(health.minutes(deps.store(), name, health.start_minute(now)), now)
+    return render_template("keys/health.html", key=key, cells=cells,
+                           changes=health.changes(cells), summary=health.summary(cells),
+                           step_min=health.STEP_MIN)

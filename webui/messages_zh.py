@@ -338,3 +338,26 @@ ZH.update({
     "Disabled %(n)s keys: %(names)s.": "已停用 %(n)s 个密钥：%(names)s。",
     "Deleted %(n)s keys: %(names)s.": "已删除 %(n)s 个密钥：%(names)s。",
 })
+
+# tools: key health
+ZH.update({
+    "Health of %(name)s": "%(name)s 的健康状况",
+    "Health over the last day": "最近一天的健康状况",
+    "Last 24 hours": "最近 24 小时",
+    "%(attempts)s attempts, %(failures)s failed (%(rate)s%% succeeded).":
+        "%(attempts)s 次尝试，%(failures)s 次失败（成功率 %(rate)s%%）。",
+    "No attempts with this key in the last day.": "最近一天没有使用此密钥的尝试。",
+    "One cell per %(n)s minutes, oldest first": "每格 %(n)s 分钟，最早的在前",
+    "%(attempts)s attempts, %(failures)s failed": "%(attempts)s 次尝试，%(failures)s 次失败",
+    "now": "现在",
+    "degraded": "部分失败",
+    "down": "全部失败",
+    "idle": "空闲",
+    "State changes": "状态变化",
+    "When (UTC)": "时间（UTC）",
+    "Before": "之前",
+    "After": "之后",
+    "Why": "原因",
+    "auth or quota": "认证或额度",
+    "No state change in the last day.": "最近一天没有状态变化。",
+})
