@@ -361,3 +361,24 @@ ZH.update({
     "auth or quota": "认证或额度",
     "No state change in the last day.": "最近一天没有状态变化。",
 })
+
+# tools: usage by client
+ZH.update({
+    "Usage": "用量",
+    "Usage by client": "按客户端统计用量",
+    "Last week": "最近一周",
+    "Range": "范围",
+    "From the request log: every request a client sent, the ones keymux refused itself included."
+    " Errors are the answers of status 400 or more the client got.":
+        "来自请求日志：客户端发送的每个请求，包括被 keymux 自身拒绝的请求。错误指客户端收到的状态码为 400 及以上的响应。",
+    "No requests in this range.": "此范围内没有请求。",
+    "Errors 4xx": "4xx 错误",
+    "Errors 5xx": "5xx 错误",
+    "Tokens in": "输入令牌",
+    "Tokens out": "输出令牌",
+    "Avg latency": "平均延迟",
+    "Last request (UTC)": "最近请求（UTC）",
+    "no client (open gateway, or no valid token)": "无客户端（开放网关，或令牌无效）",
+    "removed": "已移除",
+    "Total": "合计",
+})
