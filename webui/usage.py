@@ -57,6 +57,6 @@ def index():
     configured = [c.name for c in (snap.config.clients or ())] if snap.config else []
     rows = table(configured, per_client(deps.store(), time.time() - RANGES[range_name]))
     totals = {f: sum(r[f] for r in rows) for f in
-              ("requests", "ok", "errors", "tokens_in", "tokens_out")}
+              ("requests", "ok", "client_errors", "server_errors", "tokens_in", "tokens_out")}
     return render_template("usage/index.html", rows=rows, totals=totals, range=range_name,
                            ranges=list(RANGES))
