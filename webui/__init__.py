@@ -1,5 +1,5 @@
 """keymux's sidecar web UI: a Flask app that reads the state store and keys.yaml, writes only
-keys.yaml, and asks the gateway for live stats and one action (reset a key's cooldown).
+keys.yaml (and its own audit log, ``<state_dir>/audit.db``), and asks the gateway for live stats and one action (reset a key's cooldown).
 
     create_app(config_path, gateway_url=...) -> Flask app
     python -m webui --config config/keys.yaml        (or: keymux ui)
@@ -55,11 +55,11 @@ def create_app(config_path: str | Path, gateway_url: str = DEFAULT_GATEWAY,
         cache=TTLCache(),
     )
 
-    from . import auth, clients, dashboard, i18n, keys, keytools, requestlog, transfer, usage
+    from . import audit, auth, clients, dashboard, i18n, keys, keytools, requestlog, transfer, usage
 
     i18n.init_app(app)
     auth.init_app(app)
-    for bp in (auth.bp, dashboard.bp, requestlog.bp, keys.bp, clients.bp, transfer.bp):
+    for bp in (auth.bp, dashboard.bp, requestlog.bp, keys.bp, clients.bp, transfer.bp, audit.bp):
         app.register_blueprint(bp)
     app.register_blueprint(keytools.bp)  # tools on the keys page (test, bulk, health)
     app.register_blueprint(usage.bp)     # per-client usage

@@ -30,9 +30,10 @@ from flask import (Blueprint, Flask, Response, abort, current_app, flash, g, jso
 from flask.globals import request_ctx
 from werkzeug.security import check_password_hash
 
-from . import deps
+from . import audit, deps
 from .configfile import Credentials, scrub
 from .i18n import LANGUAGES, t
+from .notes import N_
 from .sessions import SessionRegistry, label_of
 from .throttle import LoginLimiter
 
@@ -151,7 +152,7 @@ def login():
             return redirect(target)
         error, status = (throttled_message(wait), 429) if wait else (t("Wrong token or password."), 401)
     response = current_app.make_response((render_template(
-        "auth/login.html", error=error, locked=c.locked, blank_token=g.blank_token,
+        "auth/login.html", error=error, locked=c.locked, broken=c.broken, blank_token=g.blank_token,
         next=safe_next(request.values.get("next"))), status))
     if wait:
         response.headers["Retry-After"] = str(wait)
@@ -184,6 +185,7 @@ def session_list():
 @bp.post("/logout/everywhere")
 def logout_everywhere():
     count = sessions().end_all()
+    audit.record("sessions.ended", "", f"{count} sessions")
     logger.warning("UI: every session signed out (%d) from %s", count, _address())
     session.clear()
     flash(t("Every session is signed out."), "info")
@@ -206,6 +208,8 @@ def _wants_json() -> bool:
 def _guard():
     """before_request: CSRF first (nothing may run on a forged request), then login."""
     if request.routing_exception is not None:  # 404, 405, an untrusted Host: no handler runs
+        if request_ctx.url_adapter is not None:
+            _who()  # the error page shows the nav to a signed-in admin
         return None
     if request.method in UNSAFE:
         origin = request.headers.get("Origin")
@@ -219,11 +223,7 @@ def _guard():
             return _expired()
         if not hmac.compare_digest(given.encode(), expected.encode()):
             abort(403, t("Invalid CSRF token: reload the page and try again."))
-    c = credentials()
-    g.open_ui = not c.required
-    g.signed_in = c.required and hmac.compare_digest(
-        str(session.get("auth", "")).encode(), _fingerprint(c).encode()) \
-        and sessions().check(session.get("sid"))
+    _who()
     if request.endpoint in PUBLIC or g.open_ui or g.signed_in:
         return None
     if "auth" in session:  # signed out elsewhere, expired, or the credential changed
@@ -235,6 +235,14 @@ def _guard():
     return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
 
 
+def _who() -> None:
+    c = credentials()
+    g.open_ui = not c.required
+    g.signed_in = c.required and hmac.compare_digest(
+        str(session.get("auth", "")).encode(), _fingerprint(c).encode()) \
+        and sessions().check(session.get("sid"))
+
+
 def _expired():
     session.clear()
     message = t("Your session has expired: sign in again.")
@@ -242,6 +250,7 @@ def _expired():
         return jsonify(error=message), 401
     if request.endpoint == "auth.login":
         return render_template("auth/login.html", error=message, locked=credentials().locked,
+                               broken=credentials().broken,
                                blank_token=g.blank_token,
                                next=safe_next(request.form.get("next"))), 400
     flash(message, "info")
@@ -278,9 +287,26 @@ def _scrub(response) -> None:
 def _error_page(e):
     if request_ctx.url_adapter is None:  # an untrusted Host header: no URLs can be built
         return Response(f"{e.code} {e.name}\n", e.code, mimetype="text/plain")
+    message = e.description
+    if message == type(e).description:  # werkzeug's own English text: ours, translated
+        message = t(OWN_MESSAGES.get(e.code, N_("Something went wrong.")))
     if _wants_json():
-        return jsonify(error=e.description), e.code
-    return render_template("error.html", code=e.code, message=e.description), e.code
+        return jsonify(error=message), e.code
+    return render_template("error.html", code=e.code, title=t(ERROR_TITLES.get(e.code, N_("Error"))),
+                           message=message), e.code
+
+
+OWN_MESSAGES = {
+    400: N_("The request could not be understood."),
+    403: N_("This request is not allowed."),
+    404: N_("There is no page at this address."),
+    405: N_("This page does not accept this kind of request."),
+    413: N_("The upload is too large."),
+    500: N_("Something went wrong."),
+}
+ERROR_TITLES = {400: N_("Bad request"), 403: N_("Forbidden"), 404: N_("Page not found"),
+                405: N_("Method not allowed"), 409: N_("Conflict"), 413: N_("Too large"),
+                500: N_("Server error")}
 
 
 def init_app(app: Flask) -> None:

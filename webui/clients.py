@@ -11,7 +11,7 @@ from flask import Blueprint, abort, flash, g, redirect, render_template, request
 
 from keypool.redact import mask
 
-from . import deps, forms
+from . import audit, deps, forms
 from .forms import FormError
 from .i18n import t
 from .yamledit import CLIENT_ORDER, is_reference, reference_name
@@ -83,6 +83,7 @@ def new():
     if not ok:
         deps.forget_snapshot()
         return _page(error, status, values)
+    audit.record("client.added", name, f"token {mask(fields['token'])} issued")
     return _created(name, fields["token"], rotated=False)
 
 
@@ -104,6 +105,7 @@ def edit(name: str):
                 request.form.get("version", ""),
                 lambda doc: doc.update_item("clients", name, fields, CLIENT_ORDER))
             if ok:
+                audit.record("client.edited", name, audit.changes(row, fields))
                 flash(t("Client %(name)s saved.", name=name), "success")
                 return redirect(url_for("clients.index"), 303)
     stale = request.form.get("version", "") if status == 409 else None
@@ -121,6 +123,7 @@ def rotate(name: str):
     if not ok:
         deps.forget_snapshot()
         return _page(error, status)
+    audit.record("client.token_rotated", name, f"new token {mask(token)}, the old one revoked")
     return _created(name, token, rotated=True)
 
 
@@ -131,6 +134,7 @@ def delete(name: str):
     if not ok:
         deps.forget_snapshot()
         return _page(error, status)
+    audit.record("client.deleted", name, "token revoked")
     flash(t("Client %(name)s removed.", name=name), "success")
     return redirect(url_for("clients.index"), 303)
 

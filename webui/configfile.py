@@ -40,6 +40,8 @@ class Credentials:
     token: str | None = field(default=None, repr=False)          # KEYMUX_ADMIN_TOKEN
     password_hash: str | None = field(default=None, repr=False)  # admin.password_hash
     locked: bool = False  # the file cannot be read, so whether a password is set is unknown
+    # locked because keys.yaml does not parse: (line or None, message without the path)
+    broken: tuple[int | None, str] | None = None
 
     @property
     def required(self) -> bool:
@@ -55,6 +57,7 @@ class Snapshot:
     config: Config | None
     error: str | None
     secrets: tuple[str, ...] = field(default=(), repr=False)
+    problem: tuple[int | None, str] | None = None  # the error's line and bare message
 
     @property
     def warnings(self) -> tuple[str, ...]:
@@ -126,7 +129,7 @@ class ConfigFile:
         except (OSError, UnicodeDecodeError) as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else "not UTF-8"
             return Snapshot("", "", None, None, f"{self.path}: cannot read the file: {reason}")
-        doc, config, error = None, None, None
+        doc, config, error, problem = None, None, None, None
         try:  # ruamel takes seconds on a huge file: refuse it by size first, as the gateway does
             check_size(text, str(self.path))
         except ConfigError as e:
@@ -139,10 +142,12 @@ class ConfigFile:
             config = self.validate(text, edited=False)
         except ConfigError as e:
             error = str(e)
+            problem = (e.line if e.path == str(self.path) else None, e.message)
         secrets = self._secrets(doc, config)
         if error:
             error = scrub(error, secrets)
-        return Snapshot(text, version, doc, config, error, secrets)
+            problem = problem and (problem[0], scrub(problem[1], secrets))
+        return Snapshot(text, version, doc, config, error, secrets, problem)
 
     def _secrets(self, doc: Document | None, config: Config | None) -> tuple[str, ...]:
         """Every secret the file names, resolved or literal: what must never leave the UI."""
@@ -179,7 +184,10 @@ class ConfigFile:
         if snap.config is not None:
             return Credentials(token or None, snap.config.admin.password_hash or None)
         if snap.doc is None:  # unreadable: whether a password is set is unknown, so ask
-            return Credentials(token or None, None, locked=not token)
+            # The token does not depend on the file: with it the admin signs in and sees the
+            # error; without it the sign-in page says where the file is broken.
+            return Credentials(token or None, None, locked=not token,
+                               broken=None if token or not snap.text else snap.problem)
         # The file does not validate: read the password hash straight from it, so that a
         # broken key does not lock the admin out. A hash that is there but unreadable locks.
         admin = snap.doc.root.get("admin")

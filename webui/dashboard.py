@@ -5,11 +5,12 @@ import time
 
 from flask import Blueprint, jsonify, render_template, request
 
-from . import deps, live
+from . import audit, deps, live
 from .gateway import GatewayUnavailable
 from .i18n import t
 
 bp = Blueprint("dashboard", __name__)
+CLIENT_WINDOW_S = 86400  # the client success rate covers the last day of the request log
 
 
 def dashboard_data() -> dict:
@@ -28,7 +29,9 @@ def dashboard_data() -> dict:
     cache = deps.cache()
     p95 = cache.get(f"p95:{store.path}", lambda: store.p95_latency(now - 3600))
     today = cache.get(f"today:{store.path}:{start}", lambda: store.usage_since(start))
-    return live.dashboard(snap, stats, error, health, p95, today, now)
+    clients = cache.get(f"clients:{store.path}", lambda: store.client_outcomes(now - CLIENT_WINDOW_S))
+    saved = cache.get(f"saved:{store.path}", store.key_states)
+    return live.dashboard(snap, stats, error, health, p95, today, now, clients, saved)
 
 
 @bp.get("/")
@@ -45,7 +48,10 @@ def stats():
 def history():
     keys = [k for k in request.args.getlist("key") if k][:20]
     range_name = request.args.get("range", "hour")
-    return jsonify(deps.store().history(keys, range_name, time.time()))
+    store = deps.store()
+    current = {f["name"] for f in live.file_keys(deps.snapshot())}
+    aliases, _ = live.former_names(deps.snapshot(), store.key_states(), current)
+    return jsonify(store.history(keys, range_name, time.time(), aliases))
 
 
 @bp.post("/api/keys/<name>/reset")
@@ -61,5 +67,7 @@ def reset(name: str):
         "refused": t("The gateway refused the admin token."),
         "error": t("The gateway answered %(status)s.", status=result.status),
     }
+    if result.ok:
+        audit.record("cooldown.reset", name)
     status = 200 if result.ok else 404 if result.reason == "unknown_key" else 502
     return jsonify(ok=result.ok, message=messages[result.reason]), status

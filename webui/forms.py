@@ -10,7 +10,7 @@ from flask import flash
 from . import deps
 from .configfile import ConfigError, Conflict, EditError, scrub
 from .i18n import t
-from .yamledit import Document
+from .yamledit import Document, is_reference
 
 logger = logging.getLogger(__name__)
 _SPLIT = re.compile(r"[\s,]+")
@@ -59,7 +59,8 @@ def save(version: str, edit: Callable[[Document], None],
     config's warnings (e.g. a ``${VAR}`` that is not set) are flashed.
     """
     snap = deps.snapshot()
-    secrets = tuple(s for s in typed if s) + snap.secrets
+    # a typed ``${VAR}`` is a name, not a secret: masking it garbles the warning that cites it
+    secrets = tuple(s for s in typed if s and not is_reference(s)) + snap.secrets
     try:
         config = deps.config_file().save(version, edit)
     except Conflict:

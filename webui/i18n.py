@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from markupsafe import Markup
 from flask import Flask, g, has_request_context, request
 
 from .messages_zh import ZH
@@ -32,6 +33,9 @@ JS_STRINGS = (
     " %(pending)s, dropped: %(dropped)s.",
     "keys.yaml does not validate; the gateway keeps its previous config:",
 )
+# dashboard
+JS_STRINGS += ("cooling for %(model)s", "serving others", "%(n)s cooling for some models",
+               "%(n)s from %(k)s deleted keys", "%(n)s client requests, last 24 h")
 
 
 def lang() -> str:
@@ -57,11 +61,15 @@ def js_strings() -> dict[str, str]:
     return {m: t(m) for m in JS_STRINGS}
 
 
-def when(ts: float | None) -> str:
-    """Unix time -> ``2025-01-31 14:05:09`` UTC."""
+def when(ts: float | None) -> Markup | str:
+    """Unix time -> a ``<time>`` in UTC, which app.js shows in the browser's local time
+    with the UTC time on hover (one time zone on every page)."""
     if ts is None:
         return ""
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    d = dt.datetime.fromtimestamp(ts, dt.UTC)
+    utc = d.strftime("%Y-%m-%d %H:%M:%S") + " UTC"
+    return Markup('<time datetime="{}" title="{}" data-local>{}</time>').format(
+        d.strftime("%Y-%m-%dT%H:%M:%SZ"), utc, utc)
 
 
 def seconds(value: float | None) -> str:

@@ -9,7 +9,7 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 
 from keypool.providers import PRESETS
 
-from . import deps, forms, live
+from . import audit, deps, forms, live
 from .forms import FormError
 from .i18n import t
 from .yamledit import KEY_ORDER, EditError, secret_scalar
@@ -81,6 +81,7 @@ def new():
             status, error = 400, str(e)
         else:
             if ok:
+                audit.key_added(fields, secret)
                 flash(t("Key %(name)s added.", name=fields["name"]), "success")
                 return redirect(url_for("keys.index"))
     return render_template("keys/form.html", values=values, new=True, error=error,
@@ -112,6 +113,7 @@ def edit(name: str):
             status, error = 400, str(e)
         else:
             if ok:
+                audit.key_edited(name, dict(item), fields, secret)
                 flash(t("Key %(name)s saved.", name=fields["name"]), "success")
                 return redirect(url_for("keys.index"))
     return render_template("keys/form.html", values=values, new=False, error=error, key=current,
@@ -143,6 +145,7 @@ def toggle(name: str):
         lambda doc: doc.update_item("keys", name, {"enabled": enable}, KEY_ORDER))
     if not ok:
         return _failed(error, status)
+    audit.record("key.enabled" if enable else "key.disabled", name)
     flash(t("Key %(name)s enabled.", name=name) if enable
           else t("Key %(name)s disabled.", name=name), "success")
     return redirect(url_for("keys.index"), 303)
@@ -154,6 +157,7 @@ def delete(name: str):
                                    lambda doc: doc.remove_item("keys", name))
     if not ok:
         return _failed(error, status)
+    audit.record("key.deleted", name)
     flash(t("Key %(name)s deleted.", name=name), "success")
     return redirect(url_for("keys.index"), 303)
 

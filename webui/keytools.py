@@ -13,7 +13,7 @@ import time
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 
-from . import deps, forms, health, live
+from . import audit, deps, forms, health, live
 from .configfile import scrub
 from .gateway import GatewayUnavailable
 from .i18n import t
@@ -36,6 +36,9 @@ def test(name: str):
         flash(_refusal(name, result), "error")
     else:
         flash(*_summary(name, result.summary))
+        s = result.summary  # the gateway changed the key's state: audited like a reset
+        audit.record("key.tested", name, f"{s.get('status') or s.get('error')} · "
+                     f"{s.get('outcome')} · state {s.get('state')}")
     return redirect(url_for("keys.index", _anchor=f"key-{name}"), 303)
 
 
@@ -81,6 +84,8 @@ def bulk():
     ok, status, error = forms.save(request.form.get("version", ""), edit)
     if not ok:
         return _failed(error, status)
+    for name in names:  # one row per key, as the one-key buttons write
+        audit.record(f"key.{action}d", name, "bulk")
     done = {"enable": t("Enabled %(n)s keys: %(names)s.", n=len(names), names=", ".join(names)),
             "disable": t("Disabled %(n)s keys: %(names)s.", n=len(names), names=", ".join(names)),
             "delete": t("Deleted %(n)s keys: %(names)s.", n=len(names), names=", ".join(names))}

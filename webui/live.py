@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from keypool.pool import fingerprint
 from keypool.redact import mask
 
 from .configfile import Snapshot
@@ -56,10 +57,45 @@ def _number(value: Any) -> float | int | None:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+def former_names(snap: Snapshot, saved: list[dict], current: set[str]) -> tuple[dict, list]:
+    """Split the state store's keys that are no longer named: a former name of a current
+    key (same secret fingerprint: a rename, which the gateway carries over) -> that key's
+    name; the rest are deleted keys, whose counters still count in the totals."""
+    owner: dict[str, str | None] = {}
+    for spec in snap.config.keys if snap.config else ():
+        fp = fingerprint(spec.secret)
+        owner[fp] = None if fp in owner else spec.name  # a shared secret names no one
+    aliases, deleted = {}, []
+    for row in saved:
+        if row["name"] in current:
+            continue
+        if owner.get(row["fingerprint"]):
+            aliases[row["name"]] = owner[row["fingerprint"]]
+        else:
+            deleted.append(row)
+    return aliases, deleted
+
+
+def _merge(by_name: dict[str, dict], aliases: dict[str, str]) -> dict[str, dict]:
+    """Usage of a key's former names added to its own (history kept across a rename)."""
+    out = {k: dict(v) for k, v in by_name.items() if k not in aliases}
+    for old, new in aliases.items():
+        if old in by_name:
+            into = out.setdefault(new, {})
+            for field, value in by_name[old].items():
+                into[field] = (into.get(field) or 0) + (value or 0)
+    return out
+
+
 def dashboard(snap: Snapshot, stats: dict | None, gateway_error: str | None,
               health: dict | None, p95: dict[str, float], today: dict[str, dict],
-              now: float) -> dict:
+              now: float, clients: dict | None = None, saved: list[dict] | None = None) -> dict:
     live = {k.get("name"): k for k in (stats or {}).get("keys", []) if isinstance(k, dict)}
+    current = {f["name"] for f in file_keys(snap)} | set(live)
+    aliases, deleted = former_names(snap, saved or [], current)
+    store_today = today
+    today = _merge(today, aliases)
+    p95 = {**{aliases[k]: v for k, v in p95.items() if k in aliases}, **p95}
     rows = []
     listed = set()
     for f in file_keys(snap):
@@ -73,7 +109,7 @@ def dashboard(snap: Snapshot, stats: dict | None, gateway_error: str | None,
     return {
         "now": now,
         "keys": rows,
-        "totals": _totals(rows),
+        "totals": _totals(rows, deleted, store_today, clients or {}),
         "gateway": {"reachable": stats is not None, "error": gateway_error,
                     "uptime_s": (stats or {}).get("uptime_s"), **_health_view(health)},
         "config": {"error": snap.error, "warnings": list(snap.warnings)},
@@ -125,16 +161,30 @@ def _row(f: dict, k: dict | None, reachable: bool, p95: dict, today: dict) -> di
     }
 
 
-def _totals(rows: list[dict]) -> dict:
+def _totals(rows: list[dict], deleted: list[dict], today: dict[str, dict],
+            clients: dict) -> dict:
+    """Key states of the current keys; request counts of every key that ever served
+    (deleted ones from the state store); the client-request success rate from the log."""
     states = {s: sum(1 for r in rows if r["state"] == s)
               for s in ("ok", "cooling", "dead", "disabled", "unknown")}
-    successes = sum(r["successes"] for r in rows)
-    done = successes + sum(r["failures"] for r in rows)
+    gone = [d["counters"] for d in deleted]
+    gone_today = [today.get(d["name"], {}) for d in deleted]
+    successes = sum(r["successes"] for r in rows) + sum(int(c.get("successes") or 0) for c in gone)
+    done = successes + sum(r["failures"] for r in rows) + sum(int(c.get("failures") or 0) for c in gone)
+    asked, answered = int(clients.get("requests") or 0), int(clients.get("answered") or 0)
     return {
         "keys": len(rows), "states": states,
+        # usable keys cooling for some models only (counted in states.ok)
+        "partial": sum(1 for r in rows if r["state"] == "ok" and r["cooling_models"]),
         "in_flight": sum(r["in_flight"] for r in rows),
-        "requests": sum(r["requests"] for r in rows),
+        "requests": sum(r["requests"] for r in rows) + sum(int(c.get("requests") or 0) for c in gone),
         "success_rate": round(successes / done, 4) if done else None,
-        "tokens_today": sum(r["today"]["tokens_in"] + r["today"]["tokens_out"] for r in rows),
-        "requests_today": sum(r["today"]["requests"] for r in rows),
+        "client_requests": asked,
+        "client_success_rate": round(answered / asked, 4) if asked else None,
+        "deleted_keys": {"keys": len(deleted),
+                         "requests": sum(int(c.get("requests") or 0) for c in gone)},
+        "tokens_today": sum(r["today"]["tokens_in"] + r["today"]["tokens_out"] for r in rows)
+        + sum(int(d.get("tokens_in") or 0) + int(d.get("tokens_out") or 0) for d in gone_today),
+        "requests_today": sum(r["today"]["requests"] for r in rows)
+        + sum(int(d.get("requests") or 0) for d in gone_today),
     }

@@ -1,4 +1,5 @@
-"""The request log as a download: CSV (a spreadsheet's) or JSONL (a script's), streamed.
+"""The request log as a download: CSV (a spreadsheet's) or JSONL (a script's), streamed;
+also any flat table (the audit log) through :func:`table_response`.
 
 No secret is in a row (the gateway stores none; the caller scrubs again). A CSV cell that
 a spreadsheet would run as a formula (model names and error messages come from clients)
@@ -73,7 +74,32 @@ def jsonl_lines(rows: Iterable[dict], bodies: bool) -> Iterator[str]:
 
 def response(fmt: str, rows: Iterable[dict], bodies: bool) -> Response:
     lines = csv_lines(rows, bodies) if fmt == "csv" else jsonl_lines(rows, bodies)
+    return download(fmt, lines, "keymux-requests")
+
+
+def download(fmt: str, lines: Iterable[str], stem: str) -> Response:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     return Response(stream_with_context(lines), mimetype=FORMATS[fmt], headers={
-        "Content-Disposition": f'attachment; filename="keymux-requests-{stamp}.{fmt}"',
+        "Content-Disposition": f'attachment; filename="{stem}-{stamp}.{fmt}"',
         "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
+
+
+def table_lines(fmt: str, rows: Iterable[dict], columns: tuple[str, ...]) -> Iterator[str]:
+    """Any flat rows (already in their exported form) as CSV or JSONL lines."""
+    if fmt == "jsonl":
+        for row in rows:
+            yield json.dumps({c: row.get(c) for c in columns}, ensure_ascii=False) + "\n"
+        return
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_cell(row.get(c)) for c in columns])
+        yield buf.getvalue()
+        buf.seek(0)
+        buf.truncate()
+    yield buf.getvalue()
+
+
+def table_response(fmt: str, rows: Iterable[dict], columns: tuple[str, ...], stem: str) -> Response:
+    return download(fmt, table_lines(fmt, rows, columns), stem)

@@ -13,8 +13,8 @@ ZH: dict[str, str] = {
     "Light theme": "浅色主题",
     "Sign out": "退出登录",
     "Signed out.": "已退出登录。",
-    "This UI reads the state store and keys.yaml, and writes only keys.yaml.":
-        "本界面读取状态库和 keys.yaml，只写入 keys.yaml。",
+    "This UI reads the state store and keys.yaml, and writes only keys.yaml and its own audit log.":
+        "本界面读取状态库和 keys.yaml，只写入 keys.yaml 和它自己的审计日志。",
     "No admin token or password is set: anyone who can open this page can change your keys."
     " Set KEYMUX_ADMIN_TOKEN, or admin.password_hash from \"keymux hash-password\".":
         "未设置管理员令牌或密码：任何能打开此页面的人都能修改你的密钥。请设置 KEYMUX_ADMIN_TOKEN，"
@@ -54,7 +54,6 @@ ZH: dict[str, str] = {
     "In flight": "进行中",
     "in flight": "并发",
     "Requests": "请求数",
-    "Success rate": "成功率",
     "Success": "成功率",
     "Tokens today": "今日 token",
     "Chart": "图表",
@@ -246,7 +245,6 @@ ZH: dict[str, str] = {
     "Import preview": "导入预览",
     "Format:": "格式：",
     "Providers that will be added too:": "同时会添加以下服务商：",
-    "Not importable, the gateway would reject the result: %(error)s": "无法导入，网关会拒绝导入后的配置：%(error)s",
     "From": "来源",
     "Result": "结果",
     "skipped": "已跳过",
@@ -307,6 +305,14 @@ ZH: dict[str, str] = {
     "this one": "当前会话",
     "No one is signed in.": "没有人登录。",
     "Sign out everywhere": "全部退出登录",
+    # dashboard
+    "cooling for %(model)s": "%(model)s 冷却中",
+    "serving others": "其他模型照常服务",
+    "%(n)s cooling for some models": "%(n)s 个仅对部分模型冷却",
+    "%(n)s from %(k)s deleted keys": "其中 %(n)s 来自 %(k)s 个已删除的密钥",
+    "%(n)s client requests, last 24 h": "最近 24 小时 %(n)s 个客户端请求",
+    "Client success": "客户端成功率",
+    "Attempt success": "尝试成功率",
 }
 
 # request log
@@ -318,9 +324,73 @@ ZH.update({
     "Export JSONL": "导出 JSONL",
 })
 
+# audit
+ZH.update({
+    "Audit log": "审计日志",
+    "1 change": "1 项更改",
+    "%(count)s changes": "%(count)s 项更改",
+    "The audit log could not record a change at %(time)s UTC: %(reason)s":
+        "审计日志未能记录 %(time)s UTC 的一项更改：%(reason)s",
+    "Every change made through this UI: who (session and address), when and what. Never a"
+    " secret: keys and tokens appear masked.":
+        "通过本界面所做的每项更改：谁（会话和地址）、何时、做了什么。绝不包含密钥：密钥和令牌均以掩码显示。",
+    "name, detail, session, address": "名称、详情、会话、地址",
+    "Action": "操作",
+    "Detail": "详情",
+    "No change matches these filters.": "没有符合这些筛选条件的更改。",
+    "The change was made, but the audit log could not record it: %(reason)s":
+        "更改已生效，但审计日志未能记录它：%(reason)s",
+    "key added": "添加了密钥",
+    "key edited": "编辑了密钥",
+    "key renamed": "重命名了密钥",
+    "key enabled": "启用了密钥",
+    "key disabled": "停用了密钥",
+    "key deleted": "删除了密钥",
+    "client added (token issued)": "添加了客户端（签发令牌）",
+    "client edited": "编辑了客户端",
+    "client token rotated (old one revoked)": "轮换了客户端令牌（旧令牌已吊销）",
+    "client deleted (token revoked)": "删除了客户端（令牌已吊销）",
+    "keys imported": "导入了密钥",
+    "config exported (secrets as ${VAR})": "导出了配置（密钥写为 ${VAR}）",
+    "config exported with secrets": "导出了配置（含明文密钥）",
+    "cooldown reset": "重置了冷却",
+    "every session signed out": "所有会话已退出登录",
+})
+
+# edges
+ZH.update({
+    "The request could not be understood.": "无法理解这个请求。",
+    "This request is not allowed.": "不允许这个请求。",
+    "There is no page at this address.": "这个地址没有页面。",
+    "This page does not accept this kind of request.": "这个页面不接受这种请求。",
+    "The upload is too large.": "上传的内容太大。",
+    "Error": "错误",
+    "Bad request": "请求有误",
+    "Forbidden": "禁止访问",
+    "Page not found": "页面不存在",
+    "Method not allowed": "不允许的请求方法",
+    "Conflict": "冲突",
+    "Too large": "内容太大",
+    "Server error": "服务器错误",
+    "Nothing will be imported: the whole import is refused, because the gateway would reject"
+    " the result: %(error)s": "不会导入任何密钥：整个导入被拒绝，因为网关会拒绝导入后的配置：%(error)s",
+    "refused": "已拒绝",
+    "the import is refused as a whole (see above)": "整个导入被拒绝（见上方）",
+    "keys.yaml, line %(line)s: %(reason)s": "keys.yaml 第 %(line)s 行：%(reason)s",
+    "keys.yaml: %(reason)s": "keys.yaml：%(reason)s",
+    "keys.yaml cannot be parsed, so the admin password (admin.password_hash, which lives in that"
+    " file) cannot be checked, and no other credential is set. Fix the file by hand at the line"
+    " above, or start the UI with KEYMUX_ADMIN_TOKEN set: the token does not depend on the file,"
+    " and once signed in the UI shows this error on the dashboard and the keys page.":
+        "keys.yaml 无法解析，因此无法校验管理员密码（admin.password_hash 就在这个文件里），"
+        "也没有设置其他凭据。请手动修复上面所示的那一行，或者设置 KEYMUX_ADMIN_TOKEN 后启动界面："
+        "该令牌不依赖这个文件，登录后仪表盘和密钥页会显示这个错误。",
+})
+
 # tools
 ZH.update({
     "Apply this action to every selected key?": "对所有选中的密钥执行此操作？",
+    "key tested (one call to its provider, by the gateway)": "测试了密钥（由网关向其服务商发起一次调用）",
     "Selected keys": "选中的密钥",
     "Apply": "执行",
     "Select": "选择",
@@ -366,6 +436,7 @@ ZH.update({
 ZH.update({
     "Usage": "用量",
     "Usage by client": "按客户端统计用量",
+    "Success rate": "成功率",
     "Last week": "最近一周",
     "Range": "范围",
     "From the request log: every request a client sent, the ones keymux refused itself included."

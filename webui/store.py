@@ -54,8 +54,14 @@ class Store:
 
     # -- dashboard
 
-    def history(self, keys: list[str], range_name: str, now: float) -> dict:
-        """Per-key series over the last hour or day: requests/min, mean latency, tokens."""
+    def history(self, keys: list[str], range_name: str, now: float,
+                aliases: dict[str, str] | None = None) -> dict:
+        """Per-key series over the last hour or day (the current minute included):
+        requests/min, mean latency, tokens. ``aliases`` maps a key's former names to the
+        name shown, so a renamed key keeps its history."""
+        aliases = {a: n for a, n in (aliases or {}).items() if n in keys}
+        shown = list(keys)
+        keys = shown + list(aliases)
         span, step = RANGES.get(range_name, RANGES["hour"])
         end = int(now // 60) + 1
         start = end - span
@@ -68,11 +74,11 @@ class Store:
             "SELECT key, (minute - ?) / ?, SUM(requests), SUM(latency_sum),"
             " SUM(tokens_in + tokens_out) FROM usage_minute"
             f" WHERE {where} GROUP BY key, 2", [start, step, *params])
-        names = keys or ["*"]
+        names = shown or ["*"]
         acc = {n: {"n": [0] * points, "lat": [0.0] * points, "tokens": [0] * points}
                for n in names}
         for key, bucket, requests, latency_sum, tokens in rows:
-            a = acc.get(key if keys else "*")
+            a = acc.get(aliases.get(key, key) if keys else "*")
             if a is None or not 0 <= bucket < points:
                 continue
             a["n"][bucket] += requests or 0
@@ -97,6 +103,26 @@ class Store:
                            " FROM usage_minute WHERE minute >= ? GROUP BY key", (int(since // 60),))
         return {k: {"requests": r or 0, "tokens_in": ti or 0, "tokens_out": to or 0}
                 for k, r, ti, to in rows}
+
+    def client_outcomes(self, since: float) -> dict:
+        """Client requests since ``since`` and how many were answered below 400 (gateway
+        refusals count when the gateway logs them: every row is a client request)."""
+        rows = self._query("SELECT COUNT(*), SUM(status < 400) FROM requests WHERE ts >= ?",
+                           (since,))
+        total, ok = rows[0] if rows else (0, 0)
+        return {"requests": total or 0, "answered": ok or 0}
+
+    def key_states(self) -> list[dict]:
+        """Every key the gateway ever saved state for (deleted and renamed keys too):
+        name, secret fingerprint, lifetime counters."""
+        out = []
+        for name, fp, counters in self._query("SELECT key, fingerprint, counters FROM key_state"):
+            try:
+                c = json.loads(counters or "{}")
+            except ValueError:
+                c = {}
+            out.append({"name": name, "fingerprint": fp, "counters": c if isinstance(c, dict) else {}})
+        return out
 
     # -- request log
 

@@ -7,7 +7,7 @@ from flask import (Blueprint, Response, abort, flash, g, make_response, redirect
 from keypool.envfile import parse_dotenv
 from keypool.redact import mask
 
-from . import auth, deps, forms, importexport
+from . import audit, auth, deps, forms, importexport
 from .configfile import ConfigError, scrub
 from .i18n import t
 from .importexport import ImportFormatError
@@ -96,6 +96,7 @@ def confirm():
                                    typed=typed)
     if not ok:
         return render_template("transfer/index.html", text="", values_text="", error=error), status
+    audit.imported(planned)
     count = sum(1 for c in planned.keys if not c.skip)
     flash(t("1 key imported.") if count == 1 else t("%(count)s keys imported.", count=count), "success")
     return redirect(url_for("keys.index"), 303)
@@ -114,6 +115,7 @@ def _export() -> tuple[str, list[tuple[str, str]]]:
 def export_file():
     text, _ = _export()
     download = request.args.get("download") == "1"
+    audit.record("export", "", "download" if download else "as text")
     headers = {"Content-Disposition": "attachment; filename=keymux-export.yaml"} if download else {}
     return Response(text, mimetype="text/plain" if not download else "application/yaml",
                     headers=headers)
@@ -122,6 +124,7 @@ def export_file():
 @bp.get("/export")
 def export_page():
     text, pairs = _export()
+    audit.record("export", "", "page")
     return render_template("transfer/export.html", yaml_text=text, dotenv=None,
                            placeholders=[var for var, _ in pairs])
 
@@ -145,6 +148,7 @@ def export_secrets():
         return response
     text, pairs = _export()
     auth.logger.warning("UI: secrets exported in plain text from %s", request.remote_addr)
+    audit.record("export.secrets", "", f"{len(pairs)} secrets in plain text")
     g.reveal_secrets = True  # asked for, confirmed, and the credential given again
     return render_template("transfer/export.html", yaml_text=text,
                            dotenv=importexport.dotenv_block(pairs),

@@ -83,8 +83,8 @@ class KeyState:
             return "disabled"
         if self.cool.get(WHOLE_KEY, 0.0) > now:
             return "dead" if self.reason.get(WHOLE_KEY) == "auth" else "cooling"
-        if any(end > now for end in self.cool.values()):
-            return "cooling"
+        # a model-scoped cooldown leaves the key serving every other model: still "ok",
+        # the cooling models are listed beside it (snapshot's cooling_models)
         return "ok"
 
 
@@ -92,6 +92,23 @@ def fingerprint(secret: str) -> str:
     """Tells a key's secret apart from another without revealing it (state of a key whose
     secret changed is not restored)."""
     return hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+def _renames(old: dict[str, KeyState], config: Config) -> dict[str, KeyState]:
+    """New name -> the state of the key it renames: same secret, old name gone, and no
+    other candidate on either side (two keys sharing a secret carry nothing)."""
+    names = {spec.name for spec in config.keys}
+    gone: dict[str, list[KeyState]] = {}
+    for k in old.values():
+        if k.name not in names:
+            gone.setdefault(k.spec.secret, []).append(k)
+    if not gone:
+        return {}
+    new: dict[str, list[str]] = {}
+    for spec in config.keys:
+        if spec.name not in old and spec.secret in gone:
+            new.setdefault(spec.secret, []).append(spec.name)
+    return {n[0]: gone[s][0] for s, n in new.items() if len(n) == 1 and len(gone[s]) == 1}
 
 
 def _new_state(spec: KeySpec, daily_reset: str) -> KeyState:
@@ -135,19 +152,22 @@ class Pool:
         self.update(config)
 
     def update(self, config: Config) -> None:
-        """Adopt a new config; a key keeps its state while its name and secret are unchanged."""
+        """Adopt a new config; a key keeps its state while its name and secret are unchanged,
+        and across a rename (its old name gone, the same secret under exactly one new name)."""
         old = self.by_name
         fresh: dict[str, KeyState] = {}
+        renamed = _renames(old, config)
         for spec in config.keys:
-            prev = old.get(spec.name)
+            prev = old.get(spec.name) or renamed.get(spec.name)
             if prev is not None and prev.spec.secret == spec.secret:
                 prev.spec, prev.globs = spec, GlobSet(spec.models)
                 prev.limits.update_limits(spec.rpm, spec.tpm)
                 fresh[spec.name] = prev
             else:
                 fresh[spec.name] = _new_state(spec, config.routing.daily_reset)
-        for name, prev in old.items():
-            if fresh.get(name) is not prev:
+        kept = {id(k) for k in fresh.values()}
+        for prev in old.values():
+            if id(prev) not in kept:
                 prev.retired = True
         self.by_name = fresh
         self.by_provider = {}

@@ -68,7 +68,7 @@ def test_429_is_reissued_and_the_key_rests(gw, mock):
         assert ask(gw).choices[0].message.content
     assert count(mock, "f1") == 1  # tried once, then left alone while cooling
     f1 = stats(gw)["f1"]
-    assert f1["state"] == "cooling" and 28 < f1["cooling_models"]["gpt-4o-mini"] <= 30
+    assert f1["state"] == "ok" and 28 < f1["cooling_models"]["gpt-4o-mini"] <= 30
     assert f1["failures_by_class"] == {"rate_limited": 1}
 
 

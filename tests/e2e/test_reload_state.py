@@ -147,13 +147,13 @@ def test_state_carries_resets_and_drains(gw, mock):
     mock.set_behavior(SECRETS["a"], status=429, headers={"Retry-After": "60"}, times=1)
     for _ in range(3):
         ask(gw)
-    assert stats(gw)["a"]["state"] == "cooling"
+    assert stats(gw)["a"]["cooling_models"]  # a 429 cools the model, not the key
     requests_b = stats(gw)["b"]["requests"]
     # b keeps its state; a keeps its cooldown; x is added
     gw.config.write_text(config(mock.base_url, keys=("a", "b", "x")))
     assert wait_for(lambda: "x" in stats(gw), timeout=1.5)
     s = stats(gw)
-    assert s["a"]["state"] == "cooling" and s["b"]["requests"] == requests_b
+    assert s["a"]["cooling_models"] and s["b"]["requests"] == requests_b
     # a new secret for b: b starts fresh
     gw.config.write_text(config(mock.base_url, keys=("a", "b", "x")).replace(
         SECRETS["b"], "sk-b-rotated-secret-000099"))
@@ -173,6 +173,22 @@ def test_state_carries_resets_and_drains(gw, mock):
     assert mock.requests()[-1]["key"] == SECRETS["x"] or mock.count(SECRETS["x"]) == 1
 
 
+def test_a_rename_keeps_the_keys_counters_and_cooldowns(gw, mock):
+    """The web UI's rename rewrites only the name: the gateway carries the state over."""
+    mock.set_behavior(SECRETS["a"], status=429, headers={"Retry-After": "60"}, times=1)
+    for _ in range(4):
+        ask(gw)
+    before = stats(gw)["a"]
+    assert before["requests"] >= 1 and before["cooling_models"]
+    write_atomic_rename(gw.config, config(mock.base_url).replace("name: a,", "name: a-renamed,"))
+    assert wait_for(lambda: "a-renamed" in stats(gw), timeout=1.5)
+    after = stats(gw)
+    assert "a" not in after
+    assert after["a-renamed"]["requests"] == before["requests"]
+    assert after["a-renamed"]["failures_by_class"] == before["failures_by_class"]
+    assert after["a-renamed"]["cooling_models"]
+
+
 def test_kill9_and_restart_restores_cooldowns_and_counters(mock, tmp_path, confdir):
     g = GatewayProcess(tmp_path, config(mock.base_url), confdir=confdir).start()
     try:
@@ -187,7 +203,7 @@ def test_kill9_and_restart_restores_cooldowns_and_counters(mock, tmp_path, confd
     assert sqlite3.connect(db).execute("PRAGMA integrity_check").fetchone() == ("ok",)
     with GatewayProcess(tmp_path, None, confdir=confdir) as g2:
         after = stats(g2)
-        assert after["a"]["state"] == "cooling"
+        assert after["a"]["cooling_models"]
         assert 100 < after["a"]["cooldown_s"] <= 120
         for name in ("a", "b"):
             assert after[name]["requests"] == before[name]["requests"]
@@ -228,7 +244,7 @@ def test_script_reload_keeps_state(mock, tmp_path, confdir):
         assert wait_for(lambda: g.log().count("Loading script") >= 2, timeout=5)
         time.sleep(0.5)
         after = stats(g)
-        assert after["a"]["state"] == "cooling" and after["a"]["requests"] == before["a"]["requests"]
+        assert after["a"]["cooling_models"] and after["a"]["requests"] == before["a"]["requests"]
         assert ask(g).choices
         # the new addon instance watches the config and flushes the store as the old did
         g.config.write_text(config(mock.base_url, keys=("a", "b", "c")))

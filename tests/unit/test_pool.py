@@ -148,3 +148,27 @@ def test_selection_is_linear_in_provider_keys_only():
     keys = [key(f"x{i}", "groq") for i in range(2000)] + [key("a"), key("b")]
     pool, _ = make(keys)
     assert len(pool.by_provider["openai"]) == 2
+
+
+def test_a_model_cooldown_leaves_the_key_ok_and_listed():
+    pool, _ = make([key("a"), key("b")])
+    cool(pool, "a", 30, scope="gpt-4o")
+    a = {k["name"]: k for k in pool.snapshot()}["a"]
+    assert a["state"] == "ok" and a["cooling_models"] == {"gpt-4o": 30}  # usable for others
+    cool(pool, "a", 10)
+    assert {k["name"]: k for k in pool.snapshot()}["a"]["state"] == "cooling"
+
+
+def test_a_rename_carries_the_keys_state():
+    pool, _ = make([key("a", secret="sk-a"), key("b", secret="sk-b")])
+    picks(pool, 4)
+    cool(pool, "a", 30, scope="gpt-4o")
+    before = pool.by_name["a"].requests
+    pool.update(config(keys=[key("renamed", secret="sk-a"), key("b", secret="sk-b")]))
+    snap = {k["name"]: k for k in pool.snapshot()}
+    assert snap["renamed"]["requests"] == before == 2 and snap["renamed"]["cooling_models"]
+    assert not pool.by_name["renamed"].retired
+    assert [r["key"] for r in pool.export_state()] == ["renamed", "b"]
+    # a secret shared by two new names carries to neither
+    pool.update(config(keys=[key("x", secret="sk-a"), key("y", secret="sk-a"), key("b", secret="sk-b")]))
+    assert pool.by_name["x"].requests == pool.by_name["y"].requests == 0

@@ -83,7 +83,7 @@ def test_success_first_time():
 
 
 @pytest.mark.parametrize("failure,outcome,key_state", [
-    (FakeReply(429, {"retry-after": "12"}), "rate_limited", "cooling"),
+    (FakeReply(429, {"retry-after": "12"}), "rate_limited", "ok"),  # model-scoped: serves others
     (FakeReply(429, body=b'{"error":{"code":"insufficient_quota"}}'), "quota", "cooling"),
     (FakeReply(401), "auth", "dead"),
     (FakeReply(403), "auth", "dead"),

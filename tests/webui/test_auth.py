@@ -81,7 +81,8 @@ def test_unreadable_config_locks_the_ui_without_a_token(tmp_path):
     path.write_text("keys: [\n")
     client = make_app(path, admin_token=None).test_client()
     assert client.get("/keys/").status_code == 302
-    assert "cannot be read" in client.get("/login").get_data(as_text=True)
+    page = client.get("/login").get_data(as_text=True)
+    assert "cannot be parsed" in page and "keys.yaml, line " in page  # where to fix it
 
 
 # -- CSRF ----------------------------------------------------------------------------

@@ -168,27 +168,74 @@ def test_login_add_key_see_it_then_disable_it(stack, browser, mock, tmp_path):
     page.close()
 
 
-def test_a_429_shows_the_key_cooling_and_reset_clears_it(stack, browser, mock, tmp_path):
+LONG_MODEL = "gpt-4o-2024-08-06-extended-context-preview-with-a-really-long-name"
+
+
+def test_a_429_cools_one_model_the_key_stays_usable_and_reset_clears_it(stack, browser, mock, tmp_path):
+    """At 1280 px a long model name wraps: the row's "Reset cooldown" stays on screen."""
     gw, ui = stack
-    page = browser.new_page(viewport={"width": 1360, "height": 900})
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
     login(page, ui)
     row(page, "mock-1", "ok")
     mock.set_behavior(K1, status=429, headers={"Retry-After": "30"})
     c = client(gw)
     for _ in range(4):  # round robin: within a few requests mock-1 is asked and answers 429
-        c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        c.chat.completions.create(model=LONG_MODEL, messages=[{"role": "user", "content": "hi"}])
         if mock.count(K1, 429):
             break
     assert mock.count(K1, 429) >= 1
-    cooling = row(page, "mock-1", "cooling")
-    text = cooling.query_selector("td.state .badge").inner_text()
-    assert "s left" in text
-    seconds = int(text.split("·")[1].split("s left")[0].strip())
+    cooling = page.wait_for_selector('#keys-body tr[data-key="mock-1"][data-state="ok"]'
+                                     '[data-cooling-models="1"]', timeout=WAIT_MS)
+    text = cooling.query_selector("td.state .cooling-model").inner_text()
+    assert f"cooling for {LONG_MODEL} · serving others" in text
+    seconds = int(text.split("·")[-1].split("s left")[0].strip())
     assert 20 <= seconds <= 30
+    usable = page.inner_text("#t-usable")
+    ok_rows = len(page.query_selector_all('#keys-body tr[data-state="ok"]'))
+    assert int(usable.split("/")[0]) == ok_rows  # mock-1 among the usable keys
+    assert "1 cooling for some models" in page.inner_text("#t-partial")
+    button = cooling.query_selector("td.actions button")
+    box = button.bounding_box()
+    assert box and box["x"] >= 0 and box["x"] + box["width"] <= 1280, box
+    wrap = page.eval_on_selector(".table-wrap", "w => [w.scrollWidth, w.clientWidth]")
+    assert wrap[0] <= wrap[1], wrap  # no horizontal scroll hiding the actions
     mock.set_behavior(K1, status=None)
-    cooling.query_selector("button").click()
+    button.click()
     page.wait_for_selector("text=Cooldown of mock-1 reset.", timeout=WAIT_MS)
-    row(page, "mock-1", "ok")
+    page.wait_for_selector('#keys-body tr[data-key="mock-1"][data-cooling-models="0"]', timeout=WAIT_MS)
+    page.close()
+
+
+def test_numbers_times_and_the_first_minute_of_latency(stack, browser, mock):
+    """Client success beside attempt success; local times with UTC on hover, the request
+    log too; the latency chart draws a minute that has no neighbours."""
+    gw, ui = stack
+    c = client(gw)
+    for _ in range(3):
+        c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    login(page, ui)
+    page.wait_for_function("document.getElementById('t-client-success').textContent.endsWith('%')",
+                           timeout=WAIT_MS)
+    assert "client requests" in page.inner_text("#t-client-requests")
+    assert page.get_attribute("#updated", "title").endswith(" UTC")
+    # the rows reach the store within a flush; the chart then has this minute's latency
+    # drawn: a minute with latency that is a dot, or the end of a line to its neighbour
+    radius = """() => { const ch = window.Chart && Chart.getChart('chart-latency');
+        if (!ch) return 0; let drawn = 0;
+        ch.data.datasets.forEach((d, i) => d.data.forEach((p, j) => {
+          if (p.y == null) return;
+          const near = (d.data[j - 1] || {}).y != null || (d.data[j + 1] || {}).y != null;
+          if (near || ch.getDatasetMeta(i).data[j].options.radius > 0) drawn += 1; }));
+        return drawn; }"""
+    deadline = time.monotonic() + 20
+    while page.evaluate(radius) == 0 and time.monotonic() < deadline:
+        page.click('[data-range="hour"]')  # reloads the history
+        page.wait_for_timeout(500)
+    assert page.evaluate(radius) > 0
+    page.click("nav >> text=Request log")
+    first = page.wait_for_selector("time[data-local]", timeout=WAIT_MS)
+    assert first.get_attribute("title").endswith(" UTC") and "UTC" not in first.inner_text()
     page.close()
 
 
@@ -230,6 +277,13 @@ def test_screenshots_for_the_docs(stack, browser, mock, tmp_path):
         retried.first.scroll_into_view_if_needed()
         page.evaluate("window.scrollTo(0, 0)")
         shot(page, tmp_path, "request-log", full_page=False)
+        page.context.add_cookies([{"name": "lang", "value": "zh", "url": ui.url}])
+        page.goto(ui.url + "/")
+        page.wait_for_function("() => window.Chart && Object.keys(window.Chart.instances).length === 3",
+                               timeout=WAIT_MS)
+        page.wait_for_timeout(300)
+        assert "仪表盘" in page.inner_text("nav")
+        shot(page, tmp_path, "dashboard-zh")
         page.close()
 
         phone = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2,
@@ -242,4 +296,10 @@ def test_screenshots_for_the_docs(stack, browser, mock, tmp_path):
         shot(phone, tmp_path, "dashboard-phone", full_page=False)
         phone.goto(ui.url + "/keys/")
         assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+        phone.context.add_cookies([{"name": "lang", "value": "zh", "url": ui.url}])
+        phone.goto(ui.url + "/")
+        phone.wait_for_selector('#keys-body tr[data-key="mock-1"]')
+        phone.wait_for_timeout(500)
+        assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+        shot(phone, tmp_path, "dashboard-phone-zh", full_page=False)
         phone.close()

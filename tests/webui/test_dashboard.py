@@ -178,3 +178,63 @@ def test_reload_and_store_state_are_the_gateways_word(live_auth, live_client, st
     assert gw["reload_error"] is None and gw["store_error"] is None and gw["status"] == "ok"
     page = live_client.get("/").get_data(as_text=True)
     assert "kyes" not in page and "disk is full" not in page
+
+
+def test_a_model_cooldown_is_usable_and_says_so(live_auth, live_client, stub):
+    keys = [dict(k) for k in LIVE["keys"]]
+    keys[0].update(state="ok", cooling_models={"gpt-4o-2024-08-06-with-a-long-name": 25.2})
+    stub.stats = {**LIVE, "keys": keys}
+    data = live_client.get("/api/stats").json
+    o = {r["name"]: r for r in data["keys"]}["openai-1"]
+    assert o["state"] == "ok" and o["cooling_models"] == {"gpt-4o-2024-08-06-with-a-long-name": 25.2}
+    assert data["totals"]["states"]["ok"] == 2 and data["totals"]["partial"] == 1
+
+
+def test_client_success_beside_attempt_success(live_auth, live_client, config_path):
+    db = config_path.parent / "state" / "keymux.db"
+    now = time.time()
+    ui_seed.create(db)
+    for i, status in enumerate([200] * 6 + [429, 401, 502, 413]):  # 413/401: gateway refusals
+        ui_seed.add_request(db, now - i, "openai-1" if status == 200 else None, status)
+    ui_seed.add_request(db, now - 2 * 86400, "openai-1", 500)  # older than the window
+    totals = live_client.get("/api/stats").json["totals"]
+    assert totals["client_requests"] == 10 and totals["client_success_rate"] == 0.6
+    assert totals["success_rate"] == 0.8  # the attempts (the gateway's counters)
+
+
+def test_totals_keep_deleted_keys_and_a_rename_keeps_history(live_auth, live_client, config_path):
+    from uihelpers import KEY_OPENAI
+    db = config_path.parent / "state" / "keymux.db"
+    now = time.time()
+    minute = int(now // 60)
+    ui_seed.create(db)
+    ui_seed.add_key_state(db, "openai-1", KEY_OPENAI, {"requests": 10, "successes": 8, "failures": 2})
+    # a deleted key (its secret is in no current key) and openai-1's former name
+    ui_seed.add_key_state(db, "gone", "sk-deleted-key-secret-00001",
+                          {"requests": 90, "successes": 90, "failures": 0})
+    ui_seed.add_key_state(db, "openai-old", KEY_OPENAI, {"requests": 7, "successes": 7})
+    ui_seed.add_minute(db, "gone", minute, 4, tokens=(10, 5))
+    ui_seed.add_minute(db, "openai-old", minute - 1, 12, latency_sum=6.0)
+    ui_seed.add_minute(db, "openai-1", minute, 3, latency_sum=3.0)
+    ui_seed.add_request(db, now - 5, "openai-old", 200, latency_s=2.0)
+    data = live_client.get("/api/stats").json
+    t = data["totals"]
+    assert t["requests"] == 10 + 90  # the renamed key's counters live on under its new name
+    assert t["deleted_keys"] == {"keys": 1, "requests": 90}
+    assert t["success_rate"] == round(98 / 100, 4)
+    assert t["tokens_today"] == 300 + 15  # openai-1 from the gateway, gone from the store
+    assert [r["name"] for r in data["keys"]] == ["openai-1", "claude-1", "local-1"]
+    assert {r["name"]: r for r in data["keys"]}["openai-1"]["p95_latency_s"] == 2.0
+    s = live_client.get("/api/history?key=openai-1").json["series"]
+    assert list(s) == ["openai-1"]
+    assert s["openai-1"]["rpm"][-2:] == [12, 3] and s["openai-1"]["latency"][-2:] == [0.5, 1.0]
+
+
+def test_times_are_local_with_utc_on_hover(signed_in, client, config_path):
+    db = config_path.parent / "state" / "keymux.db"
+    ui_seed.create(db)
+    ui_seed.add_request(db, time.time(), "openai-1", 200)
+    ui_seed.add_request(db, 1_700_000_000.0, "openai-1", 200)
+    page = client.get("/requests/?range=all").get_data(as_text=True)
+    assert ('<time datetime="2023-11-14T22:13:20Z" title="2023-11-14 22:13:20 UTC" data-local>'
+            '2023-11-14 22:13:20 UTC</time>') in page

@@ -108,3 +108,29 @@ def test_bulk_refuses_a_bad_form(signed_in, config_path, data):
     before = config_path.read_text()
     assert signed_in.post("/keys/bulk", data).status_code == 400
     assert config_path.read_text() == before
+
+
+def audit_rows(config_path):
+    import sqlite3
+    db = config_path.parent / "state" / "audit.db"
+    if not db.is_file():
+        return []
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT action, target, detail FROM audit ORDER BY id").fetchall()
+
+
+def test_tests_and_bulk_actions_are_audited_without_secrets(gw_auth, stub, config_path):
+    stub.test_body = {"ok": False, "status": 401, "outcome": "auth", "latency_ms": 7,
+                      "state": "dead", "error": f"bad key {KEY_OPENAI}"}
+    gw_auth.post("/keys/openai-1/test")
+    gw_auth.post("/keys/bulk", {"action": "disable", "names": ["openai-1", "claude-1"]})
+    stub.test_status = 500
+    gw_auth.post("/keys/claude-1/test")  # the gateway did nothing: no row
+    assert audit_rows(config_path) == [
+        ("key.tested", "openai-1", "401 · auth · state dead"),
+        ("key.disabled", "openai-1", "bulk"), ("key.disabled", "claude-1", "bulk")]
+
+
+def test_a_refused_bulk_action_is_not_audited(signed_in, config_path):
+    signed_in.post("/keys/bulk", {"action": "delete", "names": ["openai-1", "no-such-key"]})
+    assert audit_rows(config_path) == []

@@ -39,6 +39,14 @@ def add_minute(db: Path, key: str, minute: int, requests: int, *, provider: str 
              tokens[0], tokens[1], latency_sum if latency_sum is not None else 0.4 * requests))
 
 
+def add_key_state(db: Path, key: str, secret: str, counters: dict) -> None:
+    """A key_state row as the gateway saves it (fingerprint of ``secret``, lifetime counters)."""
+    from keypool.pool import fingerprint
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT OR REPLACE INTO key_state (key, fingerprint, counters, updated)"
+                     " VALUES (?,?,?,?)", (key, fingerprint(secret), json.dumps(counters), 0.0))
+
+
 def synthetic_day(db: Path, now: float, keys: list[tuple[str, str]], seed: int = 7) -> None:
     """A day of plausible traffic per (key, provider), and a few hundred request log rows."""
     rng = random.Random(seed)

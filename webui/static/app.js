@@ -37,7 +37,29 @@ window.keymux = (function () {
     return node;
   }
 
+  // One time zone on every page: local time shown, UTC on hover.
+  function pad(n) { return (n < 10 ? "0" : "") + n; }
+  function utc(seconds) {
+    var d = new Date(seconds * 1000);
+    return d.getUTCFullYear() + "-" + pad(d.getUTCMonth() + 1) + "-" + pad(d.getUTCDate()) + " " +
+      pad(d.getUTCHours()) + ":" + pad(d.getUTCMinutes()) + ":" + pad(d.getUTCSeconds()) + " UTC";
+  }
+  function local(seconds) {
+    var d = new Date(seconds * 1000);
+    return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " +
+      pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
+  }
+  function localTimes(root) {
+    (root || document).querySelectorAll("time[data-local][datetime]").forEach(function (node) {
+      var ms = Date.parse(node.getAttribute("datetime"));
+      if (isNaN(ms)) return;
+      node.textContent = local(ms / 1000);
+      node.title = utc(ms / 1000);
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    localTimes();
     var toggle = document.getElementById("theme-toggle");
     if (toggle) {
       var label = function () {
@@ -82,5 +104,6 @@ window.keymux = (function () {
     });
   });
 
-  return { t: t, csrf: csrf, post: post, el: el, theme: effectiveTheme };
+  return { t: t, csrf: csrf, post: post, el: el, theme: effectiveTheme, utc: utc, local: local,
+           localTimes: localTimes };
 })();

@@ -29,9 +29,16 @@
     var children = [el("span", { className: "badge state-" + r.state, text: label })];
     var notes = [];
     if (r.cooldown_reason && CLASSES[r.cooldown_reason]) notes.push(t(CLASSES[r.cooldown_reason]));
-    Object.keys(r.cooling_models || {}).forEach(function (m) { notes.push(m + " · " + t("%(s)s s left", { s: Math.ceil(r.cooling_models[m]) })); });
     if (!r.loaded && r.enabled) notes.push(t("not loaded"));
     if (notes.length) children.push(el("span", { className: "muted small block", text: notes.join(", ") }));
+    // a model-scoped cooldown: the key still serves every other model (and counts as usable)
+    var models = Object.keys(r.cooling_models || {});
+    var serving = r.state === "ok" ? " · " + t("serving others") : "";
+    models.forEach(function (m) {
+      var left = t("%(s)s s left", { s: Math.ceil(r.cooling_models[m]) });
+      children.push(el("span", { className: "cooling-model small block", title: m + " · " + left,
+                                 text: t("cooling for %(model)s", { model: m }) + serving + " · " + left }));
+    });
     return children;
   }
 
@@ -63,7 +70,8 @@
     if (!r.loaded || r.state === "unknown" || r.state === "disabled") reset.disabled = true;
     reset.addEventListener("click", function () { resetKey(r.name, reset); });
     var tokens = r.today.tokens_in + r.today.tokens_out;
-    var tr = el("tr", { "data-key": r.name, "data-state": r.state }, [
+    var tr = el("tr", { "data-key": r.name, "data-state": r.state,
+                        "data-cooling-models": String(Object.keys(r.cooling_models || {}).length) }, [
       td(t("Chart"), [box], "narrow"),
       td(t("Name"), [el("div", {}, [el("strong", { text: r.name }),
                                     el("span", { className: "muted small block", text: r.provider + " · " + keyText })])], "name"),
@@ -91,10 +99,15 @@
     body.replaceChildren.apply(body, rows);
     var tot = data.totals;
     setText("t-usable", tot.states.ok + " / " + tot.keys);
+    setText("t-partial", tot.partial ? t("%(n)s cooling for some models", { n: tot.partial }) : "");
     setText("t-cooling", tot.states.cooling + " / " + tot.states.dead);
     setText("t-inflight", fmtInt(tot.in_flight));
     setText("t-requests", fmtInt(tot.requests));
+    setText("t-deleted", tot.deleted_keys && tot.deleted_keys.keys
+      ? t("%(n)s from %(k)s deleted keys", { n: fmtInt(tot.deleted_keys.requests), k: tot.deleted_keys.keys }) : "");
     setText("t-success", fmtPct(tot.success_rate));
+    setText("t-client-success", fmtPct(tot.client_success_rate));
+    setText("t-client-requests", t("%(n)s client requests, last 24 h", { n: fmtInt(tot.client_requests) }));
     setText("t-tokens", fmtInt(tot.tokens_today));
     banner("gateway-banner", data.gateway.reachable ? null
       : t("Cannot reach the gateway: showing the keys from keys.yaml, live state unknown.") + " (" + data.gateway.error + ")");
@@ -103,7 +116,11 @@
     banner("store-banner", store ? t("The gateway cannot write its state store (request log, usage); rows kept in memory: %(pending)s, dropped: %(dropped)s.",
       { pending: store.pending_rows, dropped: store.dropped_rows }) + " " + store.error : null);
     banner("config-banner", data.config.error ? t("keys.yaml does not validate; the gateway keeps its previous config:") + " " + data.config.error : null);
-    setText("updated", t("updated %(time)s", { time: new Date(data.now * 1000).toLocaleTimeString(LOCALE) }));
+    var updated = document.getElementById("updated");
+    if (updated) {
+      updated.textContent = t("updated %(time)s", { time: new Date(data.now * 1000).toLocaleTimeString(LOCALE) });
+      updated.title = k.utc(data.now);
+    }
   }
 
   function setText(id, text) { var n = document.getElementById(id); if (n) n.textContent = text; }
@@ -152,6 +169,15 @@
 
   function hhmm(ms) { return new Date(ms).toLocaleTimeString(LOCALE, { hour: "2-digit", minute: "2-digit" }); }
 
+  // A minute with data between empty ones (latency is null where nothing was sent) has no
+  // line to draw: give it a dot, so the first minutes of traffic show.
+  function isolated(ctx) {
+    var d = ctx.dataset && ctx.dataset.data, i = ctx.dataIndex;
+    if (!d || !d[i] || d[i].y == null) return 0;
+    var prev = i > 0 ? d[i - 1].y : null, next = i + 1 < d.length ? d[i + 1].y : null;
+    return prev == null && next == null ? 3 : 0;
+  }
+
   function makeChart(id, seriesName, data) {
     var c = chartColors();
     var datasets = Object.keys(data.series).map(function (name, i) {
@@ -159,7 +185,7 @@
       return {
         label: name === "*" ? t("all keys") : name,
         data: data.series[name][seriesName].map(function (v, j) { return { x: data.t[j] * 1000, y: v }; }),
-        borderColor: color, backgroundColor: color, borderWidth: 2, pointRadius: 0, tension: 0.25, spanGaps: true,
+        borderColor: color, backgroundColor: color, borderWidth: 2, pointRadius: isolated, tension: 0.25, spanGaps: true,
       };
     });
     var axis = function (extra) {
@@ -179,7 +205,7 @@
         plugins: {
           legend: { labels: { color: c.fg, boxWidth: 12 } },
           tooltip: { callbacks: { title: function (items) {
-            return items.length ? new Date(items[0].parsed.x).toLocaleString(LOCALE) : "";
+            return items.length ? new Date(items[0].parsed.x).toLocaleString(LOCALE) + " (" + k.utc(items[0].parsed.x / 1000) + ")" : "";
           } } },
         },
       },
@@ -199,6 +225,7 @@
       .then(function (r) { return r.json(); })
       .then(function (data) {
         var empty = Object.keys(data.series).every(function (n) { return data.series[n].rpm.every(function (v) { return !v; }); });
+        note.dataset.empty = String(empty);
         if (selected && selected.length) note.textContent = empty ? t("No data yet for the selected keys.") : "";
         makeChart("chart-rpm", "rpm", data);
         makeChart("chart-latency", "latency", data);
