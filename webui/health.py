@@ -29,12 +29,14 @@ class Cell:
     cause: str | None     # rate_limited | auth_errors | server_errors, for a failed cell
 
 
-def minutes(store: Store, key: str, start_minute: int) -> list[tuple]:
-    """(minute, requests, successes, rate_limited, auth_errors, server_errors) rows."""
+def minutes(store: Store, names: list[str], start_minute: int) -> list[tuple]:
+    """(minute, requests, successes, rate_limited, auth_errors, server_errors) rows of a
+    key under any of ``names`` (its own and its former ones: a rename keeps its history)."""
     # Store._query: the store's read-only, fail-soft connection (no table yet -> no rows)
     return store._query(
         "SELECT minute, requests, successes, rate_limited, auth_errors, server_errors"
-        " FROM usage_minute WHERE key = ? AND minute >= ? ORDER BY minute", (key, start_minute))
+        f" FROM usage_minute WHERE key IN ({','.join('?' * len(names))}) AND minute >= ?"
+        " ORDER BY minute", (*names, start_minute))
 
 
 def start_minute(now: float, step: int = STEP_MIN, points: int = POINTS) -> int:

@@ -95,11 +95,15 @@ def bulk():
 
 @bp.get("/<name>/health")
 def key_health(name: str):
-    key = next((k for k in live.file_keys(deps.snapshot()) if k["name"] == name), None)
+    snap, store = deps.snapshot(), deps.store()
+    keys = live.file_keys(snap)
+    key = next((k for k in keys if k["name"] == name), None)
     if key is None:
         abort(404)
+    aliases, _ = live.former_names(snap, store.key_states(), {k["name"] for k in keys})
+    names = [name] + [old for old, new in aliases.items() if new == name]
     now = time.time()
-    cells = health.timeline(health.minutes(deps.store(), name, health.start_minute(now)), now)
+    cells = health.timeline(health.minutes(store, names, health.start_minute(now)), now)
     return render_template("keys/health.html", key=key, cells=cells,
                            changes=health.changes(cells), summary=health.summary(cells),
                            step_min=health.STEP_MIN)

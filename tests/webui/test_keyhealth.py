@@ -70,3 +70,17 @@ def test_the_health_page_without_a_store_or_a_key(signed_in, client):
     assert "No attempts with this key in the last day." in client.get(
         "/keys/claude-1/health").get_data(as_text=True)
     assert client.get("/keys/nope/health").status_code == 404
+
+
+def test_a_renamed_key_keeps_its_health(signed_in, client, config_path):
+    from keypool.pool import fingerprint
+    from uihelpers import KEY_OPENAI
+    m = int(time.time() // 60)
+    db = config_path.parent / "state" / "keymux.db"
+    seed(db, [("openai-old", m - 90, "openai", 5, 0, 0, 5, 0)])
+    with sqlite3.connect(db) as conn:  # the gateway saved state under the former name
+        conn.execute("INSERT INTO key_state (key, fingerprint, updated) VALUES (?,?,?)",
+                     ("openai-old", fingerprint(KEY_OPENAI), time.time()))
+    page = client.get("/keys/openai-1/health").get_data(as_text=True)
+    assert "5 attempts, 5 failed (0.0% succeeded)." in page
+    assert "No attempts" in client.get("/keys/claude-1/health").get_data(as_text=True)
