@@ -55,11 +55,13 @@ def create_app(config_path: str | Path, gateway_url: str = DEFAULT_GATEWAY,
         cache=TTLCache(),
     )
 
-    from . import audit, auth, clients, dashboard, i18n, keys, requestlog, transfer
+    from . import audit, auth, clients, dashboard, i18n, keys, keytools, requestlog, transfer, usage
 
     i18n.init_app(app)
     auth.init_app(app)
     for bp in (auth.bp, dashboard.bp, requestlog.bp, keys.bp, clients.bp, transfer.bp, audit.bp):
         app.register_blueprint(bp)
+    app.register_blueprint(keytools.bp)  # tools on the keys page (test, bulk, health)
+    app.register_blueprint(usage.bp)     # per-client usage
     app.add_url_rule("/", endpoint="index")
     return app

@@ -50,6 +50,7 @@ ACTIONS = {
     "export": N_("config exported (secrets as ${VAR})"),
     "export.secrets": N_("config exported with secrets"),
     "cooldown.reset": N_("cooldown reset"),
+    "key.tested": N_("key tested (one call to its provider, by the gateway)"),
     "sessions.ended": N_("every session signed out"),
 }
 

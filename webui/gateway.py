@@ -17,6 +17,7 @@ from urllib.parse import quote
 from .notes import N_, Note
 
 TIMEOUT_S = 2.0
+TEST_TIMEOUT_S = 25.0  # a key test waits for the upstream (the gateway gives up after 20 s)
 
 
 class GatewayUnavailable(Exception):
@@ -46,14 +47,14 @@ class GatewayClient:
             return self._token
         return os.environ.get("KEYMUX_ADMIN_TOKEN") or os.environ.get("KEYMUX_SIDECAR_TOKEN")
 
-    def _call(self, method: str, path: str) -> tuple[int, dict]:
+    def _call(self, method: str, path: str, timeout: float | None = None) -> tuple[int, dict]:
         headers = {"accept": "application/json"}
         if self.token:
             headers["authorization"] = f"Bearer {self.token}"
         req = urllib.request.Request(self.url + path, method=method, headers=headers,
                                      data=b"" if method == "POST" else None)
         try:
-            with _opener.open(req, timeout=self.timeout) as r:
+            with _opener.open(req, timeout=timeout or self.timeout) as r:
                 return r.status, _json(r.read())
         except urllib.error.HTTPError as e:
             with e:
@@ -92,6 +93,30 @@ class GatewayClient:
         if status in (401, 403):
             return ResetResult(status, False, "refused")
         return ResetResult(status, False, "error")
+
+    def test_key(self, name: str) -> "KeyTestResult":
+        """POST /_keymux/keys/NAME/test: the gateway makes one cheap upstream call with the
+        key (the UI never talks to a provider itself) and updates the key's state."""
+        status, body = self._call("POST", f"/_keymux/keys/{quote(name, safe=':')}/test",
+                                  timeout=TEST_TIMEOUT_S)
+        err = body.get("error")
+        code = err.get("code") if isinstance(err, dict) else None
+        if status == 200 and isinstance(body.get("ok"), bool):
+            return KeyTestResult(status, "tested", body)
+        if status == 404 and code == "unknown_path":  # a gateway without the endpoint
+            return KeyTestResult(status, "unsupported", {})
+        if status == 404:
+            return KeyTestResult(status, "unknown_key", {})
+        if status in (401, 403):
+            return KeyTestResult(status, "refused", {})
+        return KeyTestResult(status, "error", {})
+
+
+@dataclass(frozen=True)
+class KeyTestResult:
+    status: int        # of the gateway's answer
+    reason: str        # "tested" | "unknown_key" | "unsupported" | "refused" | "error"
+    summary: dict      # when tested: ok, status, outcome, latency_ms, state, error (masked)
 
 
 def _json(data: bytes) -> dict:

@@ -386,3 +386,70 @@ ZH.update({
         "也没有设置其他凭据。请手动修复上面所示的那一行，或者设置 KEYMUX_ADMIN_TOKEN 后启动界面："
         "该令牌不依赖这个文件，登录后仪表盘和密钥页会显示这个错误。",
 })
+
+# tools
+ZH.update({
+    "Apply this action to every selected key?": "对所有选中的密钥执行此操作？",
+    "key tested (one call to its provider, by the gateway)": "测试了密钥（由网关向其服务商发起一次调用）",
+    "Selected keys": "选中的密钥",
+    "Apply": "执行",
+    "Select": "选择",
+    "Select %(name)s": "选择 %(name)s",
+    "One cheap call to the provider with this key, made by the gateway":
+        "由网关用此密钥向服务商发起一次低成本调用",
+    "Test": "测试",
+    "This gateway cannot test keys yet (update keymux).": "此网关尚不能测试密钥（请更新 keymux）。",
+    "Key %(name)s works: HTTP %(status)s in %(ms)s ms.": "密钥 %(name)s 可用：HTTP %(status)s，用时 %(ms)s 毫秒。",
+    "Key %(name)s failed the test: %(what)s in %(ms)s ms; its state is now %(state)s.":
+        "密钥 %(name)s 测试失败：%(what)s，用时 %(ms)s 毫秒；其状态现为 %(state)s。",
+    "Choose what to do with the selected keys.": "请选择要对选中密钥执行的操作。",
+    "Select at least one key.": "请至少选择一个密钥。",
+    "Enabled %(n)s keys: %(names)s.": "已启用 %(n)s 个密钥：%(names)s。",
+    "Disabled %(n)s keys: %(names)s.": "已停用 %(n)s 个密钥：%(names)s。",
+    "Deleted %(n)s keys: %(names)s.": "已删除 %(n)s 个密钥：%(names)s。",
+})
+
+# tools: key health
+ZH.update({
+    "Health of %(name)s": "%(name)s 的健康状况",
+    "Health over the last day": "最近一天的健康状况",
+    "Last 24 hours": "最近 24 小时",
+    "%(attempts)s attempts, %(failures)s failed (%(rate)s%% succeeded).":
+        "%(attempts)s 次尝试，%(failures)s 次失败（成功率 %(rate)s%%）。",
+    "No attempts with this key in the last day.": "最近一天没有使用此密钥的尝试。",
+    "One cell per %(n)s minutes, oldest first": "每格 %(n)s 分钟，最早的在前",
+    "%(attempts)s attempts, %(failures)s failed": "%(attempts)s 次尝试，%(failures)s 次失败",
+    "now": "现在",
+    "degraded": "部分失败",
+    "down": "全部失败",
+    "idle": "空闲",
+    "State changes": "状态变化",
+    "When (UTC)": "时间（UTC）",
+    "Before": "之前",
+    "After": "之后",
+    "Why": "原因",
+    "auth or quota": "认证或额度",
+    "No state change in the last day.": "最近一天没有状态变化。",
+})
+
+# tools: usage by client
+ZH.update({
+    "Usage": "用量",
+    "Usage by client": "按客户端统计用量",
+    "Success rate": "成功率",
+    "Last week": "最近一周",
+    "Range": "范围",
+    "From the request log: every request a client sent, the ones keymux refused itself included."
+    " Errors are the answers of status 400 or more the client got.":
+        "来自请求日志：客户端发送的每个请求，包括被 keymux 自身拒绝的请求。错误指客户端收到的状态码为 400 及以上的响应。",
+    "No requests in this range.": "此范围内没有请求。",
+    "Errors 4xx": "4xx 错误",
+    "Errors 5xx": "5xx 错误",
+    "Tokens in": "输入令牌",
+    "Tokens out": "输出令牌",
+    "Avg latency": "平均延迟",
+    "Last request (UTC)": "最近请求（UTC）",
+    "no client (open gateway, or no valid token)": "无客户端（开放网关，或令牌无效）",
+    "removed": "已移除",
+    "Total": "合计",
+})

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from . import answers, exposure
+from . import answers, exposure, keytest
 from .answers import Answer
 from .config import ClientSpec
 from .globs import is_wildcard
@@ -18,8 +18,10 @@ if TYPE_CHECKING:
 ADMIN_HEADER = "x-keymux-admin-token"
 
 
-def reserved(gw: "Gateway", method: str, path: str, headers: Mapping[str, str]) -> Answer | None:
-    """Answer a reserved path, or None for a path that goes upstream."""
+def reserved(gw: "Gateway", method: str, path: str,
+             headers: Mapping[str, str]) -> Answer | keytest.KeyTest | None:
+    """Answer a reserved path, or None for a path that goes upstream (a key test: a
+    ``KeyTest`` ticket, which the glue sends itself)."""
     if path == "/health":
         return answers.json_answer(200, {"status": "ok"})
     if path == "/metrics":
@@ -31,6 +33,8 @@ def reserved(gw: "Gateway", method: str, path: str, headers: Mapping[str, str]) 
         return admin_refusal(gw, headers, write=False) or answers.json_answer(200, stats(gw))
     if path.startswith("/_keymux/keys/") and path.endswith("/reset"):
         return reset_key(gw, method, path[len("/_keymux/keys/"):-len("/reset")], headers)
+    if path.startswith("/_keymux/keys/") and path.endswith("/test"):
+        return keytest.admit(gw, method, path[len("/_keymux/keys/"):-len("/test")], headers)
     if path.startswith("/_keymux/"):
         return answers.error(404, f"no such keymux path: {path[:100]}", "unknown_path")
     return None

@@ -212,6 +212,19 @@ class Pool:
             lease.provider_probe = self.outages.probing(provider, lease)
         return lease
 
+    def lease_named(self, name: str) -> Lease | None:
+        """Acquire one named key whatever its state: an admin's test of exactly that key."""
+        key = self.by_name.get(name)
+        return None if key is None else self._acquire(key, None, self.clock.monotonic(), 1)
+
+    def revive(self, key: KeyState) -> None:
+        """A test call with ``key`` succeeded: its whole-key cooldown ends (a model's rate
+        limit is not disproved by a model list, so those stay)."""
+        key.cool.pop(WHOLE_KEY, None)
+        key.reason.pop(WHOLE_KEY, None)
+        key.needs_probe.discard(WHOLE_KEY)
+        key.failures_in_row = 0
+
     def _acquire(self, key: KeyState, model: str | None, now: float, est_tokens: int) -> Lease:
         probes = tuple(s for s in ((WHOLE_KEY, model) if model else (WHOLE_KEY,))
                        if s in key.needs_probe)

@@ -19,6 +19,10 @@ class StubGateway:
         self.reset_status = 200
         self.reset_body: dict | None = None
         self.seen: list[tuple[str, str, str | None]] = []
+        # POST /_keymux/keys/<name>/test: what the gateway says about the key
+        self.test_status = 200
+        self.test_body: dict = {"ok": True, "status": 200, "outcome": "ok", "latency_ms": 42,
+                                "state": "ok", "error": None}
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -50,6 +54,8 @@ class StubGateway:
                     body = stub.reset_body or ({"ok": True} if stub.reset_status == 200 else
                                                {"error": {"code": "unknown_key", "message": "x"}})
                     self._send(stub.reset_status, body)
+                elif self.path.startswith("/_keymux/keys/") and self.path.endswith("/test"):
+                    self._send(stub.test_status, stub.test_body)
                 else:
                     self._send(404, {"error": {"code": "unknown_path"}})
 

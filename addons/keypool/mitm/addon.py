@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..gateway import Gateway
 from ..ticket import Plan, Ticket
 from ..usage import SseTap, usage_of_body
-from . import boundary, conns, responses, runtime
+from . import boundary, conns, keytest, responses, runtime
 from .failclosed import FailClosed
 from .relay import Relay
 from .reload import ConfigWatcher, digest
@@ -197,6 +197,8 @@ class Keymux:
         req = flow.request
         # The raw body: the gateway inflates it only after the client token is checked.
         ticket = self.gateway.admit(req.method, req.path, req.headers, req.raw_content)
+        if isinstance(ticket, keytest.KeyTest):  # an admin's test: one attempt, a summary back
+            ticket = await keytest.run(self.gateway, self.upstream, ticket)
         if isinstance(ticket, Answer):
             _answer(flow, ticket)
             return
