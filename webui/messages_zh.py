@@ -125,7 +125,7 @@ ZH: dict[str, str] = {
     "Clear": "清除",
     "No state store yet: the gateway has not recorded any request.": "尚无状态库：网关还没有记录任何请求。",
     "No request matches these filters.": "没有符合筛选条件的请求。",
-    "Time (UTC)": "时间（UTC）",
+    "Time": "时间",
     "Latency": "延迟",
     "Tokens in / out": "输入 / 输出 token",
     "Attempts": "尝试",
