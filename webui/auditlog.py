@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .store import like_pattern
+
 DB_NAME = "audit.db"
 PAGE_SIZE = 50
 EXPORT_MAX = 100_000
@@ -119,7 +121,7 @@ class AuditLog:
             clauses.append("ts < ?")
             params.append(f.until)
         if f.q:
-            like = "%" + f.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            like = like_pattern(f.q)
             clauses.append("(target LIKE ? ESCAPE '\\' OR detail LIKE ? ESCAPE '\\'"
                            " OR session LIKE ? ESCAPE '\\' OR address LIKE ? ESCAPE '\\')")
             params += [like] * 4

@@ -184,7 +184,8 @@ def _item(names: tuple, row: tuple) -> dict:
     return item
 
 
-def _like(text: str) -> str:
+def like_pattern(text: str) -> str:
+    """``text`` as a LIKE ... ESCAPE '\\' pattern that matches it anywhere, literally."""
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
@@ -200,7 +201,7 @@ def _where(f: LogFilter, have: frozenset[str] = frozenset()) -> tuple[str, list]
     if f.q:
         columns = ["model", "client", "key", "provider"] + [c for c in ("error_code", "error")
                                                            if c in have]
-        like = _like(f.q)
+        like = like_pattern(f.q)
         clauses.append("(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in columns)
                        + f" OR EXISTS (SELECT 1 FROM {_ATTEMPTS}"
                        " WHERE json_extract(value, '$.error') LIKE ? ESCAPE '\\'))")
