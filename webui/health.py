@@ -32,8 +32,8 @@ class Cell:
 def minutes(store: Store, names: list[str], start_minute: int) -> list[tuple]:
     """(minute, requests, successes, rate_limited, auth_errors, server_errors) rows of a
     key under any of ``names`` (its own and its former ones: a rename keeps its history)."""
-    # Store._query: the store's read-only, fail-soft connection (no table yet -> no rows)
-    return store._query(
+    # Store.query: the store's read-only, fail-soft connection (no table yet -> no rows)
+    return store.query(
         "SELECT minute, requests, successes, rate_limited, auth_errors, server_errors"
         f" FROM usage_minute WHERE key IN ({','.join('?' * len(names))}) AND minute >= ?"
         " ORDER BY minute", (*names, start_minute))

@@ -42,7 +42,7 @@ class Store:
     def __init__(self, path: Path):
         self.path = Path(path)
 
-    def _query(self, sql: str, params: tuple | list = ()) -> list[tuple]:
+    def query(self, sql: str, params: tuple | list = ()) -> list[tuple]:
         if not self.path.is_file():
             return []
         uri = f"file:{quote(str(self.path.absolute()))}?mode=ro"
@@ -70,7 +70,7 @@ class Store:
         if keys:
             where += f" AND key IN ({','.join('?' * len(keys))})"
             params += keys
-        rows = self._query(
+        rows = self.query(
             "SELECT key, (minute - ?) / ?, SUM(requests), SUM(latency_sum),"
             " SUM(tokens_in + tokens_out) FROM usage_minute"
             f" WHERE {where} GROUP BY key, 2", [start, step, *params])
@@ -91,7 +91,7 @@ class Store:
                 "t": [(start + i * step) * 60 for i in range(points)], "series": series}
 
     def p95_latency(self, since: float) -> dict[str, float]:
-        rows = self._query("SELECT key, latency_s FROM requests WHERE ts >= ? AND key IS NOT NULL"
+        rows = self.query("SELECT key, latency_s FROM requests WHERE ts >= ? AND key IS NOT NULL"
                            " AND latency_s IS NOT NULL ORDER BY ts DESC LIMIT 50000", (since,))
         by_key: dict[str, list[float]] = {}
         for key, latency in rows:
@@ -99,7 +99,7 @@ class Store:
         return {k: round(percentile(v, 0.95), 4) for k, v in by_key.items()}
 
     def usage_since(self, since: float) -> dict[str, dict]:
-        rows = self._query("SELECT key, SUM(requests), SUM(tokens_in), SUM(tokens_out)"
+        rows = self.query("SELECT key, SUM(requests), SUM(tokens_in), SUM(tokens_out)"
                            " FROM usage_minute WHERE minute >= ? GROUP BY key", (int(since // 60),))
         return {k: {"requests": r or 0, "tokens_in": ti or 0, "tokens_out": to or 0}
                 for k, r, ti, to in rows}
@@ -107,7 +107,7 @@ class Store:
     def client_outcomes(self, since: float) -> dict:
         """Client requests since ``since`` and how many were answered below 400 (gateway
         refusals count when the gateway logs them: every row is a client request)."""
-        rows = self._query("SELECT COUNT(*), SUM(status < 400) FROM requests WHERE ts >= ?",
+        rows = self.query("SELECT COUNT(*), SUM(status < 400) FROM requests WHERE ts >= ?",
                            (since,))
         total, ok = rows[0] if rows else (0, 0)
         return {"requests": total or 0, "answered": ok or 0}
@@ -116,7 +116,7 @@ class Store:
         """Every key the gateway ever saved state for (deleted and renamed keys too):
         name, secret fingerprint, lifetime counters."""
         out = []
-        for name, fp, counters in self._query("SELECT key, fingerprint, counters FROM key_state"):
+        for name, fp, counters in self.query("SELECT key, fingerprint, counters FROM key_state"):
             try:
                 c = json.loads(counters or "{}")
             except ValueError:
@@ -129,10 +129,10 @@ class Store:
     def requests(self, f: LogFilter, page: int, bodies: bool = False) -> tuple[list[dict], int]:
         have = self._added_columns()
         where, params = _where(f, have)
-        total_rows = self._query(f"SELECT COUNT(*) FROM requests{where}", params)
+        total_rows = self.query(f"SELECT COUNT(*) FROM requests{where}", params)
         total = total_rows[0][0] if total_rows else 0
         names, cols = _select(have, bodies, body_chars=4000)
-        rows = self._query(f"SELECT {cols} FROM requests{where} ORDER BY ts DESC, id DESC"
+        rows = self.query(f"SELECT {cols} FROM requests{where} ORDER BY ts DESC, id DESC"
                            " LIMIT ? OFFSET ?", [*params, PAGE_SIZE, max(0, page - 1) * PAGE_SIZE])
         return [_item(names, row) for row in rows], total
 
@@ -148,7 +148,7 @@ class Store:
             if after is not None:
                 page_where += (" AND " if where else " WHERE ") + "(ts < ? OR (ts = ? AND id < ?))"
                 page_params += [after[0], after[0], after[1]]
-            rows = self._query(f"SELECT {cols} FROM requests{page_where} ORDER BY ts DESC,"
+            rows = self.query(f"SELECT {cols} FROM requests{page_where} ORDER BY ts DESC,"
                                " id DESC LIMIT ?", [*page_params, min(EXPORT_CHUNK, left)])
             for row in rows:
                 yield _item(names, row)
@@ -159,11 +159,11 @@ class Store:
 
     def _added_columns(self) -> frozenset[str]:
         """Which newer columns this database has (an older gateway may not have added them)."""
-        rows = self._query("PRAGMA table_info(requests)")
+        rows = self.query("PRAGMA table_info(requests)")
         return frozenset(r[1] for r in rows) & frozenset(ADDED_COLUMNS)
 
     def models(self, since: float) -> list[str]:
-        rows = self._query("SELECT DISTINCT model FROM requests WHERE ts >= ? AND model IS NOT NULL"
+        rows = self.query("SELECT DISTINCT model FROM requests WHERE ts >= ? AND model IS NOT NULL"
                            " ORDER BY model LIMIT 200", (since,))
         return [r[0] for r in rows]
 

@@ -20,8 +20,8 @@ RANGES = {"24h": 86400, "7d": 7 * 86400}  # the request log's own range names
 
 
 def per_client(store: Store, since: float) -> dict[str | None, dict]:
-    # Store._query: the store's read-only, fail-soft connection (no table yet -> no rows)
-    rows = store._query(
+    # Store.query: the store's read-only, fail-soft connection (no table yet -> no rows)
+    rows = store.query(
         "SELECT client, COUNT(*), SUM(status < 400), SUM(status >= 400 AND status < 500),"
         " SUM(status >= 500), SUM(tokens_in), SUM(tokens_out), AVG(latency_s), MAX(ts)"
         " FROM requests WHERE ts >= ? GROUP BY client", (since,))
