@@ -162,3 +162,11 @@ def test_the_guard_answers_a_request_keymux_neither_answered_nor_routed(gw, trap
     conn.request("GET", "/health")
     assert conn.getresponse().status == 200
     assert trap.hits == 0
+
+
+def test_a_config_that_fails_to_load_exits_1_not_0(tmp_path, confdir):
+    """The clean-exit handler (runtime.exit_cleanly_at_exit) only covers a requested
+    shutdown: an error at start-up still ends mitmdump with status 1."""
+    g = GatewayProcess(tmp_path, "keys: [\n", confdir=confdir)
+    with pytest.raises(RuntimeError, match="exited 1"):
+        g.start(timeout=20)
