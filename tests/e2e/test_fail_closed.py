@@ -10,7 +10,6 @@ import http.client
 import json
 import socket
 import threading
-import time
 from pathlib import Path
 
 import openai
@@ -19,6 +18,7 @@ import pytest
 from keypool.redact import mask
 
 from .conftest import CLIENT_TOKEN, K1, K2, pool_yaml
+from . import harness
 from .harness import GatewayProcess
 
 ADMIN = "kmx-admin-token-for-fault-tests-0001"
@@ -66,12 +66,7 @@ def gw(mock, trap, tmp_path_factory, confdir):
 
 
 def wait_for(cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
+    return harness.wait_for(cond, timeout)
 
 
 def in_flight(gw) -> int:
