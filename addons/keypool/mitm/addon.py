@@ -325,6 +325,7 @@ class Keymux:
             self.watcher.stop()
         if self._flusher is not None:
             self._flusher.cancel()
+        self._release_streams()
         if self.runtime is not None:  # shutdown or script reload: persist what we have
             self.runtime.flush()
             self.runtime.writer.flush(timeout=2.0)
@@ -333,6 +334,14 @@ class Keymux:
                 logger.warning("keymux: %d request-log rows could not be written to the state "
                                "store and are lost with this process", unwritten)
         asyncio.get_running_loop().create_task(self._close_io())
+
+    def _release_streams(self) -> None:
+        """The end of a stream this instance relays never reaches it once its script is
+        removed or reloaded, but the gateway (kept in ``runtime``) outlives it: free the
+        keys now, or they would stay in flight for good."""
+        for relayed in list(self.streams.values()):
+            self.gateway.finish(relayed.plan, None, outcome="cancelled")
+        self.streams.clear()
 
     async def _close_io(self) -> None:
         await self.relay.close()
