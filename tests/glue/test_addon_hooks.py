@@ -263,9 +263,12 @@ async def test_a_stream_whose_flow_errors_before_headers_releases_its_key(
         glue_config, monkeypatch):
     async with keymux_in(glue_config) as (addon, _):
         f = await streamed(addon, monkeypatch)
-        f.error = tflow.terr()  # e.g. the relay could not be reached
+        seen = releases(addon, monkeypatch)
+        f.error = tflow.terr()  # the client left, or the relay could not be reached
         addon.error(f)
         assert glue_in_flight(addon) == 0
+        # The key's answer was a good stream (judged so): nothing here is the key's fault.
+        assert seen == [("k1", "cancelled")]
 
 
 async def test_a_raising_responseheaders_answers_500_and_blames_no_key(

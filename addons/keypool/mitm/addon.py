@@ -304,8 +304,10 @@ class Keymux:
         usage = relayed.tap.usage if relayed.tap else None
         if relayed.failed:  # keymux's own failure says nothing about the key
             status, outcome = 500, "cancelled"
+        elif broke_off and status is None:  # no head from the relay: the client left, or
+            outcome = "cancelled"             # keymux's relay failed; the key answered fine
         elif broke_off:
-            outcome = "ok" if status and status < 400 else "server"
+            outcome = "ok" if status < 400 else "server"
         else:
             outcome = None  # by status
         try:
