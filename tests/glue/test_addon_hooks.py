@@ -289,3 +289,71 @@ async def test_a_raising_responseheaders_answers_500_and_blames_no_key(
         assert json.loads(body)["error"]["code"] == "keymux_internal_error"
         addon.response(f)
         assert seen == [("k1", "cancelled")] and glue_in_flight(addon) == 0
+
+
+# -- more of request's edges ----------------------------------------------------------
+
+async def test_without_a_loaded_config_every_request_is_503_and_masked():
+    from keypool.mitm.addon import Keymux
+    addon = Keymux()  # configure failed at start: mitmdump is on its way out
+    f = glue_chat_flow()
+    await addon.request(f)
+    assert f.response.status_code == 503 and code(f) == "keymux_not_loaded"
+    assert glue_secrets_in(f) == []
+
+
+async def test_a_model_no_provider_serves_is_404_with_two_providers(tmp_path, glue_upstream):
+    path = tmp_path / "keys.yaml"
+    path.write_text(f"""
+version: 1
+state_dir: {tmp_path / 'state'}
+providers:
+  mock:
+    base_url: {glue_upstream.base_url}/v1
+    models: ["gpt-*"]
+  other:
+    base_url: {glue_upstream.base_url}/alt/v1
+    models: ["alt-*"]
+keys:
+  - {{name: k1, provider: mock, key: {GLUE_K1}}}
+  - {{name: k2, provider: other, key: {GLUE_K2}}}
+clients:
+  - {{name: app, token: {GLUE_TOKEN}}}
+""")
+    async with keymux_in(path) as (addon, _):
+        f = glue_chat_flow(model="nobody-serves-this")
+        await addon.request(f)
+        assert f.response.status_code == 404 and code(f) == "model_not_found"
+        assert glue_upstream.count() == 0 and glue_secrets_in(f) == []
+
+
+async def test_the_gateways_own_paths_are_answered_without_upstream(glue_config, glue_upstream):
+    async with keymux_in(glue_config) as (addon, _):
+        f = glue_chat_flow()
+        f.request.method, f.request.path, f.request.content = "GET", "/health", b""
+        await addon.request(f)
+        assert f.response.status_code == 200 and glue_upstream.count() == 0
+
+
+async def test_a_client_that_left_gets_no_second_attempt(glue_config, glue_upstream, monkeypatch):
+    glue_upstream.set_behavior(GLUE_K1, status=503)
+    async with keymux_in(glue_config) as (addon, _):
+        k1_first(addon, monkeypatch)
+        f = glue_chat_flow()
+        f.client_conn.timestamp_end = 1.0  # disconnected while the first attempt ran
+        await addon.request(f)
+        assert glue_upstream.count() == 1 and glue_upstream.count(GLUE_K2) == 0
+        assert f.response.status_code >= 500 and glue_in_flight(addon) == 0
+
+
+async def test_a_failed_over_stream_is_relayed_from_the_second_key(
+        glue_config, glue_upstream, monkeypatch):
+    glue_upstream.set_behavior(GLUE_K1, status=429)
+    async with keymux_in(glue_config) as (addon, _):
+        f = await streamed(addon, monkeypatch)
+        _, port, path = f.metadata[boundary.MARK]
+        status, _, chunks, (_, w) = await glue_fetch(port, path)
+        w.close()
+        assert status == 200 and b"[DONE]" in b"".join(chunks)
+        assert glue_upstream.count(GLUE_K1, 429) == 1 and glue_upstream.count(GLUE_K2, 200) == 1
+        assert f.metadata["keymux"]["key"] == "k2" and glue_in_flight(addon) == 1
