@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import io
+import json
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from mitmproxy import io as mitmproxy_io
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.test import taddons, tflow
 
@@ -118,7 +121,6 @@ async def glue_teardown(addon: Keymux, tctx) -> None:
 def glue_chat_flow(model: str = "gpt-4o-mini", token: str | None = GLUE_TOKEN,
                    stream: bool = False, **extra):
     """A client's POST /v1/chat/completions as mitmproxy hands it to the hooks."""
-    import json
     f = tflow.tflow()
     f.request.method, f.request.path = "POST", "/v1/chat/completions"
     f.request.host, f.request.port = "127.0.0.1", 8080
@@ -141,10 +143,8 @@ def glue_in_flight(addon: Keymux) -> int:
 
 def glue_secrets_in(flow) -> list[str]:
     """Which secrets a flow's saved form (mitmweb, -w files) would contain."""
-    from mitmproxy import io
-    import io as stdio
-    buf = stdio.BytesIO()
-    io.FlowWriter(buf).add(flow)
+    buf = io.BytesIO()
+    mitmproxy_io.FlowWriter(buf).add(flow)
     raw = buf.getvalue() + repr(flow.get_state()).encode()
     return [s for s in GLUE_SECRETS if s.encode() in raw]
 

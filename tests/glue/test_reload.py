@@ -68,7 +68,8 @@ async def watching(path):
 
 def with_third_key(base_url, tmp_path) -> str:
     return glue_keys_yaml(base_url, extra=f"state_dir: {tmp_path / 'state'}").replace(
-        "routing:", f"  - name: k3\n    provider: mock\n    key: sk-glue-key-three-000003\nrouting:")
+        "routing:", "  - name: k3\n    provider: mock\n    key: sk-glue-key-three-000003\n"
+                    "routing:")
 
 
 async def test_a_valid_change_calls_back_with_the_new_config(glue_config, glue_upstream, tmp_path):

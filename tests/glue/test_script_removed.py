@@ -2,12 +2,12 @@
 import asyncio
 import json
 
-from mitmproxy.test import taddons
+import pytest
 
 from keypool.mitm import boundary, runtime
 from keypool.mitm.failclosed import FailClosed
 
-from .conftest import GLUE_TOKEN, glue_chat_flow, glue_in_flight, glue_secrets_in, keymux_in
+from .conftest import GLUE_K1, GLUE_K2, glue_chat_flow, glue_in_flight, glue_secrets_in, keymux_in
 
 
 async def routed_stream(addon, monkeypatch):
@@ -40,3 +40,23 @@ async def test_a_removed_script_gives_back_the_keys_of_its_streams(glue_config, 
         async with asyncio.timeout(2):  # done() closes the relay in a task
             while addon.relay.parked:
                 await asyncio.sleep(0.01)
+
+
+@pytest.mark.xfail(strict=False, reason="done() closes the shared aiohttp session under requests "
+                   "still in flight; the gateway outlives the script, so their keys are blamed "
+                   "and cooled (see the gluetests report)")
+async def test_a_script_reload_does_not_blame_keys_for_requests_in_flight(
+        glue_config, glue_upstream, monkeypatch):
+    glue_upstream.set_behavior(GLUE_K1, delay_ms=300)
+    glue_upstream.set_behavior(GLUE_K2, delay_ms=300)
+    async with keymux_in(glue_config) as (addon, tctx):
+        f = glue_chat_flow()
+        request = asyncio.create_task(addon.request(f))
+        async with asyncio.timeout(2):  # the attempt holds its key: it is on its way
+            while glue_in_flight(addon) == 0:
+                await asyncio.sleep(0.005)
+        addon.done()  # a script reload: the next instance shares this gateway
+        await request
+        pool = addon.gateway.pool.by_name
+        assert not pool["k1"].cool and not pool["k2"].cool
+        assert all(a["outcome"] in ("ok", "cancelled") for a in f.metadata["keymux"]["attempts"])

@@ -3,7 +3,9 @@
 Asserted: what the upstream receives and how a reply fails; not how the sender is built
 (issue 10's `sender` work adds TLS and proxy options to it).
 """
+import asyncio
 import gzip
+import inspect
 
 import pytest
 from aiohttp import web
@@ -36,7 +38,8 @@ class Upstreamish:
     async def handle(self, request: web.Request):
         self.got.append(request)
         self.bodies.append(await request.read())
-        return await self.answer(request) if _is_coro(self.answer) else self.answer(request)
+        answer = self.answer(request)
+        return await answer if inspect.isawaitable(answer) else answer
 
     async def __aenter__(self):
         app = web.Application()
@@ -50,11 +53,6 @@ class Upstreamish:
 
     async def __aexit__(self, *exc):
         await self.runner.cleanup()
-
-
-def _is_coro(fn) -> bool:
-    import inspect
-    return inspect.iscoroutinefunction(fn)
 
 
 def plan_for(base_url: str, tmp_path, body: bytes = CHAT):
@@ -123,12 +121,14 @@ async def test_an_error_body_has_its_own_smaller_cap(tmp_path, monkeypatch):
         up.answer = lambda r: web.Response(status=500, body=b"e" * 5000)
         sender = Upstream()
         try:
-            reply = await sender.send(plan_for(up.url, tmp_path), "POST", CLIENT_FIELDS, cap=1 << 20)
+            reply = await sender.send(plan_for(up.url, tmp_path), "POST", CLIENT_FIELDS,
+                                      cap=1 << 20)
             assert reply.status == 500 and reply.cap == 1000
             with pytest.raises(UpstreamError):
                 await reply.read()
             up.answer = lambda r: web.Response(status=200, body=b"o" * 5000)
-            reply = await sender.send(plan_for(up.url, tmp_path), "POST", CLIENT_FIELDS, cap=1 << 20)
+            reply = await sender.send(plan_for(up.url, tmp_path), "POST", CLIENT_FIELDS,
+                                      cap=1 << 20)
             assert len(await reply.read()) == 5000  # a success may be larger
         finally:
             await sender.close()
@@ -168,8 +168,6 @@ async def test_a_refused_connection_is_an_upstream_error_without_key_or_url(tmp_
 
 
 async def test_a_reset_before_the_answer_is_an_upstream_error(tmp_path):
-    import asyncio
-
     async def reset(reader, writer):
         await reader.readuntil(b"\r\n\r\n")
         writer.transport.abort()
