@@ -221,13 +221,40 @@ def test_replay_on_a_chosen_key_makes_one_attempt_and_judges_it(keys_yaml, mock)
     async def body(tctx, km, seen):
         call(tctx, "keymux.replay", original, "k2")
         new = await replayed(km, seen, len(seen.flows))
-        return new, km.gateway.pool.by_name["k2"].state(km.gateway.clock.monotonic())
+        return new, call(tctx, "keymux.keys")[2].split()[2]
     new, state = run(keys_yaml, body)
     f = new[0]
     assert f.response.status_code == 401 and f.comment == f"replay of {original.id} on k2: 401"
     assert mock.count(K2) == 1 and mock.count() == 1  # that key only, no re-issue
-    assert state == "dead"  # judged by the normal policy
+    assert state == "dead"  # judged by the normal policy; keymux.keys shows it
     assert f.request.headers["authorization"] == "Bearer sk-…0002" and no_secret(f)
+
+
+def test_a_replay_without_an_answer_is_a_flow_with_an_error(keys_yaml, mock):
+    mock.set_behavior(K1, reset=True)
+    original = recorded(mock)
+
+    async def body(tctx, km, seen):
+        call(tctx, "keymux.replay", original, "k1")
+        new = await replayed(km, seen, len(seen.flows))
+        return new, call(tctx, "keymux.keys")[1]
+    new, k1_line = run(keys_yaml, body)
+    f = new[0]
+    assert f.response is None and f.error is not None
+    assert f.comment.startswith(f"replay of {original.id} on k1: ") and no_secret(f)
+    assert "cooling" in k1_line and f.error.msg[:20] in k1_line  # LAST says why
+
+
+def test_a_streamed_request_is_replayed_and_its_sse_kept(keys_yaml, mock):
+    original = recorded(mock)
+    original.request.content = json.dumps({"model": "gpt-4o-mini", "stream": True,
+                                           "messages": []}).encode()
+
+    async def body(tctx, km, seen):
+        call(tctx, "keymux.replay", original, "")
+        return await replayed(km, seen, len(seen.flows))
+    f = run(keys_yaml, body)[0]
+    assert f.response.status_code == 200 and b"data: [DONE]" in f.response.content
 
 
 def test_replay_of_a_flow_the_request_hook_routed(keys_yaml, mock):
