@@ -230,6 +230,21 @@ def test_replay_on_a_chosen_key_makes_one_attempt_and_judges_it(keys_yaml, mock)
     assert f.request.headers["authorization"] == "Bearer sk-…0002" and no_secret(f)
 
 
+def test_a_replay_the_pool_cannot_take_gets_the_gateways_answer(keys_yaml, mock):
+    original = recorded(mock)
+
+    async def body(tctx, km, seen):
+        pool = km.gateway.pool
+        for name in ("k1", "k2"):
+            pool.cool_down(pool.by_name[name], "", 60, "rate_limited")
+        call(tctx, "keymux.replay", original, "")
+        return await replayed(km, seen, len(seen.flows))
+    f = run(keys_yaml, body)[0]
+    assert f.response.status_code == 429 and mock.count() == 0
+    assert f.comment == f"replay of {original.id} on the pool: 429"
+    assert json.loads(f.response.content)["error"]["code"] == "all_keys_busy"
+
+
 def test_a_replay_without_an_answer_is_a_flow_with_an_error(keys_yaml, mock):
     mock.set_behavior(K1, reset=True)
     original = recorded(mock)
@@ -275,6 +290,9 @@ def test_replay_of_a_flow_the_request_hook_routed(keys_yaml, mock):
     assert mock.count(K1) >= 1 and mock.count() == 2
     assert mock.requests()[-1]["body"]["model"] == "gpt-4o-mini"  # routed as the original was
     assert new[0].metadata["keymux"]["model"] == "gpt-4o-mini"
+    req = new[0].request
+    assert json.loads(req.content)["model"] == "gpt-4o-mini"  # the flow shows what was sent
+    assert req.headers["content-length"] == str(len(req.raw_content))
 
 
 def test_replay_refuses_a_foreign_host_provider_or_key(keys_yaml, mock):

@@ -133,19 +133,23 @@ class Commands:
         def send(plan: Plan):
             return upstream.send(plan, method, fields, cap)
 
-        new = _new_flow(original, ticket)
+        started = time.time()
         if key:
             out = await _one_attempt(gw, ticket, key, send)
         else:
             o = await serve(gw, ticket, send)
             out = Result(plan=o.plan, answer=o.answer, reply=o.reply, body=o.body)
         plan = out.plan
-        if plan is not None:
-            new.request.headers.fields = plan.rewrite_fields(fields, secret=False)
-        else:
-            boundary.mask_client_auth(new.request)
         try:
+            new = _new_flow(original, ticket, plan.rewrite_fields(fields, secret=False)
+                            if plan else fields, started)  # the key masked
+            if plan is None:  # nothing was sent: no credential shown either
+                boundary.mask_client_auth(new.request)
             status = _settle(gw, new, ticket, out)
+        except BaseException:
+            if plan is not None:  # whatever failed, the key is given back (a no-op once settled)
+                gw.finish(plan, None, outcome="cancelled")
+            raise
         finally:
             if out.reply is not None:
                 out.reply.close()
@@ -267,7 +271,9 @@ def replay_ticket(gw: Gateway, f: flow.Flow, key: str) -> tuple[Ticket, tuple]:
                     anthropic=target.path.startswith("/v1/messages"),
                     est_tokens=estimate_tokens(data, len(body or b"")), arrived=now,
                     deadline=now + gw.config.routing.timeout_s, arrived_wall=gw.clock.wall())
-    fields = tuple((k, v) for k, v in req.headers.fields if k.lower() != b"content-encoding")
+    # the body goes out as it is: the length is aiohttp's, and nothing is encoded
+    fields = tuple((k, v) for k, v in req.headers.fields
+                   if k.lower() not in (b"content-encoding", b"content-length"))
     return ticket, fields
 
 
@@ -336,10 +342,14 @@ def _settle(gw: Gateway, new: http.HTTPFlow, ticket: Ticket, out: Result) -> int
     return reply.status
 
 
-def _new_flow(original: http.HTTPFlow, ticket: Ticket) -> http.HTTPFlow:
-    new = original.copy()  # a new id, not live
-    new.response, new.error, new.marked = None, None, ""
-    new.metadata = {}
-    new.request.content = ticket.body
-    new.request.timestamp_start = new.request.timestamp_end = time.time()
+def _new_flow(original: http.HTTPFlow, ticket: Ticket, fields, started: float) -> http.HTTPFlow:
+    """A copy of the original (a new id, not live) showing the request as it was sent."""
+    new = original.copy()
+    new.response, new.error, new.marked, new.metadata = None, None, "", {}
+    req = new.request
+    req.headers.fields = fields
+    req.raw_content = ticket.body
+    if ticket.body:
+        req.headers["content-length"] = str(len(ticket.body))
+    req.timestamp_start = req.timestamp_end = started
     return new
