@@ -25,6 +25,7 @@ from ..gateway import Gateway
 from ..ticket import Plan, Ticket
 from ..usage import SseTap, usage_of_body
 from . import boundary, conns, keytest, responses, runtime
+from .commands import Commands
 from .failclosed import FailClosed
 from .relay import Relay
 from .reload import ConfigWatcher, digest
@@ -56,6 +57,7 @@ class Keymux:
         self.upstream = Upstream()
         self.relay = Relay()
         self.streams: WeakKeyDictionary[http.HTTPFlow, Relayed] = WeakKeyDictionary()
+        self.addons = [Commands(self)]  # mitmproxy registers nested addons with this one
 
     def load(self, loader) -> None:
         loader.add_option("keymux_config", str, "config/keys.yaml",
