@@ -7,6 +7,7 @@ import json
 import socket
 import threading
 import time
+import urllib.error
 
 import openai
 import pytest
@@ -203,3 +204,18 @@ def test_mitmdump_w_file_and_flow_detail_4_hold_no_token(mock, tmp_path, confdir
         assert wait_for(lambda: gw.log().count("authorization: Bearer sk-") >= 2)
     assert not leaks(gw.log_path.read_bytes())
     assert flows.stat().st_size > 0 and not leaks(flows.read_bytes())
+
+
+def test_the_mitmweb_client_runs_commands_and_filters(web, mock):
+    """The harness's API client itself (others build on it): a command through the XSRF
+    check, a filtered dump, and the password being required."""
+    api = MitmWeb.of(web)
+    api.clear()
+    client(web).chat.completions.create(**hi())
+    assert wait_for(lambda: len(api.flows()) == 1)
+    assert api.command("view.properties.length") == {"value": 1}
+    assert "error" in api.command("view.no.such.command")
+    assert len(api.dump_flows("~u /v1/chat")) == 1 and api.dump_flows("~u /nowhere") == []
+    with pytest.raises(urllib.error.HTTPError) as e:
+        MitmWeb(web.web_url, "wrong-password").flows()
+    assert e.value.code == 403
