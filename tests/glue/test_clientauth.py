@@ -7,10 +7,11 @@ import json
 import pytest
 from mitmproxy import http
 from mitmproxy.addons.view import View
-from mitmproxy.proxy.layers.http import HttpRequestHeadersHook
+from mitmproxy.proxy.layers.http import HttpRequestHeadersHook, HttpRequestHook, HttpResponseHook
 from mitmproxy.test import taddons, tflow
 
-from keypool.mitm import clientauth
+from keypool.mitm import clientauth, runtime
+from keypool.mitm.failclosed import FailClosed
 from keypool.mitm.addon import Keymux
 
 TOKEN = "kmx-glue-client-token-0123456789"
@@ -94,6 +95,21 @@ def test_a_flow_without_credentials_is_left_alone():
     before = f.request.headers.fields
     auth.requestheaders(f)
     assert f.request.headers.fields is before and not auth.holds(f)
+
+
+def test_with_no_keymux_loaded_the_flow_is_masked_and_answered_503(monkeypatch):
+    monkeypatch.setattr(runtime, "active", None)  # the script failed to load
+    view = View()
+    with taddons.context(view, FailClosed()) as tctx:
+        clientauth.install(tctx.master)
+        f = flow_with([("authorization", f"Bearer {TOKEN}")], "/v1/chat/completions", "POST")
+        tctx.master.addons.trigger(HttpRequestHeadersHook(f))
+        assert f.request.headers["authorization"] == "Bearer kmx…6789"
+        tctx.master.addons.trigger(HttpRequestHook(f))
+        tctx.master.addons.trigger(HttpResponseHook(f))
+    assert f.response.status_code == 503
+    assert f.request.headers["authorization"] == "Bearer kmx…6789"  # not masked twice
+    assert not tctx.master.addons.get("keymux_clientauth").holds(f)
 
 
 # -- with keymux loaded --------------------------------------------------------------
