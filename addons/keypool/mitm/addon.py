@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..gateway import Gateway
 from ..ticket import Plan, Ticket
 from ..usage import SseTap, usage_of_body
-from . import boundary, conns, keytest, responses, runtime
+from . import boundary, clientauth, conns, keytest, responses, runtime
 from .commands import Commands
 from .failclosed import FailClosed
 from .relay import Relay
@@ -58,6 +58,7 @@ class Keymux:
         self.relay = Relay()
         self.streams: WeakKeyDictionary[http.HTTPFlow, Relayed] = WeakKeyDictionary()
         self.addons = [Commands(self)]  # mitmproxy registers nested addons with this one
+        self.clientauth = clientauth.ClientAuth()  # the process's own, from load()
 
     def load(self, loader) -> None:
         loader.add_option("keymux_config", str, "config/keys.yaml",
@@ -66,6 +67,7 @@ class Keymux:
                           "Serve a bind beyond loopback without a clients: section (anyone "
                           "who reaches the port spends your keys).")
         conns.install(ctx.master)  # before the proxy listens: every connection is guarded
+        self.clientauth = clientauth.install(ctx.master)  # masks client tokens first
         runtime.exit_cleanly_at_exit(ctx.master)
 
     def configure(self, updated: set[str]) -> None:
@@ -174,7 +176,8 @@ class Keymux:
         try:
             # HTTP/1 absolute-form sets an authority; HTTP/2's :authority is normal.
             authority = "" if req.is_http2 or req.is_http3 else req.authority
-            answer = self.gateway.screen(req.method, req.path, authority, req.headers.fields)
+            fields = self.clientauth.fields(flow)  # as sent: the 431 bound counts the token
+            answer = self.gateway.screen(req.method, req.path, authority, fields)
             if answer is not None:
                 _answer(flow, answer)
         except Exception as e:
@@ -198,7 +201,9 @@ class Keymux:
     async def _request(self, flow: http.HTTPFlow) -> None:
         req = flow.request
         # The raw body: the gateway inflates it only after the client token is checked.
-        ticket = self.gateway.admit(req.method, req.path, req.headers, req.raw_content)
+        # The flow holds the client's token masked (clientauth): authenticate with it as sent.
+        headers = self.clientauth.take(flow) or req.headers
+        ticket = self.gateway.admit(req.method, req.path, headers, req.raw_content)
         if isinstance(ticket, keytest.KeyTest):  # an admin's test: one attempt, a summary back
             ticket = await keytest.run(self.gateway, self.upstream, ticket)
         if isinstance(ticket, Answer):

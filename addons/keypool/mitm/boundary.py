@@ -17,7 +17,7 @@ from mitmproxy import http
 
 from .. import answers
 from ..providers import CLIENT_AUTH_HEADERS
-from ..redact import mask, scrub
+from ..redact import is_masked, mask_credential, scrub
 from . import responses
 
 logger = logging.getLogger("keymux")
@@ -73,6 +73,7 @@ def fail_headers(flow: http.HTTPFlow) -> None:
 
 
 def mask_client_auth(req: http.Request) -> None:
+    """A second line of defence: ``clientauth.ClientAuth`` masked these in requestheaders."""
     for name in CLIENT_AUTH_HEADERS:
-        if name in req.headers:
-            req.headers[name] = mask(req.headers[name])
+        if name in req.headers and not is_masked(value := req.headers[name]):
+            req.headers[name] = mask_credential(value)
