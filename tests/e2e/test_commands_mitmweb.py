@@ -2,59 +2,19 @@
 calls it (mitmdump has no command API)."""
 import http.client
 import json
-import urllib.request
 
 import pytest
 
-from . import harness
 from .conftest import K2, SECRETS, pool_yaml
-from .harness import GatewayProcess, free_port, get, wait_for
-
-PASSWORD = "kmx-test-web-password-4242"
-
-
-class WebAPI:
-    """mitmweb's API: its password as a bearer token; for a POST, tornado's double-submit
-    XSRF check (the same value as cookie and header, as the UI sends it)."""
-    XSRF = "6b6d782d787372662d746573742d746f6b656e"  # any hex value
-
-    def __init__(self, port: int):
-        self.base = f"http://127.0.0.1:{port}"
-
-    def _call(self, path: str, body: dict | None = None):
-        headers = {"Authorization": f"Bearer {PASSWORD}"}
-        if body is not None:
-            headers |= {"Cookie": f"_mitmproxy_xsrf={self.XSRF}", "X-XSRFToken": self.XSRF,
-                        "content-type": "application/json"}
-        req = urllib.request.Request(self.base + path, headers=headers, method=(
-            "GET" if body is None else "POST"), data=None if body is None else json.dumps(body).encode())
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return json.loads(r.read())
-
-    def ready(self) -> bool:
-        try:
-            return isinstance(self.flows(), list)
-        except OSError:  # mitmweb's own server may start after the proxy answers
-            return False
-
-    def flows(self) -> list[dict]:
-        return self._call("/flows")
-
-    def command(self, name: str, *args: str):
-        return self._call(f"/commands/{name}", {"arguments": list(args)})
+from .harness import GatewayProcess, get, wait_for
+from .mitmweb import MitmWeb
 
 
 @pytest.fixture
-def web(mock, tmp_path, confdir, monkeypatch):
-    monkeypatch.setattr(harness, "MITMDUMP", harness.MITMDUMP.with_name("mitmweb"))
-    port = free_port()
-    args = ("--set", f"web_port={port}", "--set", "web_open_browser=false",
-            "--set", f"web_password={PASSWORD}")
+def web(mock, tmp_path, confdir):
     with GatewayProcess(tmp_path, pool_yaml(mock.base_url), env={"MOCK_KEY_2": K2},
-                        confdir=confdir, args=args) as gw:
-        api = WebAPI(port)
-        assert wait_for(api.ready, 10), gw.log()
-        yield gw, api
+                        confdir=confdir, web=True) as gw:
+        yield gw, MitmWeb.of(gw)
 
 
 def chat(gw) -> int:
