@@ -219,15 +219,16 @@ class Keymux:
             out = await reissue.serve(
                 self.gateway, ticket, lambda plan: self.upstream.send(plan, method, fields, cap),
                 alive=lambda: flow.client_conn.timestamp_end is None, on_failed=failed.add)
-            if failed.records:
-                self._publish_attempts(flow, failed.records, fields, method)
             if out.answer is not None:
                 flows.show_refused(flow, ticket, out.answer, self.gateway._secrets)
+            else:
+                shown = flows.sent_fields(out.plan, fields)
+                flows.show_routed(flow, ticket, out.plan, out.reply, shown)
+            if failed.records:  # after show_*: the client flow lists its attempt flows
+                self._publish_attempts(flow, failed.records, fields, method)
+            if out.answer is not None:
                 self.gateway.complete(ticket, out.answer.status, answer=out.answer)
-                return
-            shown = flows.sent_fields(out.plan, fields)
-            flows.show_routed(flow, ticket, out.plan, out.reply, shown)
-            if out.body is not None:
+            elif out.body is not None:
                 self._deliver(flow, out)
             else:
                 await self._relay(flow, out, shown)

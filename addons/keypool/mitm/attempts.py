@@ -71,7 +71,7 @@ def attempt_flow(client: http.HTTPFlow, rec: tuple, fid: str, n: int, total: int
                               conn.timestamp_end if conn and conn.timestamp_end else time.time())
     outcome = reply.status if reply is not None and error is None else error
     after = "re-issued" if n < total else "the last"
-    f.comment = (f"attempt {n} of {total} for {method} {client.request.path}: "
+    f.comment = (f"attempt {n} of {total} for {method} {plan.ticket.path}: "
                  f"{plan.key.name} {outcome} ({after})")
     f.marked = flows.FAILED
     f.metadata["keymux"] = {

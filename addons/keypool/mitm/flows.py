@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 
+from cryptography import x509
 from mitmproxy import certs, connection, http
 from mitmproxy.net import server_spec
 
@@ -22,7 +23,7 @@ from ..redact import mask, scrub
 from ..ticket import Plan, Ticket
 from . import responses
 
-HOST = b"keymux"
+HOST = "keymux"  # RequestData.host is a str (scheme and path are bytes)
 REFUSED = ":no_entry:"          # the gateway refused the request (4xx)
 BUSY = ":hourglass:"            # no key free now: 429/503 from the pool
 BROKEN = ":boom:"               # keymux's own failure: 500
@@ -168,7 +169,7 @@ def _certs(ders) -> list:
     out = []
     for der in ders or ():
         try:
-            out.append(certs.Cert.from_der(der))
+            out.append(certs.Cert(x509.load_der_x509_certificate(der)))  # no from_der in 12.2
         except Exception:  # an unreadable certificate is shown as absent, not a failure
             break
     return out
