@@ -174,3 +174,19 @@ def test_the_attempt_flows_json_holds_no_token():
     text = json.dumps(a.get_state(), default=repr)
     assert TOKEN not in text and "sk-k1-secret-0000" not in text
     assert time.time() - a.request.timestamp_start < 60
+
+
+def test_under_mitmweb_the_flow_list_shows_the_comment_unless_the_user_chose_columns():
+    from typing import Sequence
+
+    default = ["tls", "icon", "path", "method", "status", "size", "time"]
+    with taddons.context() as tctx:
+        flows.comment_column()  # mitmdump: no such option, nothing to do
+        tctx.options.add_option("web_columns", Sequence[str], default, "columns")
+        flows.comment_column()
+        assert tctx.options.web_columns == [*default, "comment"]
+    with taddons.context() as tctx:
+        tctx.options.add_option("web_columns", Sequence[str], default, "columns")
+        tctx.options.update(web_columns=["path", "status"])
+        flows.comment_column()
+        assert tctx.options.web_columns == ["path", "status"]

@@ -135,7 +135,7 @@ class Keymux:
             ctx.master.addons.add(FailClosed())
         runtime.active = self
         self._watch(ctx.options.keymux_config)
-        _comment_column()
+        flows.comment_column()
 
     def _watch(self, path: str) -> None:
         if self.watcher is not None:
@@ -225,7 +225,8 @@ class Keymux:
                 shown = flows.sent_fields(out.plan, fields)
                 flows.show_routed(flow, ticket, out.plan, out.reply, shown)
             if failed.records:  # after show_*: the client flow lists its attempt flows
-                self._publish_attempts(flow, failed.records, fields, method)
+                self.publisher.attempts(flow, failed.records, fields, method,
+                                        self.flow_body_cap, self.gateway.masker)
             if out.answer is not None:
                 self.gateway.complete(ticket, out.answer.status, answer=out.answer)
             elif out.body is not None:
@@ -252,13 +253,6 @@ class Keymux:
             self.gateway.finish(out.plan, reply.status, usage)
         flows.show_connection(flow, reply, out.plan, whole=True)
         self.gateway.complete(out.plan.ticket, reply.status, out.plan, usage, body)
-
-    def _publish_attempts(self, flow: http.HTTPFlow, records: list, fields, method: str) -> None:
-        """The failed attempts become flows, built and published after the client's answer."""
-        ids = attempts.link(flow, records)
-        cap, masker = self.flow_body_cap, self.gateway.masker
-        self.publisher.publish(
-            lambda: attempts.build(flow, records, ids, fields, method, cap, masker))
 
     async def _relay(self, flow: http.HTTPFlow, out: reissue.Outcome, shown: tuple) -> None:
         """Point the flow at the relay, which serves it the open upstream stream."""
@@ -373,15 +367,6 @@ def _limit_bodies(gw: Gateway) -> None:
     limit = str(gw.max_body)
     if ctx.options.body_size_limit != limit:
         ctx.options.update(body_size_limit=limit)
-
-
-def _comment_column() -> None:
-    """Under mitmweb, the flow list shows the comment (key and outcome) unless the user
-    chose the columns."""
-    opts = ctx.options
-    if "web_columns" in opts and not opts.has_changed("web_columns") \
-            and "comment" not in opts.web_columns:
-        opts.update(web_columns=[*opts.web_columns, "comment"])
 
 
 def _log_loaded(config) -> None:

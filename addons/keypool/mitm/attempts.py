@@ -97,6 +97,12 @@ class Publisher:
     def __init__(self) -> None:
         self.tasks: set[asyncio.Task] = set()
 
+    def attempts(self, client: http.HTTPFlow, records: list[tuple], fields, method: str,
+                 cap: int, masker: Masker) -> None:
+        """The failed attempts become flows, built and published after the client's answer."""
+        ids = link(client, records)
+        self.publish(lambda: build(client, records, ids, fields, method, cap, masker))
+
     def publish(self, make) -> None:
         """``make()`` builds the flows, off the client's path."""
         task = asyncio.get_running_loop().create_task(self._publish(make))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 
 from cryptography import x509
-from mitmproxy import certs, connection, http
+from mitmproxy import certs, connection, ctx, http
 from mitmproxy.net import server_spec
 
 from ..answers import Answer
@@ -244,3 +244,12 @@ def keep_copy(flow: http.HTTPFlow, copy: StreamCopy | None) -> None:
         flow.comment = f"{flow.comment}; {note}" if flow.comment else note
         flow.metadata.setdefault("keymux", {})["stream_copy_truncated"] = True
 
+
+
+def comment_column() -> None:
+    """Under mitmweb (it has ``web_columns``; mitmdump has not), the flow list shows the
+    comment, so the key and outcome are in the list, unless the user chose the columns."""
+    opts = ctx.options
+    if "web_columns" in opts and not opts.has_changed("web_columns") \
+            and "comment" not in opts.web_columns:
+        opts.update(web_columns=[*opts.web_columns, "comment"])
