@@ -190,3 +190,13 @@ def test_under_mitmweb_the_flow_list_shows_the_comment_unless_the_user_chose_col
         tctx.options.update(web_columns=["path", "status"])
         flows.comment_column()
         assert tctx.options.web_columns == ["path", "status"]
+
+
+def test_the_cheap_server_copy_is_a_real_server():
+    from mitmproxy import connection
+    fields = dict(address=("api.example", 443), peername=("10.0.0.7", 443), tls=True,
+                  sni="api.example", tls_version="TLSv1.3", timestamp_start=1.0)
+    fast, real = flows._server(**fields), connection.Server(**fields)
+    assert {**fast.get_state(), "id": None} == {**real.get_state(), "id": None}
+    assert fast.id != flows._server(**fields).id and fast != real
+    assert connection.Server.from_state(fast.get_state()).address == ("api.example", 443)
