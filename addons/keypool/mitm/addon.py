@@ -317,9 +317,6 @@ class Keymux:
         """Account a relayed stream: the key first, then the log row."""
         if broke_off:
             flows.show_request(flow.request, relayed.plan, relayed.shown)
-        # Only now: mitmproxy closes flow.server_conn on a protocol error while streaming.
-        flows.show_connection(flow, relayed.reply, relayed.plan, whole=False)
-        flows.keep_copy(flow, relayed.copy)
         status = flow.response.status_code if flow.response else None
         usage = relayed.tap.usage if relayed.tap else None
         if relayed.failed:  # keymux's own failure says nothing about the key
@@ -332,6 +329,10 @@ class Keymux:
             self.gateway.finish(relayed.plan, status, usage, outcome=outcome)
         finally:
             self.gateway.complete(relayed.plan.ticket, status or 502, relayed.plan, usage)
+        # Only now (accounted first): mitmproxy uses flow.server_conn while a stream runs.
+        flows.show_connection(flow, relayed.reply, relayed.plan, whole=False)
+        if not relayed.failed:  # a 500 keymux answered instead keeps its own body
+            flows.keep_copy(flow, relayed.copy)
 
     def _failed(self, step: str, exc: BaseException) -> None:
         gw = self.gateway
