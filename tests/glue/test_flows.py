@@ -4,12 +4,13 @@ import json
 import time
 
 from cryptography.hazmat.primitives.serialization import Encoding
-from mitmproxy import certs, http
+from mitmproxy import certs
 from mitmproxy.test import taddons, tflow
 
 from keypool import answers
 from keypool.mitm import attempts, flows
 from keypool.mitm.conninfo import ConnInfo
+from keypool.reissue import UpstreamError
 from tests.unit.test_reissue import FakeReply, FakeUpstream, make, run
 
 TOKEN = "kmx-client-token-abcdef123456"
@@ -111,8 +112,7 @@ def test_a_reissued_request_names_every_key_and_its_attempt_flows():
 
 
 def test_a_connection_failure_is_an_attempt_flow_with_an_error():
-    gw, out, ticket, failures = routed({"k1": [__import__("keypool.reissue").reissue.UpstreamError(
-        "cannot connect: refused")]})
+    gw, out, ticket, failures = routed({"k1": [UpstreamError("cannot connect: refused")]})
     f = client_flow()
     [a] = attempts.build(f, failures.records, attempts.link(f, failures.records), FIELDS,
                          "POST", 1024, gw.masker)
@@ -200,3 +200,22 @@ def test_the_cheap_server_copy_is_a_real_server():
     assert {**fast.get_state(), "id": None} == {**real.get_state(), "id": None}
     assert fast.id != flows._server(**fields).id and fast != real
     assert connection.Server.from_state(fast.get_state()).address == ("api.example", 443)
+
+
+def test_a_published_attempt_flow_is_left_alone_by_the_fail_closed_guard(monkeypatch):
+    from keypool.mitm import runtime
+    from keypool.mitm.failclosed import FailClosed
+    monkeypatch.setattr(runtime, "active", None)  # the guard would answer any live flow 503
+    gw, out, ticket, failures = routed({"k1": [FakeReply(429)]})
+    f = client_flow()
+    [a] = attempts.build(f, failures.records, attempts.link(f, failures.records), FIELDS,
+                         "POST", 64, gw.masker)
+
+    async def go():
+        pub = attempts.Publisher()
+        pub.publish(lambda: [a])
+        await asyncio.wait_for(asyncio.gather(*pub.tasks), 5)
+
+    with taddons.context(FailClosed()):
+        asyncio.run(go())
+    assert a.response.status_code == 429 and a.request.host == "api.openai.com"

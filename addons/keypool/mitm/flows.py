@@ -238,7 +238,8 @@ class StreamCopy:
         if isinstance(out, (bytes, bytearray)):
             self._keep(out)
         else:
-            out = list(out)
+            if not isinstance(out, (list, tuple)):  # a generator is read once: keep it
+                out = list(out)
             for chunk in out:
                 self._keep(chunk)
         return out
