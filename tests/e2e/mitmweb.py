@@ -60,17 +60,22 @@ class MitmWeb:
         """``dump`` read back into mitmproxy flow objects."""
         return list(mitmio.FlowReader(io.BytesIO(self.dump(flow_filter))).stream())
 
+    def post(self, path: str, body: bytes = b"", headers: dict | None = None) -> bytes:
+        """A POST as the UI sends it (with a made-up, matching XSRF cookie and header)."""
+        xsrf = secrets.token_hex(16)
+        return self.raw(path, method="POST", body=body, headers={
+            **(headers or {}), "X-XSRFToken": xsrf, "Cookie": f"_mitmproxy_xsrf={xsrf}"})
+
     def command(self, name: str, *args: str) -> dict:
         """Run a mitmproxy command as mitmweb's command bar does: ``{"value": result}``
         or ``{"error": message}``. Arguments are strings, parsed by the command's types."""
-        xsrf = secrets.token_hex(16)
-        return json.loads(self.raw(
-            f"/commands/{name}", method="POST", body=json.dumps({"arguments": list(args)}).encode(),
-            headers={"Content-Type": "application/json", "X-XSRFToken": xsrf,
-                     "Cookie": f"_mitmproxy_xsrf={xsrf}"}))
+        return json.loads(self.post(f"/commands/{name}", json.dumps(
+            {"arguments": list(args)}).encode(), {"Content-Type": "application/json"}))
+
+    def replay(self, flow_id: str) -> None:
+        """mitmweb's own Replay button (mitmproxy's client playback)."""
+        self.post(f"/flows/{flow_id}/replay")
 
     def clear(self) -> None:
         """Drop every flow from mitmweb's list (POST /clear)."""
-        xsrf = secrets.token_hex(16)
-        self.raw("/clear", method="POST", body=b"",
-                 headers={"X-XSRFToken": xsrf, "Cookie": f"_mitmproxy_xsrf={xsrf}"})
+        self.post("/clear")
