@@ -1,0 +1,100 @@
+"""Fills a ``ConnInfo`` for each upstream attempt: timings from aiohttp's tracing, and the
+connection's facts (addresses, TLS, certificates) read once per connection.
+
+Each attempt passes its ``ConnInfo`` as aiohttp's ``trace_request_ctx``; the handlers below
+write a timestamp into it (one attribute write each). The facts of a connection do not
+change while it is pooled, so they are read on its first use and kept in a
+``WeakKeyDictionary`` on the transport: a reused connection costs one dictionary lookup.
+"""
+from __future__ import annotations
+
+import ssl
+import time
+from weakref import WeakKeyDictionary
+
+import aiohttp
+
+from .conninfo import ConnInfo
+
+_now = time.time
+
+
+async def _created(session, ctx, params) -> None:
+    info = ctx.trace_request_ctx
+    if info is not None:  # moved to timestamp_tls_setup by capture() if TLS was set up
+        info.timestamp_tcp_setup = _now()
+
+
+async def _reused(session, ctx, params) -> None:
+    info = ctx.trace_request_ctx
+    if info is not None:
+        info.reused = True
+
+
+async def _sent(session, ctx, params) -> None:
+    info = ctx.trace_request_ctx
+    if info is not None:  # headers, then each body chunk: the last one is "request sent"
+        info.timestamp_request_sent = _now()
+
+
+def trace_config() -> aiohttp.TraceConfig:
+    tc = aiohttp.TraceConfig()
+    tc.on_connection_create_end.append(_created)
+    tc.on_connection_reuseconn.append(_reused)
+    tc.on_request_headers_sent.append(_sent)
+    tc.on_request_chunk_sent.append(_sent)
+    return tc
+
+
+# transport -> (peername, sockname, sni, tls_version, cipher, alpn, certificates)
+_facts: WeakKeyDictionary = WeakKeyDictionary()
+
+
+def capture(info: ConnInfo, resp: aiohttp.ClientResponse) -> None:
+    """Right after the response head arrived: the connection may be released (and its
+    ``resp.connection`` gone) as soon as the body is read, so read it now."""
+    info.timestamp_response_start = _now()
+    protocol = getattr(resp, "_protocol", None)  # kept by aiohttp after the release
+    transport = getattr(protocol, "transport", None)
+    if transport is None:
+        return
+    facts = _facts.get(transport)
+    if facts is None:
+        facts = _read_facts(transport)
+        try:
+            _facts[transport] = facts
+        except TypeError:  # a transport without weak references: read it every time
+            pass
+    (info.peername, info.sockname, info.sni, info.tls_version, info.cipher, info.alpn,
+     info.certificates) = facts
+    if info.tls_version is not None and info.timestamp_tcp_setup is not None:
+        # aiohttp opens TCP and TLS (and a proxy's CONNECT) in one step: its end is when
+        # TLS was set up; the TCP handshake's own end is not known (left None).
+        info.timestamp_tls_setup, info.timestamp_tcp_setup = info.timestamp_tcp_setup, None
+
+
+def _read_facts(transport) -> tuple:
+    peer, sock = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
+    peer = tuple(peer[:2]) if peer else None
+    sock = tuple(sock[:2]) if sock else None
+    tls: ssl.SSLObject | None = transport.get_extra_info("ssl_object")
+    if tls is None:
+        return peer, sock, None, None, None, None, []
+    cipher = tls.cipher()
+    return (peer, sock, tls.server_hostname, tls.version(), cipher[0] if cipher else None,
+            tls.selected_alpn_protocol(), _chain(tls))
+
+
+def _chain(tls: ssl.SSLObject) -> list[bytes]:
+    """The server's certificates as DER, leaf first (the whole chain where Python can)."""
+    inner = getattr(tls, "_sslobj", None)
+    get_chain = getattr(tls, "get_unverified_chain", None) or getattr(inner, "get_unverified_chain", None)
+    if get_chain is not None:
+        try:
+            chain = get_chain()
+            if chain:
+                return [c.public_bytes(ssl._ssl.ENCODING_DER) for c in chain]
+        except (AttributeError, ValueError, ssl.SSLError):
+            pass
+    leaf = tls.getpeercert(binary_form=True)
+    return [leaf] if leaf else []
