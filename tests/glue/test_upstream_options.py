@@ -224,6 +224,19 @@ async def test_plain_http_conn_info_and_reuse():
 
 
 @aio
+async def test_a_large_body_is_stamped_sent_when_its_writer_ends():
+    async with Server() as srv:
+        up = configured()
+        try:
+            reply = await up.send(plan_for(srv.url, body=b"x" * (8 << 20)), "POST", ())
+            await reply.read()
+        finally:
+            await up.close()
+    c = reply.conn
+    assert c.timestamp_tcp_setup < c.timestamp_request_sent <= c.timestamp_response_start
+
+
+@aio
 async def test_tls_needs_the_ca_then_shows_tls_facts(pki):
     async with Server(pki.server_context()) as srv:
         up = configured()

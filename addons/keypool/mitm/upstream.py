@@ -127,7 +127,6 @@ class Upstream:
         self.opts: sendopts.SendOptions | None = None  # built on first use or by configure
         self._busy: dict[aiohttp.ClientSession, int] = {}  # in-flight attempts per session
         self._retiring: set[aiohttp.ClientSession] = set()
-        self._trace = conncapture.trace_config()
         self.user_body_limit: int | None = None  # mitmproxy's body_size_limit, as the user set it
         self._own_limit: str | None = None       # the value keymux itself last wrote
         self._warned = False
@@ -170,10 +169,10 @@ class Upstream:
                 self.opts = sendopts.SendOptions()
             local = (self.opts.connect_addr, 0) if self.opts.connect_addr else None
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, local_addr=local),
+                connector=conncapture.Connector(limit=0, ttl_dns_cache=300, local_addr=local),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=15),
                 auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar(),
-                trace_configs=[self._trace])
+                request_class=conncapture.Request)
             self._busy[self._session] = 0
         return self._session
 
@@ -209,13 +208,14 @@ class Upstream:
             headers.append(route.auth_field)
         info = ConnInfo((p.host, p.port), via=route.via, timestamp_start=_now())
         self._busy[session] += 1
+        token = conncapture.attempt.set(info)
         try:
             resp = await session.request(
                 # encoded=True: the canonical URL goes out byte for byte (yarl would otherwise
                 # re-normalise it, e.g. decode %2F in the query).
                 method, URL(plan.url, encoded=True), headers=headers, data=plan.ticket.body,
                 allow_redirects=False, ssl=route.ssl, proxy=route.proxy,
-                proxy_headers=route.proxy_headers, trace_request_ctx=info,
+                proxy_headers=route.proxy_headers,
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"))
         except (aiohttp.ClientError, OSError) as e:
             self._release(session)
@@ -224,6 +224,8 @@ class Upstream:
         except BaseException:
             self._release(session)
             raise
+        finally:
+            conncapture.attempt.reset(token)
         conncapture.capture(info, resp)
         if self.user_body_limit is not None:
             cap = min(cap, self.user_body_limit)
