@@ -49,7 +49,8 @@ class Request(aiohttp.ClientRequest):
 
 
 def _sent(info: ConnInfo) -> None:
-    info.timestamp_request_sent = _now()
+    if info.timestamp_request_sent is None:  # else the answer came first (capture)
+        info.timestamp_request_sent = _now()
 
 
 # transport -> (peername, sockname, sni, tls_version, cipher, alpn, certificates)
@@ -60,6 +61,10 @@ def capture(info: ConnInfo, resp: aiohttp.ClientResponse) -> None:
     """Right after the response head arrived: the connection may be released (and its
     ``resp.connection`` gone) as soon as the body is read, so read it now."""
     info.timestamp_response_start = _now()
+    if info.timestamp_request_sent is None:
+        # The body's writer has not reported back yet (its last drain resumes later), or
+        # the server answered before the body was all sent: sent no later than answered.
+        info.timestamp_request_sent = info.timestamp_response_start
     info.reused = info.timestamp_tcp_setup is None
     protocol = getattr(resp, "_protocol", None)  # kept by aiohttp after the release
     transport = getattr(protocol, "transport", None)
