@@ -192,7 +192,10 @@ class Upstream:
         if self._busy.get(session, 0) <= 0:
             self._retiring.discard(session)
             self._busy.pop(session, None)
-            asyncio.get_running_loop().create_task(session.close())
+            try:
+                asyncio.get_running_loop().create_task(session.close())
+            except RuntimeError:  # no loop (configured before mitmproxy runs): nothing open
+                pass
 
     # -- sending -----------------------------------------------------------------------
 
