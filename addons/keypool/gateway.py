@@ -287,6 +287,7 @@ class Gateway:
                                  None if b.requests_reset_s is None else cap(b.requests_reset_s),
                                  b.remaining_tokens,
                                  None if b.tokens_reset_s is None else cap(b.tokens_reset_s))
+        key.last_status = status if status is not None else error
         plan.ticket.attempts.append({
             "key": key.name, "status": status, "error": error, "outcome": v.outcome,
             "latency_s": round(self.clock.monotonic() - plan.started, 4)})

@@ -55,6 +55,7 @@ class KeyState:
     probing: set[str] = field(default_factory=set)
     failures_in_row: int = 0
     last_used: float = -math.inf
+    last_status: int | str | None = None  # the last attempt's status, or why it had none
     rr_current: float = 0.0
     retired: bool = False  # removed from the config; finishes its in-flight requests only
 
@@ -401,6 +402,7 @@ def _describe(k: KeyState, now: float, wall: float) -> dict:
         "successes": k.successes,
         "failures": k.failures,
         "failures_by_class": dict(k.failures_by_class),
+        "last_status": k.last_status,
         "avg_latency_s": round(k.latency_sum / done, 4) if done else None,
         "tokens_in": k.tokens_in,
         "tokens_out": k.tokens_out,

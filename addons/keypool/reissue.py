@@ -33,6 +33,9 @@ class Reply(Protocol):
 
 
 Sender = Callable[[Plan], Awaitable[Reply]]
+# Told of each attempt that failed (re-issued, or the last before a 504/429/502): the plan,
+# the reply if there was one (closed), its body if it was read, and the error if no answer.
+OnFailed = Callable[[Plan, "Reply | None", "bytes | None", "str | None"], None]
 
 
 @dataclass(slots=True)
@@ -49,7 +52,8 @@ class Outcome:
 
 
 async def serve(gw: Gateway, ticket: Ticket, send: Sender, *,
-                alive: Callable[[], bool] = lambda: True, sleep=asyncio.sleep) -> Outcome:
+                alive: Callable[[], bool] = lambda: True, sleep=asyncio.sleep,
+                on_failed: OnFailed | None = None) -> Outcome:
     max_attempts = gw.config.routing.max_attempts
     while True:
         try:
@@ -66,7 +70,7 @@ async def serve(gw: Gateway, ticket: Ticket, send: Sender, *,
             finally:
                 gw.waiting[provider] -= 1
             continue
-        outcome = await _attempt(gw, plan, send)
+        outcome = await _attempt(gw, plan, send, on_failed)
         if outcome is not None:
             return outcome
         if gw.clock.monotonic() >= ticket.deadline:
@@ -94,7 +98,8 @@ def _queue_wait(gw: Gateway, ticket: Ticket, e: NoKeyAvailable) -> float | None:
     return wait
 
 
-async def _attempt(gw: Gateway, plan: Plan, send: Sender) -> Outcome | None:
+async def _attempt(gw: Gateway, plan: Plan, send: Sender,
+                   on_failed: OnFailed | None = None) -> Outcome | None:
     """One attempt; the Outcome to return to the client, or None to re-issue.
 
     The plan's key is released on every way out but a returned Outcome (the caller then
@@ -109,14 +114,20 @@ async def _attempt(gw: Gateway, plan: Plan, send: Sender) -> Outcome | None:
                 body = await reply.read() if reply.status >= 400 or not ticket.stream else None
         except TimeoutError:
             gw.judge(plan, None, {}, None, error="timeout", answered=_status(reply))
+            if on_failed is not None:
+                on_failed(plan, reply, None, "timeout")
             return Outcome(answer=gw.timed_out(ticket))
         except UpstreamError as e:  # no answer, or its body broke off / was over the cap
             gw.judge(plan, None, {}, None, error=str(e), answered=_status(reply))
+            if on_failed is not None:
+                on_failed(plan, reply, None, str(e))
             return None
         verdict = gw.judge(plan, reply.status, reply.headers, body)
         if not verdict.retry:
             return Outcome(plan=plan, reply=reply, body=body)
         reply.close()
+        if on_failed is not None:  # only now: a success costs nothing
+            on_failed(plan, reply, body, None)
         return None
     except BaseException:
         gw.abandon(plan)  # cancelled (client gone) or a bug: free the key, blame nobody

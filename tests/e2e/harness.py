@@ -14,6 +14,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 MITMDUMP = Path(sys.executable).with_name("mitmdump")
+MITMWEB = Path(sys.executable).with_name("mitmweb")
+# mitmweb's UI password under the harness (tests/e2e/mitmweb.py sends it as a bearer token).
+WEB_PASSWORD = "harness-mitmweb-password-4d2f"
 # What `keymux run` hands its UI: opens the admin paths (reset) without making stats need it.
 SIDECAR_TOKEN = "kmx-harness-sidecar-token-0123456789"
 
@@ -25,12 +28,15 @@ def free_port() -> int:
 
 
 class GatewayProcess:
-    """``mitmdump -s addons/keymux.py`` exactly as a user starts it."""
+    """``mitmdump -s addons/keymux.py`` exactly as a user starts it; with ``web=True``,
+    ``mitmweb`` with the same script and options, its UI and HTTP API on ``web_url``
+    (loopback, password ``WEB_PASSWORD``; read it with ``tests/e2e/mitmweb.MitmWeb``)."""
 
     def __init__(self, workdir: Path, config_text: str | None, *, env: dict | None = None,
                  args: tuple[str, ...] = (), confdir: Path | None = None,
                  script: Path | None = None, config: Path | None = None,
-                 reverse: str = "https://api.openai.com", scripts: tuple[Path, ...] = ()):
+                 reverse: str = "https://api.openai.com", scripts: tuple[Path, ...] = (),
+                 web: bool = False):
         self.workdir = workdir
         self.config = config or workdir / "keys.yaml"
         if config_text is not None:  # None: keep the file that is there (a restart)
@@ -44,6 +50,27 @@ class GatewayProcess:
         self.reverse = reverse
         self.scripts = scripts  # more -s addons, loaded after keymux (test instruments)
         self.proc: subprocess.Popen | None = None
+        self.web_port = free_port() if web else None
+        self.web_password = WEB_PASSWORD
+
+    @property
+    def web_url(self) -> str:
+        assert self.web_port is not None, "start the gateway with web=True"
+        return f"http://127.0.0.1:{self.web_port}"
+
+    def _web_args(self) -> list[str]:
+        if self.web_port is None:
+            return []
+        return ["--web-host", "127.0.0.1", "--web-port", str(self.web_port),
+                "--set", "web_open_browser=false", "--set", f"web_password={WEB_PASSWORD}"]
+
+    def _up(self) -> bool:
+        urllib.request.urlopen(self.url + "/health", timeout=1).read()
+        if self.web_port is not None:  # the UI listens a moment after the proxy
+            urllib.request.urlopen(urllib.request.Request(
+                self.web_url + "/flows", headers={"Authorization": f"Bearer {WEB_PASSWORD}"}),
+                timeout=1).read()
+        return True
 
     @property
     def url(self) -> str:
@@ -51,10 +78,11 @@ class GatewayProcess:
 
     def start(self, timeout: float = 20) -> "GatewayProcess":
         extra = [a for s in self.scripts for a in ("-s", str(s))]
-        cmd = [str(MITMDUMP), "-s", str(self.script), *extra,
+        binary = MITMDUMP if self.web_port is None else MITMWEB
+        cmd = [str(binary), "-s", str(self.script), *extra,
                "--mode", f"reverse:{self.reverse}", "--listen-host", "127.0.0.1",
                "-p", str(self.port), "--set", f"keymux_config={self.config}",
-               "--set", f"confdir={self.confdir}", *self.args]
+               "--set", f"confdir={self.confdir}", *self._web_args(), *self.args]
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                      env=self.env, cwd=self.workdir)
@@ -63,8 +91,8 @@ class GatewayProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mitmdump exited {self.proc.returncode}:\n{self.log()}")
             try:
-                urllib.request.urlopen(self.url + "/health", timeout=1).read()
-                return self
+                if self._up():
+                    return self
             except OSError:
                 time.sleep(0.1)
         self.stop()

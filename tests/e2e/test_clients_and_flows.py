@@ -97,13 +97,14 @@ def test_saved_flows_name_the_key_and_hold_no_secret(closed, mock):
     for f in served:
         name = f.metadata["keymux"]["key"]
         masked = {"k1": "sk-…0001", "k2": "sk-…0002"}[name]
-        assert f.comment == f"key {name} ({masked})"
+        assert f.comment == f"{name} 200 · key {masked}"
         assert f.request.headers["authorization"] == f"Bearer {masked}"
         # streams went through keymux's relay: the flow still names the provider and body
         assert f.request.pretty_url == mock.base_url + "/v1/chat/completions"
         assert b'"model"' in f.request.content
     refused = [f for f in flows if f.response and f.response.status_code == 401]
     assert refused and all("keymux" not in f.metadata for f in refused)
+    assert all(f.request.host == "keymux" and f.comment.startswith("401 ") for f in refused)
     assert K1 not in closed.log()
 
 

@@ -22,9 +22,10 @@ from ..answers import Answer
 from ..config import Config, load_config
 from ..errors import ConfigError
 from ..gateway import Gateway
-from ..ticket import Plan, Ticket
+from ..ticket import Plan
 from ..usage import SseTap, usage_of_body
-from . import boundary, conns, keytest, responses, runtime
+from . import attempts, boundary, clientauth, conns, flows, keytest, responses, runtime
+from .commands import Commands
 from .failclosed import FailClosed
 from .relay import Relay
 from .reload import ConfigWatcher, digest
@@ -37,8 +38,10 @@ logger = logging.getLogger("keymux")
 class Relayed:
     """A stream on its way through the relay: what to account and show when it ends."""
     plan: Plan
-    body: bytes | None
+    shown: tuple            # the request's header fields as sent, key masked
+    reply: object           # its ConnInfo (``reply.conn``) becomes the flow's server_conn
     tap: SseTap | None = None
+    copy: flows.StreamCopy | None = None
     failed: bool = False  # keymux failed in responseheaders: the client gets a 500
 
 
@@ -56,6 +59,10 @@ class Keymux:
         self.upstream = Upstream()
         self.relay = Relay()
         self.streams: WeakKeyDictionary[http.HTTPFlow, Relayed] = WeakKeyDictionary()
+        self.addons = [Commands(self)]  # mitmproxy registers nested addons with this one
+        self.clientauth = clientauth.ClientAuth()  # the process's own, from load()
+        self.publisher = attempts.Publisher()
+        self.flow_body_cap = 256 * 1024
 
     def load(self, loader) -> None:
         loader.add_option("keymux_config", str, "config/keys.yaml",
@@ -63,12 +70,19 @@ class Keymux:
         loader.add_option("keymux_allow_open_gateway", bool, False,
                           "Serve a bind beyond loopback without a clients: section (anyone "
                           "who reaches the port spends your keys).")
+        loader.add_option("keymux_flow_body_kb", int, 256,
+                          "How much of a streamed answer (and of a failed attempt's body) a "
+                          "flow keeps, in KB, so mitmweb can show it; 0 keeps none.")
         conns.install(ctx.master)  # before the proxy listens: every connection is guarded
+        self.clientauth = clientauth.install(ctx.master)  # masks client tokens first
         runtime.exit_cleanly_at_exit(ctx.master)
 
     def configure(self, updated: set[str]) -> None:
         if "keymux_config" in updated or self.gateway is None:
             self._load(ctx.options.keymux_config)
+        if ctx.options.keymux_flow_body_kb < 0:
+            raise exceptions.OptionsError("keymux: keymux_flow_body_kb must be 0 or more")
+        self.flow_body_cap = ctx.options.keymux_flow_body_kb * 1024
         self._bind()  # before any options.update: a refusal must not recurse through it
         if ctx.options.connection_strategy != "lazy":
             # A request the gateway answers itself must not open an upstream connection.
@@ -126,6 +140,7 @@ class Keymux:
             ctx.master.addons.add(FailClosed())
         runtime.active = self
         self._watch(ctx.options.keymux_config)
+        flows.comment_column()
 
     def _watch(self, path: str) -> None:
         if self.watcher is not None:
@@ -173,9 +188,10 @@ class Keymux:
         try:
             # HTTP/1 absolute-form sets an authority; HTTP/2's :authority is normal.
             authority = "" if req.is_http2 or req.is_http3 else req.authority
-            answer = self.gateway.screen(req.method, req.path, authority, req.headers.fields)
+            fields = self.clientauth.fields(flow)  # as sent: the 431 bound counts the token
+            answer = self.gateway.screen(req.method, req.path, authority, fields)
             if answer is not None:
-                _answer(flow, answer)
+                flows.answered(flow, answer, self.gateway._secrets)
         except Exception as e:
             self._failed("requestheaders", e)
             boundary.answer_failure(flow)
@@ -184,8 +200,7 @@ class Keymux:
         if flow.response or flow.error or not flow.live:
             return
         if self.gateway is None:  # the config failed to load at start: mitmdump is exiting
-            boundary.mask_client_auth(flow.request)
-            flow.response = boundary.not_loaded()
+            boundary.answer_not_loaded(flow)
             return
         try:
             await self._request(flow)
@@ -197,26 +212,35 @@ class Keymux:
     async def _request(self, flow: http.HTTPFlow) -> None:
         req = flow.request
         # The raw body: the gateway inflates it only after the client token is checked.
-        ticket = self.gateway.admit(req.method, req.path, req.headers, req.raw_content)
+        # The flow holds the client's token masked (clientauth): authenticate with it as sent.
+        headers = self.clientauth.take(flow) or req.headers
+        ticket = self.gateway.admit(req.method, req.path, headers, req.raw_content)
         if isinstance(ticket, keytest.KeyTest):  # an admin's test: one attempt, a summary back
             ticket = await keytest.run(self.gateway, self.upstream, ticket)
         if isinstance(ticket, Answer):
-            _answer(flow, ticket)
+            flows.answered(flow, ticket, self.gateway._secrets)
             return
         fields, method, cap = req.headers.fields, req.method, self.gateway.max_response_bytes
         out = None
+        failed = attempts.Failures()  # filled only by attempts that failed
         try:
             out = await reissue.serve(
                 self.gateway, ticket, lambda plan: self.upstream.send(plan, method, fields, cap),
-                alive=lambda: flow.client_conn.timestamp_end is None)
-            _show(flow, ticket, out.plan, fields)
+                alive=lambda: flow.client_conn.timestamp_end is None, on_failed=failed.add)
             if out.answer is not None:
-                flow.response = responses.from_answer(out.answer)
+                flows.show_refused(flow, ticket, out.answer, self.gateway._secrets)
+            else:
+                shown = flows.sent_fields(out.plan, fields)
+                flows.show_routed(flow, ticket, out.plan, out.reply, shown)
+            if failed.records:  # after show_*: the client flow lists its attempt flows
+                self.publisher.attempts(flow, failed.records, fields, method,
+                                        self.flow_body_cap, self.gateway.masker)
+            if out.answer is not None:
                 self.gateway.complete(ticket, out.answer.status, answer=out.answer)
             elif out.body is not None:
                 self._deliver(flow, out)
             else:
-                await self._relay(flow, out)
+                await self._relay(flow, out, shown)
         except BaseException:
             # Whatever held a key gives it back; the attempt says nothing about the key.
             if out is not None and out.plan is not None and flow not in self.streams:
@@ -235,9 +259,10 @@ class Keymux:
             usage = usage_of_body(body) if reply.status < 400 else None
         finally:
             self.gateway.finish(out.plan, reply.status, usage)
+        flows.show_connection(flow, reply, out.plan, whole=True)
         self.gateway.complete(out.plan.ticket, reply.status, out.plan, usage, body)
 
-    async def _relay(self, flow: http.HTTPFlow, out: reissue.Outcome) -> None:
+    async def _relay(self, flow: http.HTTPFlow, out: reissue.Outcome, shown: tuple) -> None:
         """Point the flow at the relay, which serves it the open upstream stream."""
         req = flow.request
         port = await self.relay.start()
@@ -245,7 +270,7 @@ class Keymux:
         # as it likes but may not fall silent for longer than that.
         token = self.relay.park(out.reply, self.gateway.config.routing.timeout_s,
                                 self.gateway.masker)
-        self.streams[flow] = Relayed(out.plan, req.raw_content)
+        self.streams[flow] = Relayed(out.plan, shown, out.reply)
         flow.metadata[boundary.MARK] = ("127.0.0.1", port, "/" + token)
         req.scheme, req.port, req.host = "http", port, "127.0.0.1"
         req.path = "/" + token
@@ -272,13 +297,12 @@ class Keymux:
             relayed.failed = True
 
     def _stream_headers(self, flow: http.HTTPFlow, relayed: Relayed) -> None:
-        _restore(flow, relayed)
-        plan = relayed.plan
+        flows.show_request(flow.request, relayed.plan, relayed.shown)
         if flow.response.headers.get("content-type", "").startswith("text/event-stream"):
-            relayed.tap = SseTap(plan.ticket.strip_usage)
-            flow.response.stream = relayed.tap
-        else:
-            flow.response.stream = True
+            relayed.tap = SseTap(relayed.plan.ticket.strip_usage)
+        if self.flow_body_cap:  # a copy for mitmweb, appended as chunks pass
+            relayed.copy = flows.StreamCopy(relayed.tap, self.flow_body_cap)
+        flow.response.stream = relayed.copy or relayed.tap or True
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._end_stream(flow, "response")
@@ -300,19 +324,25 @@ class Keymux:
     def _stream_ended(self, flow: http.HTTPFlow, relayed: Relayed, broke_off: bool) -> None:
         """Account a relayed stream: the key first, then the log row."""
         if broke_off:
-            _restore(flow, relayed)
+            flows.show_request(flow.request, relayed.plan, relayed.shown)
         status = flow.response.status_code if flow.response else None
         usage = relayed.tap.usage if relayed.tap else None
         if relayed.failed:  # keymux's own failure says nothing about the key
             status, outcome = 500, "cancelled"
+        elif broke_off and status is None:  # no head from the relay: the client left, or
+            outcome = "cancelled"             # keymux's relay failed; the key answered fine
         elif broke_off:
-            outcome = "ok" if status and status < 400 else "server"
+            outcome = "ok" if status < 400 else "server"
         else:
             outcome = None  # by status
         try:
             self.gateway.finish(relayed.plan, status, usage, outcome=outcome)
         finally:
             self.gateway.complete(relayed.plan.ticket, status or 502, relayed.plan, usage)
+        # Only now (accounted first): mitmproxy uses flow.server_conn while a stream runs.
+        flows.show_connection(flow, relayed.reply, relayed.plan, whole=False)
+        if not relayed.failed:  # a 500 keymux answered instead keeps its own body
+            flows.keep_copy(flow, relayed.copy)
 
     def _failed(self, step: str, exc: BaseException) -> None:
         gw = self.gateway
@@ -326,6 +356,7 @@ class Keymux:
             self.watcher.stop()
         if self._flusher is not None:
             self._flusher.cancel()
+        self._release_streams()
         if self.runtime is not None:  # shutdown or script reload: persist what we have
             self.runtime.flush()
             self.runtime.writer.flush(timeout=2.0)
@@ -334,6 +365,14 @@ class Keymux:
                 logger.warning("keymux: %d request-log rows could not be written to the state "
                                "store and are lost with this process", unwritten)
         asyncio.get_running_loop().create_task(self._close_io())
+
+    def _release_streams(self) -> None:
+        """The end of a stream this instance relays never reaches it once its script is
+        removed or reloaded, but the gateway (kept in ``runtime``) outlives it: free the
+        keys now, or they would stay in flight for good."""
+        for relayed in list(self.streams.values()):
+            self.gateway.finish(relayed.plan, None, outcome="cancelled")
+        self.streams.clear()
 
     async def _close_io(self) -> None:
         await self.relay.close()
@@ -348,44 +387,6 @@ def _limit_bodies(gw: Gateway, upstream: Upstream) -> None:
     limit = upstream.request_limit(gw.max_body)
     if ctx.options.body_size_limit != limit:
         ctx.options.update(body_size_limit=limit)
-
-
-def _answer(flow: http.HTTPFlow, answer: Answer) -> None:
-    boundary.mask_client_auth(flow.request)
-    flow.response = responses.from_answer(answer)
-
-
-def _show(flow: http.HTTPFlow, ticket: Ticket, plan: Plan | None, fields) -> None:
-    """What the flow keeps of the request: the provider's URL and only a masked key."""
-    attempts = ticket.attempts
-    if plan is None:
-        boundary.mask_client_auth(flow.request)
-        flow.comment = "no key: " + ", ".join(f"{a['key']} {a['status'] or a['error']}"
-                                              for a in attempts) if attempts else ""
-    else:
-        flow.request.headers.fields = plan.rewrite_fields(fields, secret=False)
-        _show_upstream(flow.request, plan)  # after the fields: it rewrites the Host header
-        earlier = [a for a in attempts if a["key"] != plan.key.name]
-        flow.comment = plan.label + ("; after " + ", ".join(
-            f"{a['key']} {a['status'] or a['error']}" for a in earlier) if earlier else "")
-    flow.metadata["keymux"] = {
-        "key": plan.key.name if plan else None, "provider": ticket.route.provider.name,
-        "model": ticket.route.model, "client": ticket.client, "rule": ticket.route.rule,
-        "attempts": attempts}
-
-
-def _restore(flow: http.HTTPFlow, relayed: Relayed) -> None:
-    """The relayed flow names the provider again, and keeps the body it was sent."""
-    _show_upstream(flow.request, relayed.plan)
-    flow.request.raw_content = relayed.body
-
-
-def _show_upstream(req: http.Request, plan: Plan) -> None:
-    p = plan.provider
-    req.data.scheme, req.data.port, req.data.host = p.scheme.encode(), p.port, p.host
-    req.data.path = plan.path.encode()
-    req.host_header = p.host if p.port == (443 if p.scheme == "https" else 80) \
-        else f"{p.host}:{p.port}"
 
 
 def _log_loaded(config) -> None:

@@ -16,9 +16,8 @@ from typing import Iterable
 from mitmproxy import http
 
 from .. import answers
-from ..providers import CLIENT_AUTH_HEADERS
-from ..redact import mask, scrub
-from . import responses
+from ..redact import scrub
+from . import flows, responses
 
 logger = logging.getLogger("keymux")
 
@@ -49,7 +48,14 @@ def answer_failure(flow: http.HTTPFlow) -> None:
     mask_client_auth(flow.request)
     flow.metadata.pop(MARK, None)
     flow.response = internal_error()
-    flow.comment = "keymux internal error: answered 500, nothing forwarded"
+    flows.gateway_flow(flow, 500, "500 keymux internal error: nothing forwarded")
+
+
+def answer_not_loaded(flow: http.HTTPFlow) -> None:
+    """503 while no keymux instance is loaded: the gateway's answer, and the flow says so."""
+    mask_client_auth(flow.request)
+    flow.response = not_loaded()
+    flows.gateway_flow(flow, 503, "503 keymux is not loaded: nothing forwarded")
 
 
 def fail_headers(flow: http.HTTPFlow) -> None:
@@ -70,9 +76,7 @@ def fail_headers(flow: http.HTTPFlow) -> None:
 
     resp.stream = replace
     flow.comment = "keymux internal error: answered 500"
+    flow.marked = flows.BROKEN
 
 
-def mask_client_auth(req: http.Request) -> None:
-    for name in CLIENT_AUTH_HEADERS:
-        if name in req.headers:
-            req.headers[name] = mask(req.headers[name])
+mask_client_auth = flows.mask_client_auth  # the client's token, masked on every flow it shows

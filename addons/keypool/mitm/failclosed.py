@@ -27,8 +27,7 @@ class FailClosed:
         if flow.response or flow.error or not flow.live:
             return
         if runtime.active is None:
-            boundary.mask_client_auth(flow.request)
-            flow.response = boundary.not_loaded()
+            boundary.answer_not_loaded(flow)
         elif not routed_by_keymux(flow):
             logger.error("keymux: a request was neither answered nor routed by keymux; "
                          "answered 500 instead of forwarding it")
