@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from mitmproxy import io
 
 from keypool.demo.mock_upstream import MockUpstream
 
@@ -136,7 +137,13 @@ CLEAN_ENV = {name: "" for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "
 
 def start(tmp_path, text, pki, env):
     return GatewayProcess(tmp_path, text, env={**CLEAN_ENV, **env},
-                          args=("--set", f"ssl_verify_upstream_trusted_ca={pki.ca}"))
+                          args=("--set", f"ssl_verify_upstream_trusted_ca={pki.ca}",
+                                "-w", str(tmp_path / "flows.mitm")))
+
+
+def saved_flows(tmp_path) -> list:
+    with open(tmp_path / "flows.mitm", "rb") as f:
+        return [fl for fl in io.FlowReader(f).stream() if fl.request.path.endswith("/completions")]
 
 
 def no_secret_anywhere(gw):
@@ -153,6 +160,9 @@ def test_the_environments_proxies_carry_both_schemes(tmp_path, pki, tls_mock, mo
         no_secret_anywhere(gw)
     seen = proxy.seen()[before:]
     assert f"CONNECT 127.0.0.1:{tls_mock.port}" in seen
+    flows = saved_flows(tmp_path)
+    assert {tuple(f.server_conn.via) for f in flows} == {("http", ("127.0.0.1", proxy.port))}
+    assert PASS not in (tmp_path / "flows.mitm").read_bytes().decode("latin-1")
     assert any(s.startswith(f"POST http://127.0.0.1:{mock.port}/v1/chat/completions") for s in seen)
     assert tls_mock.count(K_TLS) == 1 and mock.count(K_PLAIN) == 1
 

@@ -5,6 +5,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from mitmproxy import io
 
 from keypool.demo.mock_upstream import MockUpstream
 
@@ -90,3 +91,17 @@ def test_ssl_insecure_and_a_warning_for_an_option_that_cannot_apply(tmp_path, mo
     assert status == 502
     assert "option http2 is set but has no effect" in log
     assert K_TLS not in log and K_MTLS not in log
+
+
+def test_a_saved_flow_shows_the_real_tls_connection(tmp_path, mocks, pki):
+    path = tmp_path / "flows.mitm"
+    with gateway(tmp_path, mocks, "--set", f"ssl_verify_upstream_trusted_ca={pki.ca}",
+                 "-w", str(path)) as gw:
+        assert chat(gw)[0] == 200
+    with open(path, "rb") as f:
+        flows = [fl for fl in io.FlowReader(f).stream() if fl.request.path.endswith("/completions")]
+    server = flows[-1].server_conn
+    assert server.address == ("127.0.0.1", mocks[0].port) and server.peername[1] == mocks[0].port
+    assert server.tls_version in ("TLSv1.2", "TLSv1.3") and server.cipher and server.sni == "127.0.0.1"
+    assert server.certificate_list and server.certificate_list[0].cn == "127.0.0.1"
+    assert server.timestamp_start <= server.timestamp_tls_setup <= flows[-1].response.timestamp_start
