@@ -273,7 +273,26 @@ def export(text: str, env: Mapping[str, str]) -> tuple[str, list[tuple[str, str]
                 item[fname] = "${" + var + "}"
             if value:
                 pairs.append((var, value))
+    pairs += _export_proxies(doc, env, used)
     return doc.dump(), pairs
+
+
+def _export_proxies(doc: Document, env: Mapping[str, str], used: set[str]) -> list[tuple[str, str]]:
+    """A provider's ``proxy:`` with a literal password becomes a ``${VAR}`` like a key."""
+    pairs = []
+    for name, provider in (doc.mapping("providers") or {}).items():
+        raw = provider.get("proxy") if isinstance(provider, dict) else None
+        if not isinstance(raw, str) or is_reference(raw):
+            continue
+        userinfo = raw.partition("://")[2].rpartition("@")[0]
+        if ":" not in userinfo or "${" in userinfo.partition(":")[2]:
+            continue  # no password, or the password is already a reference
+        var = placeholder("KEYMUX_PROXY", str(name), used)
+        provider["proxy"] = "${" + var + "}"
+        value = resolve(raw, env)
+        if value:
+            pairs.append((var, value))
+    return pairs
 
 
 def dotenv_block(pairs: list[tuple[str, str]]) -> str:

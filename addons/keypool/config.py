@@ -16,7 +16,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode
 
 from .envfile import INT_TAG, STR_TAG, NodeReader, describe, is_null, line_of, parse_dotenv
 from .errors import ConfigError
-from .providers import AUTH_SCHEMES, PRESETS, ProviderSpec, split_base_url
+from .providers import AUTH_SCHEMES, NO_PROXY, PRESETS, ProviderSpec, split_base_url, split_proxy_url
 
 STRATEGIES = ("round_robin", "weighted", "least_used", "least_busy", "random")
 
@@ -109,7 +109,7 @@ class Config:
 TOP_FIELDS = ("version", "providers", "keys", "clients", "routing", "state_dir", "logging",
               "admin", "server")
 SERVER_FIELDS = ("allowed_origins", "allowed_hosts", "metrics", "health")
-PROVIDER_FIELDS = ("base_url", "auth", "models", "headers", "stream_usage")
+PROVIDER_FIELDS = ("base_url", "auth", "models", "headers", "stream_usage", "proxy")
 KEY_FIELDS = ("name", "provider", "key", "enabled", "weight", "models", "rpm", "tpm",
               "max_in_flight")
 CLIENT_FIELDS = ("name", "token", "models", "rpm")
@@ -231,6 +231,17 @@ class _Reader(NodeReader):
             self.fail(node, f"{path}: {e}")
         return value
 
+    def proxy(self, node: Node, path: str) -> str:
+        """An http(s) proxy URL (credentials allowed, never echoed) or ``none``."""
+        value = self.string(node, path).strip()
+        if value.lower() == NO_PROXY:
+            return NO_PROXY
+        try:
+            split_proxy_url(value)
+        except ValueError as e:
+            self.fail(node, f"{path}: {e}")
+        return value
+
     def headers(self, node: Node, path: str) -> tuple[tuple[str, str], ...]:
         out = []
         for name, value_node in self.fields(node, path).items():
@@ -316,7 +327,7 @@ class _Reader(NodeReader):
         f = self.fields(node, path, PROVIDER_FIELDS)
         kw = self.given(f, path, {"base_url": self.url, "auth": self.choice(AUTH_SCHEMES),
                                   "models": self.globs, "headers": self.headers,
-                                  "stream_usage": self.boolean})
+                                  "stream_usage": self.boolean, "proxy": self.proxy})
         preset = PRESETS.get(name)
         if preset is not None:
             if "headers" in kw:  # added to the preset's (anthropic needs its version header)

@@ -6,7 +6,7 @@ client path ``/v1/chat/completions`` becomes ``<base path>/chat/completions``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 AUTH_SCHEMES = ("bearer", "x-api-key", "x-goog-api-key")
 
@@ -30,6 +30,10 @@ class ProviderSpec:
     # Whether the upstream understands ``stream_options.include_usage`` (so keymux may ask
     # for usage on streams the client did not ask it for, and strip that chunk again).
     stream_usage: bool = False
+    # The upstream proxy for this provider's attempts (``proxy:`` in keys.yaml): None takes
+    # the environment's (HTTPS_PROXY/HTTP_PROXY/NO_PROXY), NO_PROXY ("none") goes direct,
+    # else an http(s) URL that may hold credentials: never shown, see ``shown_proxy``.
+    proxy: str | None = field(default=None, repr=False)
     # Derived from base_url, once.
     scheme: str = field(init=False, compare=False)
     host: str = field(init=False, compare=False)
@@ -62,6 +66,47 @@ class ProviderSpec:
         if "//" in path or "/./" in path + "/" or "/../" in path + "/" or "%2f" in path.lower():
             raise ValueError("upstream_path needs a canonical path")
         return self.base_path + rest
+
+
+NO_PROXY = "none"
+
+
+@dataclass(frozen=True)
+class ProxyURL:
+    """An upstream proxy: where it is, and the credentials that never leave the sender."""
+    scheme: str
+    host: str
+    port: int
+    user: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def shown(self) -> str:
+        """The proxy as logs, stats and flows may show it: no credentials."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def split_proxy_url(url: str) -> ProxyURL:
+    """``http://user:pass@proxy:3128`` -> ProxyURL; ValueError (never quoting the
+    credentials) if it is not an http(s) proxy URL. A bare ``host:port`` means http."""
+    if "://" not in url:
+        url = "http://" + url  # as curl and requests read HTTPS_PROXY=proxy:3128
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    shown = f"{scheme}://{parts.hostname or ''}"
+    if scheme not in ("http", "https"):
+        raise ValueError(f"proxy must be an http:// or https:// URL (or none), got {scheme}://...")
+    if not parts.hostname:
+        raise ValueError("proxy has no host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"proxy must be only scheme://[user:password@]host[:port], got {shown}/...")
+    try:
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError:
+        raise ValueError(f"proxy {shown} has a bad port") from None
+    return ProxyURL(scheme, parts.hostname, port, unquote(parts.username) if parts.username else None,
+                    unquote(parts.password) if parts.password is not None else None)
 
 
 def split_base_url(url: str) -> tuple[str, str, int, str]:

@@ -199,3 +199,15 @@ def test_llm_keys_among_other_env_lines():
     assert str(parsed.keys[2].origin) == "line 3, item 1"
     with pytest.raises(importexport.ImportFormatError):
         importexport.parse("[" * 100_000)
+
+
+def test_export_turns_a_literal_proxy_password_into_a_placeholder(tmp_path):
+    text = ("version: 1\nproviders:\n  local:\n    base_url: http://127.0.0.1:9/v1\n"
+            "    proxy: http://me:pr0xy-pass@proxy:3128\n  other:\n    base_url: http://h/v1\n"
+            "    proxy: http://me:${PASS}@proxy:3128\nkeys: []\n")
+    out, pairs = importexport.export(text, {})
+    assert "pr0xy-pass" not in out and "${KEYMUX_PROXY_LOCAL}" in out and "${PASS}@proxy" in out
+    assert pairs == [("KEYMUX_PROXY_LOCAL", "http://me:pr0xy-pass@proxy:3128")]
+    (tmp_path / "keys.yaml").write_text(out)
+    (tmp_path / ".env").write_text(importexport.dotenv_block(pairs + [("PASS", "x")]))
+    assert load_config(tmp_path / "keys.yaml", env={}).providers["local"].proxy.endswith("@proxy:3128")

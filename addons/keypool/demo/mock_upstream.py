@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import signal
+import ssl as ssl_module
 import sys
 import threading
 import time
@@ -91,14 +92,17 @@ def _with_echo(places: tuple, key: str, endpoint: str, body: object, payload: by
 class _Server:
     """The asyncio HTTP/1.1 server; lives on one event loop."""
 
-    def __init__(self, state: MockState, host: str, port: int, log: Callable[[dict], None] | None = None):
+    def __init__(self, state: MockState, host: str, port: int, log: Callable[[dict], None] | None = None,
+                 ssl: "ssl_module.SSLContext | None" = None):
         self.state, self.host, self.port, self.log = state, host, port, log
+        self.ssl = ssl  # a server context: the mock speaks HTTPS (tests of upstream TLS)
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task] = set()
         self._rid = 0
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._conn, self.host, self.port, limit=256 * 1024, backlog=1024)
+        self._server = await asyncio.start_server(self._conn, self.host, self.port, limit=256 * 1024,
+                                                  backlog=1024, ssl=self.ssl)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
@@ -293,10 +297,10 @@ class MockUpstream:
     """The mock on its own daemon thread and event loop; every method is thread-safe."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, max_records: int = 10_000,
-                 log: Callable[[dict], None] | None = None):
+                 log: Callable[[dict], None] | None = None, ssl: "ssl_module.SSLContext | None" = None):
         self.host, self.port = host, port
         self.state = MockState(max_records)
-        self._server = _Server(self.state, host, port, log)
+        self._server = _Server(self.state, host, port, log, ssl)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -341,7 +345,7 @@ class MockUpstream:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self._server.ssl else 'http'}://{self.host}:{self.port}"
 
     def set_behavior(self, key: str, **behavior: object) -> None:
         """Replace ``key``'s behaviour (see :class:`Behaviour` for the fields)."""

@@ -87,7 +87,8 @@ class Keymux:
         if ctx.options.connection_strategy != "lazy":
             # A request the gateway answers itself must not open an upstream connection.
             ctx.options.update(connection_strategy="lazy")
-        _limit_bodies(self.gateway)
+        self.upstream.configure(ctx.options, updated)  # before _limit_bodies: the user's limit
+        _limit_bodies(self.gateway, self.upstream)
         if not ctx.options.keep_host_header:
             # The Host check (DNS rebinding, keypool.exposure) needs the client's own Host;
             # keymux names the provider's host on every flow it routes.
@@ -158,7 +159,7 @@ class Keymux:
             logger.warning("keymux: config not reloaded, the previous one keeps serving: %s", error)
             return
         gw.update(config)
-        _limit_bodies(gw)
+        _limit_bodies(gw, self.upstream)
         gw.reload_error = None
         gw.metrics.reloads.labels("ok").inc()
         logger.warning("keymux: config reloaded: %d keys", len(config.keys))
@@ -378,12 +379,12 @@ class Keymux:
         await self.upstream.close()
 
 
-def _limit_bodies(gw: Gateway) -> None:
-    """mitmproxy's body_size_limit = routing.max_body_mb: it refuses a larger Content-Length
-    before reading a byte, and stops a chunked body once it passes the limit (413 either
-    way, connection closed). It applies to responses mitmproxy reads too, but keymux's only
-    such responses are relayed streams (chunked, never checked once streaming)."""
-    limit = str(gw.max_body)
+def _limit_bodies(gw: Gateway, upstream: Upstream) -> None:
+    """mitmproxy's body_size_limit = routing.max_body_mb (or the user's own, if smaller): it
+    refuses a larger Content-Length before reading a byte, and stops a chunked body once it
+    passes the limit (413 either way, connection closed). For responses keymux's sender
+    applies the user's own value (upstream.py)."""
+    limit = upstream.request_limit(gw.max_body)
     if ctx.options.body_size_limit != limit:
         ctx.options.update(body_size_limit=limit)
 
