@@ -92,7 +92,10 @@ def test_flows_show_the_request_as_sent_and_the_real_server(web):
         assert f["server_conn"]["peername"][1] == port
         assert header(f["request"], "authorization") in ("Bearer sk-…0001", "Bearer sk-…0002")
         assert json.loads(api.content(f["id"], "request"))["model"] == "gpt-4o-mini"
-        assert f["response"]["timestamp_start"] >= f["request"]["timestamp_start"]
+        assert header(f["request"], "connection") is None  # hop-by-hop: never sent on
+        times = (f["request"]["timestamp_start"], f["server_conn"]["timestamp_start"],
+                 f["response"]["timestamp_start"], f["response"]["timestamp_end"])
+        assert list(times) == sorted(times), times  # the upstream's own, in order
 
 
 def test_a_stream_can_be_read(web):
@@ -113,20 +116,24 @@ def test_no_secret_in_any_flow(web):
 
 def test_mitmwebs_replay_button_goes_back_through_keymux(web):
     """A recorded flow holds a masked client token and a provider URL; mitmweb's Replay
-    sends it back through keymux's hooks, which refuse the masked token: the provider is
-    never contacted with anything mitmweb had (use keymux.replay to re-send, see
+    sends it back through keymux's hooks, which refuse it (its Host is the provider's, its
+    token masked): the provider is never contacted with anything mitmweb had (use keymux.replay to re-send, see
     docs/commands.md)."""
     gw, api, mock = web
-    [client] = by_comment(api, "k1 429 → k2 200")
+    known = {f["id"] for f in api.flows()}
+    openai.OpenAI(base_url=gw.url + "/v1", api_key=CLIENT_TOKEN, max_retries=0) \
+        .chat.completions.create(**ASK)
+    [client] = [f for f in api.flows() if f["id"] not in known]  # its own: the others stay
     before = mock.count()
     api.replay(client["id"])
 
     def replayed():
         f = api.flow(client["id"])
         return f if f and f["is_replay"] == "request" and f["response"] else None
-    f = wait_for(replayed, 10)
-    assert f, api.flow(client["id"])
-    assert f["response"]["status_code"] == 401 and f["request"]["host"] == "keymux"
+    assert wait_for(replayed, 10), api.flow(client["id"])
+    f = replayed()
+    # The recorded Host is the provider's: refused before the token is even looked at.
+    assert f["response"]["status_code"] == 403 and f["request"]["host"] == "keymux", f
     assert mock.count() == before
     assert get(gw, "/health")[0] == 200  # and the gateway carries on
 
@@ -158,10 +165,10 @@ def shot(page, tmp_path: Path, name: str) -> None:
         page.screenshot(path=str(DOCS / f"{name}.png"))
 
 
-def open_flow(page, api: MitmWeb, prefix: str, tab: str) -> None:
-    [flow] = by_comment(api, prefix)
-    page.goto(page.url.split("#")[0] + f"#/flows/{flow['id']}/{tab}")
-    page.get_by_text(prefix).first.wait_for(timeout=15_000)
+def open_flow(page, text: str, tab: str) -> None:
+    """Click the flow whose row shows ``text``, then one of its detail tabs."""
+    page.get_by_text(text).first.click()
+    page.get_by_text(tab, exact=True).first.click()
 
 
 def test_mitmweb_in_a_browser(web, page, tmp_path):
@@ -170,18 +177,15 @@ def test_mitmweb_in_a_browser(web, page, tmp_path):
     assert page.get_by_text("k1 429 → k2 200").count() >= 1  # the comment column is on
     assert page.get_by_text("keymux").count() >= 1
     shot(page, tmp_path, "mitmweb-list")
-    open_flow(page, api, "k1 429 → k2 200", "request")
-    page.get_by_text("gpt-4o-mini").first.wait_for(timeout=15_000)
+    open_flow(page, "k1 429 → k2 200", "Request")
+    page.get_by_text('"gpt-4o-mini"').first.wait_for(timeout=15_000)  # the body as sent
     shot(page, tmp_path, "mitmweb-client-flow")
-    open_flow(page, api, "attempt 1 of 2", "response")
-    page.get_by_text("429").first.wait_for(timeout=15_000)
+    open_flow(page, "attempt 1 of 2 for POST", "Response")
+    page.get_by_text("rate_limit").first.wait_for(timeout=15_000)  # the upstream's 429 body
     shot(page, tmp_path, "mitmweb-attempt")
-    open_flow(page, api, "k2 200", "response")  # the stream is the last k2 200 but one
-    stream = [f for f in api.flows() if (header(f["response"] or {"headers": []},
-                                                "content-type") or "").startswith("text/event")]
-    page.goto(page.url.split("#")[0] + f"#/flows/{stream[0]['id']}/response")
+    open_flow(page, "1.8kb", "Response")  # the stream (its copy is the largest body)
     page.get_by_text("[DONE]").first.wait_for(timeout=15_000)
     shot(page, tmp_path, "mitmweb-stream")
-    page.goto(page.url.split("#")[0] + f"#/flows/{stream[0]['id']}/timing")
+    open_flow(page, "k1 429 → k2 200", "Timing")
     page.get_by_text("Server conn. initiated").first.wait_for(timeout=15_000)
     shot(page, tmp_path, "mitmweb-timing")

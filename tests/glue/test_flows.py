@@ -41,7 +41,8 @@ def test_a_gateway_answer_names_host_keymux_marks_and_explains():
     flows.answered(f, answers.error(401, "unknown client token", "invalid_client_token"), [TOKEN])
     assert f.request.host == "keymux" and f.request.scheme == "http"
     assert f.request.port == f.client_conn.sockname[1]
-    assert f.request.headers["host"] == "127.0.0.1:8080"  # the client's, as sent
+    assert f.request.headers["host"] == "keymux"  # so mitmweb's list shows it too
+    assert f.metadata["keymux"]["client_host"] == "127.0.0.1:8080"  # the client's, kept
     assert f.marked == flows.REFUSED and f.comment == "401 unknown client token"
     assert TOKEN not in f.request.headers["authorization"]
     assert f.response.status_code == 401
@@ -82,6 +83,14 @@ def test_the_client_flow_shows_the_request_as_sent_and_the_real_connection():
     assert s.tls and s.tls_version == "TLSv1.3" and s.alpn == b"http/1.1"
     assert s.certificate_list[0].cn == "mock.example" and s.via == ("http", ("proxy.example", 3128))
     assert (s.timestamp_start, s.timestamp_tls_setup) == (1000.0, 1000.02)
+    assert s.timestamp_end is None  # a pooled connection is not closed
+    # mitmproxy stamps a response set in the request hook with its own clock after the hook;
+    # the upstream's times are put back in responseheaders and response.
+    f.response.timestamp_start = f.response.timestamp_end = 2000.0
+    flows.restamp(f, end=False)
+    assert f.response.timestamp_start == 1000.5
+    f.response.timestamp_end = 2000.0
+    flows.restamp(f, end=True)
     assert (req.timestamp_end, f.response.timestamp_start, f.response.timestamp_end) == (
         1000.03, 1000.5, 1000.6)
 

@@ -288,6 +288,7 @@ class Keymux:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         relayed = self.streams.get(flow)
         if relayed is None:
+            flows.restamp(flow, end=False)
             return
         try:
             self._stream_headers(flow, relayed)
@@ -305,6 +306,7 @@ class Keymux:
         flow.response.stream = relayed.copy or relayed.tap or True
 
     def response(self, flow: http.HTTPFlow) -> None:
+        flows.restamp(flow, end=True)
         self._end_stream(flow, "response")
 
     def error(self, flow: http.HTTPFlow) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import uuid
+from weakref import WeakKeyDictionary
 
 from cryptography import x509
 from mitmproxy import certs, connection, ctx, http
@@ -24,6 +25,7 @@ from ..providers import CLIENT_AUTH_HEADERS
 from ..redact import is_masked, mask_credential, scrub
 from ..ticket import Plan, Ticket
 from . import responses
+from .upstream import HOP_BY_HOP
 
 HOST = "keymux"  # RequestData.host is a str (scheme and path are bytes)
 REFUSED = ":no_entry:"          # the gateway refused the request (4xx)
@@ -34,7 +36,8 @@ REISSUED = ":repeat:"           # the answer came from a later attempt
 FAILED = ":x:"                  # the upstream failed (its status >= 400, or no answer)
 
 # Framing the flow's body no longer matches (aiohttp sends its own content-length).
-_FRAMING = frozenset({b"content-length", b"content-encoding", b"transfer-encoding"})
+# What keymux's sender leaves out (hop-by-hop, framing; aiohttp writes Host and length).
+_FRAMING = frozenset(h.encode() for h in HOP_BY_HOP)
 
 
 # -- the gateway's own answers --------------------------------------------------------
@@ -47,11 +50,16 @@ def answered(flow: http.HTTPFlow, answer: Answer, secrets=()) -> None:
 
 
 def gateway_flow(flow: http.HTTPFlow, status: int, comment: str) -> None:
-    """Name host ``keymux`` (the client's own Host header stays as sent), mark, explain."""
-    req = flow.request.data
+    """Name host ``keymux`` (in the URL mitmweb's list shows too; the client's own Host
+    header is kept in the metadata), mark, explain."""
+    req = flow.request
+    sent = req.host_header
+    if sent is not None and sent != HOST:
+        flow.metadata.setdefault("keymux", {})["client_host"] = sent
+        req.host_header = HOST
     sock = flow.client_conn.sockname
-    req.scheme, req.host = b"http", HOST
-    req.port = sock[1] if sock else 0  # the port the client reached
+    req.data.scheme, req.data.host = b"http", HOST
+    req.data.port = sock[1] if sock else 0  # the port the client reached
     flow.marked = marker(status)
     flow.comment = comment
 
@@ -165,7 +173,7 @@ def upstream_server(conn, plan: Plan) -> connection.Server:
         cipher=conn.cipher, alpn=conn.alpn.encode() if conn.alpn else None,
         certificate_list=_certs(conn.certificates), via=_via(conn.via),
         timestamp_start=conn.timestamp_start, timestamp_tcp_setup=conn.timestamp_tcp_setup,
-        timestamp_tls_setup=conn.timestamp_tls_setup, timestamp_end=conn.timestamp_end)
+        timestamp_tls_setup=conn.timestamp_tls_setup)  # no end: the connection stays pooled
 
 
 # Server(...) costs ~17 µs (dataclass defaults, uuid4 from os.urandom); a closed Server's
@@ -206,19 +214,33 @@ def _via(via: str | None):
 
 def show_connection(flow: http.HTTPFlow, reply, plan: Plan, *, whole: bool) -> None:
     """The flow's server connection and timings become the upstream's real ones
-    (``whole``: the response's end too; a stream's end is mitmproxy's own)."""
+    (``whole``: a response keymux sets in the request hook, whose times mitmproxy stamps
+    with its own clock after the hook; they are put back by ``restamp``)."""
     conn = getattr(reply, "conn", None)
     flow.server_conn = upstream_server(conn, plan)
     if conn is None:
         return
     if conn.timestamp_request_sent is not None:
         flow.request.timestamp_end = conn.timestamp_request_sent
-    resp = flow.response
-    if resp is not None:
-        if conn.timestamp_response_start is not None:
-            resp.timestamp_start = conn.timestamp_response_start
-        if whole and conn.timestamp_end is not None:
-            resp.timestamp_end = conn.timestamp_end
+    if whole:
+        _held[flow] = conn
+    elif flow.response is not None and conn.timestamp_response_start is not None:
+        flow.response.timestamp_start = conn.timestamp_response_start
+
+
+# A whole response set in the request hook: mitmproxy then sets its timestamp_start (before
+# responseheaders) and timestamp_end (before response) to "now"; the upstream's wait here.
+_held: WeakKeyDictionary = WeakKeyDictionary()
+
+
+def restamp(flow: http.HTTPFlow, *, end: bool) -> None:
+    """In responseheaders (``end=False``) and response (``end=True``): the upstream's times."""
+    conn = _held.pop(flow, None) if end else _held.get(flow)
+    if conn is None or flow.response is None:
+        return
+    stamp = conn.timestamp_end if end else conn.timestamp_response_start
+    if stamp is not None:
+        setattr(flow.response, "timestamp_end" if end else "timestamp_start", stamp)
 
 
 # -- a streamed answer's copy ---------------------------------------------------------
