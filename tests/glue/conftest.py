@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from mitmproxy import io as mitmproxy_io
 from mitmproxy.addons.proxyserver import Proxyserver
+from mitmproxy.addons.tlsconfig import TlsConfig
 from mitmproxy.test import taddons, tflow
 
 from keypool.demo.mock_upstream import MockUpstream
@@ -98,10 +99,11 @@ def glue_config(tmp_path, glue_upstream) -> Path:
 async def keymux_in(config: Path, **options):
     """A Keymux addon loaded and configured in a taddons context, torn down after.
 
-    Proxyserver declares mitmproxy's proxy options (connection_strategy, body_size_limit,
-    ...) that keymux reads and sets; it is never started. Yields (addon, tctx)."""
+    Proxyserver and TlsConfig declare mitmproxy's proxy and TLS options (connection_strategy,
+    body_size_limit, ssl_insecure, ...) that keymux reads and sets; the proxy is never
+    started. Yields (addon, tctx)."""
     addon = Keymux()
-    with taddons.context(Proxyserver(), addon) as tctx:
+    with taddons.context(Proxyserver(), TlsConfig(), addon) as tctx:
         try:
             tctx.configure(addon, keymux_config=str(config), **{**GLUE_LOOPBACK, **options})
             yield addon, tctx
@@ -112,6 +114,7 @@ async def keymux_in(config: Path, **options):
 async def glue_teardown(addon: Keymux, tctx) -> None:
     tctx.master.addons.clear()  # done() everywhere: ConnGuard's sweeper, keymux's flush
     await addon._close_io()
+    await addon.upstream.close()  # _close_io only retires it (requests in flight finish)
     for path, rt in list(runtime._runtimes.items()):  # runtimes outlive addons on purpose
         if addon.runtime is rt:
             rt.writer.close()

@@ -42,9 +42,6 @@ async def test_a_removed_script_gives_back_the_keys_of_its_streams(glue_config, 
                 await asyncio.sleep(0.01)
 
 
-@pytest.mark.xfail(strict=False, reason="done() closes the shared aiohttp session under requests "
-                   "still in flight; the gateway outlives the script, so their keys are blamed "
-                   "and cooled (see the gluetests report)")
 async def test_a_script_reload_does_not_blame_keys_for_requests_in_flight(
         glue_config, glue_upstream, monkeypatch):
     glue_upstream.set_behavior(GLUE_K1, delay_ms=300)

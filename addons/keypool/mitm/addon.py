@@ -378,7 +378,7 @@ class Keymux:
 
     async def _close_io(self) -> None:
         await self.relay.close()
-        await self.upstream.close()
+        self.upstream.retire()  # not close(): requests in flight must not blame their keys
 
 
 def _limit_bodies(gw: Gateway, upstream: Upstream) -> None:

@@ -176,6 +176,11 @@ class Upstream:
             self._busy[self._session] = 0
         return self._session
 
+    def retire(self) -> None:
+        """Close once idle: attempts in flight (a script reload leaves them running, and the
+        gateway outlives the script) finish on their connections, new ones open a session."""
+        self._retire()
+
     def _retire(self) -> None:
         """The next attempt opens a new session; the old one closes once idle."""
         old, self._session = self._session, None
