@@ -103,7 +103,8 @@ def test_saved_flows_name_the_key_and_hold_no_secret(closed, mock):
         assert f.request.pretty_url == mock.base_url + "/v1/chat/completions"
         assert b'"model"' in f.request.content
     refused = [f for f in flows if f.response and f.response.status_code == 401]
-    assert refused and all("keymux" not in f.metadata for f in refused)
+    assert refused and all(f.metadata["keymux"].get("key") is None for f in refused)
+    assert all(f.server_conn.address[0] == "keymux" for f in refused)  # nobody contacted
     assert all(f.request.host == "keymux" and f.comment.startswith("401 ") for f in refused)
     assert K1 not in closed.log()
 

@@ -71,6 +71,7 @@ def test_the_list_names_keys_and_outcomes(web):
     [refused] = [f for f in api.flows() if f["response"]["status_code"] == 401]
     assert refused["request"]["host"] == "keymux" and refused["marked"] == "⛔"
     assert refused["comment"] == "401 missing or invalid client token"
+    assert refused["server_conn"]["address"][0] == "keymux"  # not the reverse target
 
 
 def test_the_attempt_is_linked_to_its_client_flow(web):

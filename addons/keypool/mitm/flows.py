@@ -60,6 +60,9 @@ def gateway_flow(flow: http.HTTPFlow, status: int, comment: str) -> None:
     sock = flow.client_conn.sockname
     req.data.scheme, req.data.host = b"http", HOST
     req.data.port = sock[1] if sock else 0  # the port the client reached
+    # Not the --mode reverse: target, which nobody contacted (safe: answered flows never
+    # connect, so mitmproxy never uses this server connection).
+    flow.server_conn = _server(address=(HOST, req.data.port))
     flow.marked = marker(status)
     flow.comment = comment
 
