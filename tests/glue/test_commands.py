@@ -211,6 +211,7 @@ def test_replay_through_the_pool_is_a_new_flow_with_the_status_and_a_masked_key(
     assert f.comment == f"replay of {original.id} on {meta['key']}: 200"
     assert f.request.headers["authorization"].startswith("Bearer sk-…")
     assert no_secret(f) and mock.count() == 1
+    assert f.server_conn.peername[1] == int(mock.base_url.rsplit(":", 1)[1])  # really went there
     assert sum(k["requests"] for k in snap) == 1  # counted like any request
 
 

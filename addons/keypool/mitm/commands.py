@@ -32,7 +32,7 @@ from ..reissue import Reply, UpstreamError, serve
 from ..routing import Route
 from ..ticket import Plan, Ticket, read_json, rewrite_body
 from ..usage import usage_of_body
-from . import boundary, responses
+from . import boundary, flows, responses
 
 if TYPE_CHECKING:
     from .addon import Keymux
@@ -146,6 +146,8 @@ class Commands:
             if plan is None:  # nothing was sent: no credential shown either
                 boundary.mask_client_auth(new.request)
             status = _settle(gw, new, ticket, out)
+            if plan is not None and out.reply is not None:  # where it really went, and when
+                flows.show_connection(new, out.reply, plan, whole=False)
         except BaseException:
             if plan is not None:  # whatever failed, the key is given back (a no-op once settled)
                 gw.finish(plan, None, outcome="cancelled")
