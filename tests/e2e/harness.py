@@ -27,6 +27,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGINT (mitmproxy shuts down cleanly), then SIGKILL if it does not within 10 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 class GatewayProcess:
     """``mitmdump -s addons/keymux.py`` exactly as a user starts it; with ``web=True``,
     ``mitmweb`` with the same script and options, its UI and HTTP API on ``web_url``
@@ -105,14 +116,8 @@ class GatewayProcess:
             headers={"x-keymux-admin-token": SIDECAR_TOKEN}), timeout=5).read()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
         if self.proc:
+            stop_process(self.proc)
             self._log.close()
 
     def kill9(self) -> None:

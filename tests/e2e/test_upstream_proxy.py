@@ -2,7 +2,6 @@
 (mitmproxy's own regular mode, passing TLS through, requiring a login), chosen by the
 environment (HTTPS_PROXY/HTTP_PROXY/NO_PROXY) or per provider (``proxy:`` in keys.yaml)."""
 import json
-import signal
 import socket
 import subprocess
 import textwrap
@@ -15,7 +14,7 @@ from mitmproxy import io
 
 from keypool.demo.mock_upstream import MockUpstream
 
-from .harness import MITMDUMP, GatewayProcess, free_port, get, wait_for
+from .harness import MITMDUMP, GatewayProcess, free_port, get, stop_process, wait_for
 from .tlsutil import make_pki
 
 PASS = "pr0xy-s3cret-pass"
@@ -68,13 +67,7 @@ class ForwardProxy:
         return [line.split("PROXIED ", 1)[1] for line in self.log().splitlines() if "PROXIED " in line]
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self._log.close()
 
 
