@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .globs import GlobSet
@@ -41,6 +41,13 @@ class Metrics:
                               ["provider", "key"], buckets=LATENCY_BUCKETS, registry=r)
         self.reloads = Counter("keymux_config_reload", "Config reloads by result (ok, error)",
                                ["result"], registry=r)
+        for result in ("ok", "error"):  # both series exist from the start: rate() and alerts see 0
+            self.reloads.labels(result)
+        self.reload_ok = Gauge("keymux_config_last_reload_successful",
+                               "1 if the last config reload (or the first load) succeeded, "
+                               "0 while a failed one leaves the previous config serving",
+                               registry=r)
+        self.reload_ok.set(1)
         self.tokens = Counter("keymux_tokens", "Tokens reported by the upstream",
                               ["provider", "key", "model", "direction"], registry=r)
         r.register(_PoolCollector(snapshot, wall_now))
@@ -50,6 +57,10 @@ class Metrics:
         self._model_labels: set[str] = set()
         # prometheus_client's labels() costs microseconds per call: resolve each child once.
         self._children: dict[tuple, object] = {}
+
+    def reloaded(self, ok: bool) -> None:
+        self.reloads.labels("ok" if ok else "error").inc()
+        self.reload_ok.set(1 if ok else 0)
 
     def watch_store(self, status: Callable[[], dict]) -> None:
         """The state store's writer, read at scrape time (Writer.status)."""

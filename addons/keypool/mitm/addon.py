@@ -155,13 +155,13 @@ class Keymux:
         gw = self.gateway
         if config is None:
             gw.reload_error = error
-            gw.metrics.reloads.labels("error").inc()
+            gw.metrics.reloaded(False)
             logger.warning("keymux: config not reloaded, the previous one keeps serving: %s", error)
             return
         gw.update(config)
         _limit_bodies(gw, self.upstream)
         gw.reload_error = None
-        gw.metrics.reloads.labels("ok").inc()
+        gw.metrics.reloaded(True)
         logger.warning("keymux: config reloaded: %d keys", len(config.keys))
         for warning in config.warnings:
             logger.warning("keymux: %s", warning)
