@@ -48,6 +48,9 @@ class Metrics:
                                "0 while a failed one leaves the previous config serving",
                                registry=r)
         self.reload_ok.set(1)
+        self.reissues = Counter("keymux_reissues", "Upstream attempts that re-issue a failed "
+                                "one, by why that one failed",
+                                ["provider", "outcome"], registry=r)
         self.tokens = Counter("keymux_tokens", "Tokens reported by the upstream",
                               ["provider", "key", "model", "direction"], registry=r)
         r.register(_PoolCollector(snapshot, wall_now))
@@ -61,6 +64,10 @@ class Metrics:
     def reloaded(self, ok: bool) -> None:
         self.reloads.labels("ok" if ok else "error").inc()
         self.reload_ok.set(1 if ok else 0)
+
+    def reissued(self, provider: str, outcome: str) -> None:
+        """``outcome``: the failed attempt's policy class (auth, quota, rate_limited, server)."""
+        self._child(self.reissues, provider, outcome).inc()
 
     def watch_store(self, status: Callable[[], dict]) -> None:
         """The state store's writer, read at scrape time (Writer.status)."""

@@ -70,6 +70,8 @@ async def serve(gw: Gateway, ticket: Ticket, send: Sender, *,
             finally:
                 gw.waiting[provider] -= 1
             continue
+        if ticket.attempts:  # this attempt re-issues a failed one: count why that failed
+            gw.metrics.reissued(ticket.route.provider.name, ticket.attempts[-1]["outcome"])
         outcome = await _attempt(gw, plan, send, on_failed)
         if outcome is not None:
             return outcome

@@ -316,3 +316,14 @@ def test_a_bug_during_an_attempt_frees_the_key_and_closes_the_reply(monkeypatch,
     k1 = gw.pool.by_name["k1"]
     assert k1.in_flight == 0 and not k1.probing and reply.closed
     assert k1.failures == 0  # keymux's own bug blames no key
+
+
+def test_reissues_are_counted_by_provider_and_why():
+    gw, clock = make(n=4, max_attempts=3)
+    up = FakeUpstream(clock, {"k1": [FakeReply(429, {"retry-after": "5"})], "k2": [FakeReply(500)],
+                              "k3": [FakeReply(500)]})
+    run(gw, up)  # k1 429 -> k2 500 -> k3 500: two re-issues, the last failure answered 502
+    sample = gw.metrics.registry.get_sample_value
+    assert up.calls == ["k1", "k2", "k3"]
+    assert sample("keymux_reissues_total", {"provider": "openai", "outcome": "rate_limited"}) == 1
+    assert sample("keymux_reissues_total", {"provider": "openai", "outcome": "server"}) == 1
