@@ -138,6 +138,8 @@ def test_the_scrape_has_the_series_of_the_traffic(scrape):
     assert 'status_class="5xx"' in text and 'keymux_gateway_answers_total{code="' in text
     assert 'keymux_config_reload_total{result="error"} 0.0' in text
     assert "keymux_config_last_reload_successful 1.0" in text
+    assert 'keymux_reissues_total{outcome="rate_limited",provider="mock"}' in text
+    assert 'keymux_reissues_total{outcome="auth"' not in text  # a1 had no other key to try
 
 
 def test_alert_rules_name_only_real_series(scrape):
@@ -183,7 +185,8 @@ def test_dashboard_names_only_real_series(scrape):
     for must in ("keymux_requests_total", "keymux_time_to_first_byte_seconds_bucket",
                  "keymux_key_state", "keymux_spend_usd_total", "keymux_budget_used_ratio",
                  "keymux_config_reload_total", "keymux_provider_outage", "keymux_tokens_total",
-                 "keymux_gateway_answers_total", "keymux_key_in_flight"):
+                 "keymux_gateway_answers_total", "keymux_key_in_flight",
+                 "keymux_reissues_total"):
         assert must in used, must
 
 
