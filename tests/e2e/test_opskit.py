@@ -20,7 +20,7 @@ from .conftest import A1, ALT1, CLIENT_TOKEN, K1, K2, pool_yaml
 from .harness import ROOT, GatewayProcess
 
 PROMTOOL = shutil.which("promtool")
-pytestmark = pytest.mark.skipif(
+needs_promtool = pytest.mark.skipif(
     PROMTOOL is None, reason="promtool not installed (apt-get install prometheus; .ci/run does)")
 
 PROM = ROOT / "config" / "prometheus"
@@ -90,11 +90,13 @@ def rule_exprs() -> list[str]:
 
 # -- Prometheus ---------------------------------------------------------------------------
 
+@needs_promtool
 def test_scrape_config_and_its_rules_are_valid():
     out = ok(promtool("check", "config", str(PROM / "prometheus.yml")))
     assert "SUCCESS" in out and "rules found" in out
 
 
+@needs_promtool
 def test_the_commented_admin_token_variant_is_valid(tmp_path):
     """server.metrics: admin: uncomment the authorization block as the comment says."""
     text = (PROM / "prometheus.yml").read_text()
@@ -109,6 +111,7 @@ def test_the_commented_admin_token_variant_is_valid(tmp_path):
     assert "credentials_file" in live and "#" not in live
 
 
+@needs_promtool
 def test_alert_rules_are_valid_and_their_unit_tests_pass():
     assert "SUCCESS" in ok(promtool("check", "rules", str(PROM / "keymux-alerts.yml")))
     assert "SUCCESS" in ok(promtool("test", "rules", str(PROM / "keymux-alerts.test.yml")))
@@ -126,6 +129,7 @@ def test_every_alert_has_for_severity_and_a_summary():
             f"{r['alert']} is never shown firing in keymux-alerts.test.yml")
 
 
+@needs_promtool
 def test_a_real_scrape_passes_promtool_lint(scrape):
     result = promtool("check", "metrics", stdin=scrape)
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout.decode()
@@ -190,6 +194,7 @@ def test_dashboard_names_only_real_series(scrape):
         assert must in used, must
 
 
+@needs_promtool
 def test_dashboard_queries_parse_as_promql(tmp_path):
     """Every query, Grafana's variables filled in, as a recording rule promtool parses."""
     rules = []
