@@ -72,10 +72,13 @@ async def test_a_list_request_waits_for_the_first_fetch_only_and_boundedly(glue_
         flow = glue_chat_flow()
         flow.request.method, flow.request.path = "GET", "/v1/models"
         t0 = asyncio.get_running_loop().time()
-        await fetch.requestheaders(flow)
+        await fetch.requestheaders(flow)  # a coroutine while the first round runs
         waited = asyncio.get_running_loop().time() - t0
         assert 0.2 < waited < 3 and modellist.of(addon.gateway).ids("mock")
-        t0 = asyncio.get_running_loop().time()
-        await fetch.requestheaders(flow)  # once the first round ended: never again
-        assert asyncio.get_running_loop().time() - t0 < 0.05
+        assert fetch.requestheaders(flow) is None  # once the first round ended: never again
+        chat = glue_chat_flow()
+        fetch2 = ModelFetch(addon)
+        fetch2.running()
+        assert fetch2.requestheaders(chat) is None  # other requests never wait
+        fetch2.done()
         fetch.done()

@@ -34,6 +34,14 @@ FETCH_TIMEOUT_S = 15.0  # one page, connection included
 FIRST_WAIT_S = 3.0    # the longest a list request waits for the very first fetch
 
 
+async def _wait(first: asyncio.Event) -> None:
+    try:
+        async with asyncio.timeout(FIRST_WAIT_S):
+            await first.wait()
+    except TimeoutError:
+        pass  # answered from what is there: the config's names
+
+
 class FetchFailed(Exception):
     """A provider's list could not be read; the message holds no secret."""
 
@@ -42,7 +50,7 @@ class ModelFetch:
     def __init__(self, keymux) -> None:
         self.keymux = keymux  # its gateway (swapped by a config change) and its sender
         self._task: asyncio.Task | None = None
-        self._first: asyncio.Event | None = None  # set once the first round has ended
+        self._first: asyncio.Event | None = None  # until the first round has ended
 
     def load(self, loader) -> None:
         loader.add_option(OPTION, int, modellist.DEFAULT_TTL_S,
@@ -67,17 +75,15 @@ class ModelFetch:
         if self._task is not None:
             self._task.cancel()
 
-    async def requestheaders(self, flow: http.HTTPFlow) -> None:
-        """A model list asked for before the first fetch ended waits for it (bounded)."""
+    def requestheaders(self, flow: http.HTTPFlow):
+        """A model list asked for before the first fetch ended waits for it (bounded).
+        Sync on purpose: every other request pays one attribute check, no coroutine
+        (mitmproxy awaits what a hook returns)."""
         first = self._first
-        if first is None or first.is_set() or flow.response or flow.request.method != "GET" \
+        if first is None or flow.response or flow.request.method != "GET" \
                 or not flow.request.path.startswith("/v1/models"):
-            return
-        try:
-            async with asyncio.timeout(FIRST_WAIT_S):
-                await first.wait()
-        except TimeoutError:
-            pass  # answered from what is there: the config's names
+            return None
+        return _wait(first)
 
     async def _forever(self) -> None:
         while True:
@@ -85,7 +91,9 @@ class ModelFetch:
                 await self.refresh()
             except Exception as e:  # a bug here must not end the refreshes for good
                 logger.error("keymux: model list refresh failed: %s: %s", type(e).__name__, e)
-            self._first.set()
+            if self._first is not None:
+                self._first.set()  # wakes the list requests that waited for it
+                self._first = None
             await asyncio.sleep(POLL_S)
 
     async def refresh(self) -> None:
@@ -112,6 +120,8 @@ class ModelFetch:
             except FetchFailed as e:
                 error = f"key {key.name}: {e}"
                 continue
+            # an upstream that echoes a key in an id must not show it to every client
+            ids = [m for m in ids if gw.masker.masked_text(m) == m]
             if gw.config is config:  # not replaced by a reload while we waited
                 was = lists.entries.get(name)
                 lists.stored(name, sig, ids)
