@@ -94,6 +94,8 @@ class ModelLists:
         self.version += 1
 
     def ids(self, name: str) -> tuple[str, ...]:
+        if self.ttl_s <= 0:  # fetching turned off: the config's names only, as documented
+            return ()
         e = self.entries.get(name)
         return e.ids if e is not None and e.ids is not None else ()
 
@@ -118,7 +120,7 @@ class ModelLists:
     def listing(self, config: Config, router: Router, anthropic: bool) -> list["Shown"]:
         """Every listed model (before the client's allow-list), cached until the config
         or a list changes: the endpoint filters this per client."""
-        key = (id(config), id(router), self.version, anthropic)
+        key = (id(config), id(router), self.version, self.ttl_s > 0, anthropic)
         if self._listing is None or self._listing[0] != key:
             self._listing = (key, build(config, router, self.ids, anthropic))
         return self._listing[1]

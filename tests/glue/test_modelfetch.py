@@ -82,3 +82,31 @@ async def test_a_list_request_waits_for_the_first_fetch_only_and_boundedly(glue_
         assert fetch2.requestheaders(chat) is None  # other requests never wait
         fetch2.done()
         fetch.done()
+
+
+async def test_anthropic_lists_are_read_page_by_page(tmp_path, glue_upstream, monkeypatch):
+    monkeypatch.setattr(modellist, "ANTHROPIC_PAGE", 2)
+    ids = ["claude-a", "claude-b", "claude-c", "claude-d", "claude-e"]
+    glue_upstream.set_models(ids)
+    path = tmp_path / "keys.yaml"
+    path.write_text(f"""
+version: 1
+providers:
+  ant:
+    base_url: {glue_upstream.base_url}/v1
+    auth: x-api-key
+    headers: {{anthropic-version: "2023-06-01"}}
+    models: ["claude-*"]
+keys:
+  - {{name: a1, provider: ant, key: {GLUE_K1}}}
+state_dir: {tmp_path / 'state'}
+""")
+    async with keymux_in(path) as (addon, _):
+        await fetcher(addon).refresh()
+        sent = glue_upstream.requests()
+        assert [r["path"] for r in sent] == ["/v1/models?limit=2", "/v1/models?limit=2&after_id=claude-b",
+                                             "/v1/models?limit=2&after_id=claude-d"]
+        assert all(r["headers"].get("x-api-key") == GLUE_K1 and "anthropic-version" in r["headers"]
+                   for r in sent)
+        a = addon.gateway.handle("GET", "/v1/models", {"anthropic-version": "2023-06-01"}, None)
+        assert [m["id"] for m in json.loads(a.body)["data"]] == ids

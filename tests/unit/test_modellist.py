@@ -189,3 +189,10 @@ def test_fetch_keys_usable_only_least_busy_first():
     pool.by_name["o2"].in_flight = 3
     assert [k.name for k in modellist.fetch_keys(pool.by_provider["openai"], now)] == ["o3", "o2"]
 
+
+
+def test_ttl_zero_serves_the_config_names_only():
+    g = gw([key("o1", models=("gpt-4o*", "gpt-4.1"))], fetched={"openai": FETCHED})
+    assert len(listed(g)) == 4
+    modellist.of(g).ttl_s = 0
+    assert listed(g) == {"gpt-4.1": "openai"}
