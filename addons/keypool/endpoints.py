@@ -7,10 +7,9 @@ from typing import TYPE_CHECKING, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from . import answers, exposure, keytest
+from . import answers, exposure, keytest, modellist
 from .answers import Answer
 from .config import ClientSpec
-from .globs import is_wildcard
 
 if TYPE_CHECKING:
     from .gateway import Gateway
@@ -110,6 +109,9 @@ def readiness(gw: "Gateway") -> Answer:
     }
     if store is not None:
         body["store"] = store
+    lists = modellist.of(gw).health(gw.config)
+    if lists:  # a warning only: the gateway serves whatever the lists say
+        body["model_lists"] = lists
     return answers.json_answer(200 if usable else 503, body)
 
 
@@ -121,31 +123,30 @@ def stats(gw: "Gateway") -> dict:
             "providers": gw.pool.providers()}
 
 
-def model_ids(gw: "Gateway", client: ClientSpec | None) -> list[tuple[str, str]]:
-    """(id, provider) for what the config names: models, globs, or ``provider/*``."""
-    enabled = [k for k in gw.config.keys if k.enabled]
-    out: dict[str, str] = {}
-    for name in dict.fromkeys(k.provider for k in enabled):
-        named = list(gw.config.providers[name].models)
-        named += [m for k in enabled if k.provider == name for m in k.models]
-        for m in named or [f"{name}/*"]:
-            out.setdefault(m, name)
-    return [(m, p) for m, p in out.items() if gw.clients.allows(client, m)]
+def model_ids(gw: "Gateway", client: ClientSpec | None,
+              anthropic: bool = False) -> list[tuple[str, str]]:
+    """(id, provider) of every model this client may send (see keypool/modellist.py)."""
+    shown = modellist.of(gw).listing(gw.config, gw.router, anthropic)
+    if client is not None and client.models:
+        shown = modellist.visible(shown, lambda m: gw.clients.allows(client, m))
+    return [(s.id, s.provider) for s in shown]
 
 
 def models(gw: "Gateway", path: str, headers: Mapping[str, str],
            client: ClientSpec | None) -> Answer:
-    """OpenAI's model list (Anthropic's shape when the client sends anthropic-version)."""
+    """OpenAI's model list (Anthropic's shape, and only the providers an Anthropic client
+    reaches, when the client sends anthropic-version); ``/v1/models/{id}``: one of them."""
     anthropic = "anthropic-version" in headers
     created = int(gw.started_wall)
-    ids = model_ids(gw, client)
-    objs = [_model_obj(m, p, created, anthropic) for m, p in ids]
+    ids = model_ids(gw, client, anthropic)
     wanted = path[len("/v1/models/"):] if path.startswith("/v1/models/") else None
     if wanted is not None:
-        for obj in objs:
-            if obj["id"] == wanted:
-                return answers.json_answer(200, obj)
-        return answers.error(404, f"model '{wanted[:100]}' is not configured", "model_not_found")
+        for m, p in ids:
+            if m == wanted:
+                return answers.json_answer(200, _model_obj(m, p, created, anthropic))
+        return answers.error(404, f"model '{wanted[:100]}' is not served here", "model_not_found",
+                             anthropic=anthropic)
+    objs = [_model_obj(m, p, created, anthropic) for m, p in ids]
     if anthropic:
         return answers.json_answer(200, {"data": objs, "has_more": False,
                                          "first_id": objs[0]["id"] if objs else None,
@@ -157,7 +158,4 @@ def _model_obj(model: str, provider: str, created: int, anthropic: bool) -> dict
     if anthropic:
         stamp = dt.datetime.fromtimestamp(created, dt.UTC).isoformat().replace("+00:00", "Z")
         return {"type": "model", "id": model, "display_name": model, "created_at": stamp}
-    obj = {"id": model, "object": "model", "created": created, "owned_by": provider}
-    if is_wildcard(model):
-        obj["keymux_pattern"] = True
-    return obj
+    return {"id": model, "object": "model", "created": created, "owned_by": provider}

@@ -93,7 +93,8 @@ class GatewayProcess:
         cmd = [str(binary), "-s", str(self.script), *extra,
                "--mode", f"reverse:{self.reverse}", "--listen-host", "127.0.0.1",
                "-p", str(self.port), "--set", f"keymux_config={self.config}",
-               "--set", f"confdir={self.confdir}", *self._web_args(), *self.args]
+               "--set", f"confdir={self.confdir}", *self._web_args(), *_no_model_lists(self.args),
+               *self.args]
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                      env=self.env, cwd=self.workdir)
@@ -134,6 +135,15 @@ class GatewayProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _no_model_lists(args: tuple[str, ...]) -> list[str]:
+    """The background model-list fetch (mitm/modelfetch.py) is off unless a test sets
+    keymux_model_list_ttl: its GET /models would land in the mock's record of tests that
+    count exactly what was forwarded (tests/e2e/test_models.py turns it on)."""
+    if any(a.startswith("keymux_model_list_ttl=") for a in args):
+        return []
+    return ["--set", "keymux_model_list_ttl=0"]
 
 
 def get(gw: "GatewayProcess", path: str) -> tuple[int, bytes]:

@@ -35,6 +35,7 @@ from keypool.redact import mask
 from . import mock_hostile as hostile
 from . import mock_http as H
 from . import mock_responses as R
+from .mock_models import ModelCatalog
 from .mock_behaviour import RESET, Behaviour, MockState, masked_record
 
 __all__ = ["MockUpstream", "MockState", "Behaviour", "main"]
@@ -96,6 +97,7 @@ class _Server:
                  ssl: "ssl_module.SSLContext | None" = None):
         self.state, self.host, self.port, self.log = state, host, port, log
         self.ssl = ssl  # a server context: the mock speaks HTTPS (tests of upstream TLS)
+        self.catalog = ModelCatalog()  # what GET .../models answers (per key, see set_models)
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task] = set()
         self._rid = 0
@@ -205,7 +207,8 @@ class _Server:
             else:
                 extra = d.ok_headers
                 if endpoint == "models":
-                    payload = R.dumps(R.models(anthropic))
+                    status, obj = self.catalog.answer(key, anthropic, target)
+                    payload = R.dumps(obj)
                 elif endpoint == "embeddings":
                     payload = R.dumps(R.embeddings(body))
                 elif endpoint == "count_tokens":
@@ -275,6 +278,7 @@ class _Server:
             return 200, {"ok": True}
         if method == "POST" and path == "/_mock/reset":
             self.state.reset()
+            self.catalog.reset()
             return 200, {"ok": True}
         if method == "POST" and path == "/_mock/behavior":
             try:
@@ -357,6 +361,13 @@ class MockUpstream:
 
     def reset(self) -> None:
         self.state.reset()
+        self._server.catalog.reset()
+
+    def set_models(self, ids: list[str] | None = None, *, key: str | None = None,
+                   status: int = 200) -> None:
+        """What ``GET .../models`` answers ``key`` (None: every key without its own): these
+        ids (None: the default list), or the error ``status`` (e.g. 500)."""
+        self._server.catalog.set(ids, key=key, status=status)
 
     def requests(self, key: str | None = None) -> list[dict]:
         """Recorded requests, oldest first: time, key, method, path, headers, header_list, body, status."""

@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..gateway import Gateway
 from ..ticket import Plan
 from ..usage import SseTap, usage_of_body
-from . import attempts, boundary, clientauth, conns, flows, keytest, responses, runtime
+from . import attempts, boundary, clientauth, conns, flows, keytest, modelfetch, responses, runtime
 from .commands import Commands
 from .failclosed import FailClosed
 from .relay import Relay
@@ -59,7 +59,8 @@ class Keymux:
         self.upstream = Upstream()
         self.relay = Relay()
         self.streams: WeakKeyDictionary[http.HTTPFlow, Relayed] = WeakKeyDictionary()
-        self.addons = [Commands(self)]  # mitmproxy registers nested addons with this one
+        # mitmproxy registers nested addons with this one (their options and hooks too)
+        self.addons = [Commands(self), modelfetch.ModelFetch(self)]
         self.clientauth = clientauth.ClientAuth()  # the process's own, from load()
         self.publisher = attempts.Publisher()
         self.flow_body_cap = 256 * 1024
