@@ -43,6 +43,9 @@ class Metrics:
                                ["result"], registry=r)
         self.tokens = Counter("keymux_tokens", "Tokens reported by the upstream",
                               ["provider", "key", "model", "direction"], registry=r)
+        self.spend_usd = Counter("keymux_spend_usd", "What answers cost in USD (keypool.prices;"
+                                 " requests of unknown price are not in it)",
+                                 ["provider", "model", "key", "client"], registry=r)
         r.register(_PoolCollector(snapshot, wall_now))
         if providers is not None:
             r.register(_ProviderCollector(providers))
@@ -84,6 +87,10 @@ class Metrics:
             m = self.model_label(model)
             self._child(self.tokens, provider, key, m, "input").inc(tokens_in)
             self._child(self.tokens, provider, key, m, "output").inc(tokens_out)
+
+    def spend(self, provider: str, model: str | None, key: str, client: str, usd: float) -> None:
+        """``client``: a configured client's name, or "-" on an open gateway."""
+        self._child(self.spend_usd, provider, self.model_label(model), key, client).inc(usd)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
