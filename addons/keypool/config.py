@@ -414,7 +414,7 @@ class _Reader(NodeReader):
         if not f:
             self.fail(node, f"{path}: expected rates {{input: ..., output: ...}} (USD per 1M"
                             " tokens) or model globs mapped to such rates")
-        if all(k in RATE_FIELDS for k in f):
+        if any(k in RATE_FIELDS for k in f):  # one set of rates (an unknown field is refused)
             return table_from({"*": self.rates(node, path)})
         return table_from({glob: self.rates(value, f"{path}.{glob}") for glob, value in f.items()})
 

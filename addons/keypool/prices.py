@@ -107,6 +107,10 @@ class Pricer:
             return None
         if isinstance(how, Rates):
             return how.cost(usage)
+        if isinstance(how, TimeOfDay):  # prices that change within the day: read them now
+            how = _rates_of(how.info.get_prices(datetime.fromtimestamp(now, UTC)))
+            return how.cost(usage) if isinstance(how, Rates) else (
+                None if how is None else _genai_cost(how, usage))
         return _genai_cost(how, usage)  # a genai-prices ModelPrice (tiered)
 
     def _resolve(self, provider: str, model: str | None, now: float) -> object:
@@ -126,15 +130,30 @@ class Pricer:
             return None
 
 
+@dataclass(frozen=True, slots=True)
+class TimeOfDay:
+    """A model whose price depends on the time of day (DeepSeek's off-peak hours)."""
+    info: object
+
+
 def genai_rates(provider_id: str, model: str, wall: float) -> object:
-    """Rates for genai-prices' model, its ModelPrice when rates cannot express it, or None."""
+    """Rates for genai-prices' model, its ModelPrice when rates cannot express it, a
+    TimeOfDay when they change within the day, or None."""
     from genai_prices import data_snapshot, types  # imported on the first lookup only
 
     try:
         _, info = data_snapshot.get_snapshot().find_provider_model(model, None, provider_id, None)
     except LookupError:
         return None
-    price = info.get_prices(datetime.fromtimestamp(wall, UTC))
+    if isinstance(info.prices, list) and any(
+            isinstance(c.constraint, types.TimeOfDateConstraint) for c in info.prices):
+        return TimeOfDay(info)
+    return _rates_of(info.get_prices(datetime.fromtimestamp(wall, UTC)))
+
+
+def _rates_of(price: object) -> object:
+    from genai_prices import types
+
     given = {k: v for k, v in price.__dict__.items() if v is not None and not k.startswith("_")}
     if any(isinstance(v, types.TieredPrices) for v in given.values()):
         return price

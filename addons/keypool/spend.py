@@ -4,7 +4,10 @@ the state store's ``spend_day`` table (the Recorder's batch) and restored at sta
 
     Ledger.add(wall, key, client, provider, model, usd|None, usage)   per finished attempt
     Ledger.spent(dim, name, period, wall) -> USD          dim: key|client|provider|model
-    Ledger.totals(dim, name, period, wall) -> Sums        period: day|month
+    Ledger.tokens(dim, name, period, wall) -> in + out    period: day|month
+    Ledger.tally(dim, name, period, wall) -> Tally        key|client: O(1) running totals
+    Ledger.totals(dim, name, period, wall) -> Sums        any dim, every field (scans rows)
+    Ledger.period_end(period, wall) -> Unix time          a budget's Retry-After
     Ledger.reserve(key, client, usd) -> Hold; release(hold)       (budgets: estimates held
     Ledger.committed(dim, name, period, wall) -> spent + reserved  between admit and finish)
     Ledger.snapshot(wall) -> dict for /_keymux/stats
@@ -21,6 +24,7 @@ from .periods import Periods
 from .usage import Usage
 
 DIMS = ("key", "client", "provider", "model")
+HOT_DIMS = ("key", "client")  # kept as running totals (budgets read them per request)
 PERIODS = ("day", "month")
 NO_CLIENT = "-"         # an open gateway's requests (not a valid client name)
 OTHER_MODEL = "other"   # past MAX_MODELS distinct models a day: client input stays bounded
@@ -39,16 +43,6 @@ class Sums:
     cache_read: int = 0
     cache_write: int = 0
 
-    def add(self, usd: float | None, u: Usage, requests: int = 1) -> None:
-        if usd is None:
-            self.unknown += requests
-        else:
-            self.usd += usd
-        self.requests += requests
-        self.tokens_in += u.input_total
-        self.tokens_out += u.output
-        self.cache_read += u.cache_read
-        self.cache_write += u.cache_write
 
     def merge(self, other: "Sums") -> None:
         for f in SUM_FIELDS:
@@ -58,6 +52,15 @@ class Sums:
         d = asdict(self)
         d["usd"] = round(self.usd, 8)
         return d
+
+
+@dataclass(slots=True)
+class Tally:
+    """A running total for a budget to read per request: four fields, cheap to add to."""
+    usd: float = 0.0
+    tokens: int = 0      # in + out
+    requests: int = 0
+    unknown: int = 0
 
 
 @dataclass(slots=True)
@@ -76,9 +79,11 @@ class Ledger:
     def __init__(self, periods: Periods | None = None):
         self.periods = periods or Periods()
         self.rows: dict[Row, Sums] = {}     # every day of this month and the last one
-        self._dirty: dict[Row, Sums] = {}   # what the store has not been handed yet
+        self._saved: dict[Row, Sums] = {}   # each row as the store was last handed it
+        self._touched: set[Row] = set()     # rows added to since
         self._day = self._month = ""        # the labels _totals are for
-        self._totals: dict[tuple[str, str, str], Sums] = {}  # (period, dim, name)
+        self._totals: dict[tuple[str, str, str], Tally] = {}  # (period, HOT_DIM, name)
+        self._targets: dict[Row, tuple[Sums, tuple[Tally, ...]]] = {}  # per row, what add updates
         self._models: set[str] = set()      # distinct models today
         self._reserved: dict[tuple[str, str], float] = {}    # (dim, name) -> USD held
 
@@ -89,20 +94,33 @@ class Ledger:
         day = self.periods.day(wall)[2]
         if day != self._day:
             self._roll(day)
-        model = self._bounded(model or "")
-        row = (day, key, client or NO_CLIENT, provider, model)
-        for sums in (self.rows, self._dirty):
-            s = sums.get(row)
-            if s is None:
-                s = sums[row] = Sums()
-            s.add(usd, usage)
-        t = self._totals
-        for period in PERIODS:
-            for dim, name in zip(DIMS, row[1:]):
-                s = t.get((period, dim, name))
-                if s is None:
-                    s = t[(period, dim, name)] = Sums()
-                s.add(usd, usage)
+        row = (day, key, client or NO_CLIENT, provider, model or "")
+        s, tallies = self._targets.get(row) or self._targets_of(row)
+        unknown, usd = (1, 0.0) if usd is None else (0, usd)
+        tin, tout = usage.input_total, usage.output
+        s.usd += usd
+        s.requests += 1
+        s.unknown += unknown
+        s.tokens_in += tin
+        s.tokens_out += tout
+        s.cache_read += usage.cache_read
+        s.cache_write += usage.cache_write
+        for t in tallies:  # key and client, per day and month
+            t.usd += usd
+            t.tokens += tin + tout
+            t.requests += 1
+            t.unknown += unknown
+
+    def _targets_of(self, row: Row) -> tuple[Sums, tuple[Tally, ...]]:
+        if row[4] not in self._models:
+            row = row[:4] + (self._bounded(row[4]),)
+            if row in self._targets:
+                return self._targets[row]
+        self._touched.add(row)
+        tallies = tuple(self._totals.setdefault((period, dim, name), Tally())
+                        for period in PERIODS for dim, name in zip(HOT_DIMS, row[1:3]))
+        self._targets[row] = t = (self.rows.setdefault(row, Sums()), tallies)
+        return t
 
     def _bounded(self, model: str) -> str:
         if model in self._models:
@@ -114,12 +132,32 @@ class Ledger:
 
     # -- reading
 
-    def totals(self, dim: str, name: str, period: str, wall: float) -> Sums:
+    def tally(self, dim: str, name: str, period: str, wall: float) -> Tally:
+        """``dim`` key or client: the running total (O(1); what a budget reads)."""
         self._current(wall)
-        return self._totals.get((period, dim, name)) or Sums()
+        return self._totals.get((period, dim, name)) or Tally()
+
+    def totals(self, dim: str, name: str, period: str, wall: float) -> Sums:
+        """Every sum, for any dimension (scans the month's rows: not for the hot path)."""
+        self._current(wall)
+        return self._by(period, dim).get(name) or Sums()
+
+    def _by(self, period: str, dim: str) -> dict[str, Sums]:
+        """Sums per name of ``dim`` over the current day or month, from the rows."""
+        i, out = DIMS.index(dim) + 1, {}
+        for row, s in self.rows.items():
+            if (row[0] == self._day) if period == "day" else (row[0][:7] == self._month):
+                out.setdefault(row[i], Sums()).merge(s)
+        return out
 
     def spent(self, dim: str, name: str, period: str, wall: float) -> float:
+        if dim in HOT_DIMS:
+            return self.tally(dim, name, period, wall).usd
         return self.totals(dim, name, period, wall).usd
+
+    def tokens(self, dim: str, name: str, period: str, wall: float) -> int:
+        """Tokens in + out of key or client ``name`` in the period (a daily_tokens budget)."""
+        return self.tally(dim, name, period, wall).tokens
 
     def committed(self, dim: str, name: str, period: str, wall: float) -> float:
         """Spent in the period plus what requests in flight hold (the budgets' figure)."""
@@ -159,19 +197,14 @@ class Ledger:
                "day": day, "day_ends_at": self.periods.day_end(wall),
                "month": month, "month_ends_at": self.periods.month_end(wall)}
         for period, label in (("day", "today"), ("month", "this_month")):
-            block: dict = {"total": self._sum(period, "provider").shown()}
+            total, block = Sums(), {}
             for dim in DIMS:
-                block[f"by_{dim}"] = {name: s.shown() for (p, d, name), s in
-                                      sorted(self._totals.items()) if p == period and d == dim}
-            out[label] = block
-        return out
-
-    def _sum(self, period: str, dim: str) -> Sums:
-        total = Sums()
-        for (p, d, _), s in self._totals.items():
-            if p == period and d == dim:
+                sums = self._by(period, dim)
+                block[f"by_{dim}"] = {name: sums[name].shown() for name in sorted(sums)}
+            for s in self._by(period, "provider").values():
                 total.merge(s)
-        return total
+            out[label] = {"total": total.shown(), **block}
+        return out
 
     # -- periods, persistence
 
@@ -188,14 +221,20 @@ class Ledger:
         self._models = {r[4] for r in self.rows if r[0] == day}
         prev = _previous_month(month)
         self.rows = {r: s for r, s in self.rows.items() if r[0][:7] >= prev}
-        t: dict[tuple[str, str, str], Sums] = {}
+        self._saved = {r: s for r, s in self._saved.items() if r in self.rows}
+        t: dict[tuple[str, str, str], Tally] = {}
         for row, s in self.rows.items():
             for period, same in (("day", row[0] == day), ("month", row[0][:7] == month)):
                 if not same:
                     continue
-                for dim, name in zip(DIMS, row[1:]):
-                    t.setdefault((period, dim, name), Sums()).merge(s)
+                for dim, name in zip(HOT_DIMS, row[1:3]):
+                    tally = t.setdefault((period, dim, name), Tally())
+                    tally.usd += s.usd
+                    tally.tokens += s.tokens_in + s.tokens_out
+                    tally.requests += s.requests
+                    tally.unknown += s.unknown
         self._totals = t
+        self._targets = {}
 
     def set_periods(self, periods: Periods) -> None:
         """A reload changed daily_reset or the time zone: today is re-read at once."""
@@ -204,8 +243,16 @@ class Ledger:
             self._day = ""  # the next call rebuilds the totals under the new rule
 
     def drain(self) -> dict[Row, dict]:
-        out = {row: asdict(s) for row, s in self._dirty.items()}
-        self._dirty = {}
+        """What each row gained since the last drain (the store adds it to its row)."""
+        out = {}
+        for row in self._touched:
+            now, before = self.rows.get(row), self._saved.get(row) or Sums()
+            if now is None:
+                continue
+            out[row] = {f: getattr(now, f) - getattr(before, f) for f in SUM_FIELDS}
+            self._saved[row] = Sums(**asdict(now))
+        self._touched = set()
+        self._targets = {}  # the next add of each row marks it touched again
         return out
 
     def restore(self, rows: list[dict]) -> int:
@@ -216,6 +263,8 @@ class Ledger:
             if s is None:
                 s = self.rows[row] = Sums()
             s.merge(Sums(**{f: r.get(f) or 0 for f in SUM_FIELDS}))
+            saved = self._saved.setdefault(row, Sums())  # already in the store
+            saved.merge(Sums(**{f: r.get(f) or 0 for f in SUM_FIELDS}))
         self._day = ""
         return len(rows)
 
