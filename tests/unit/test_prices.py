@@ -146,3 +146,25 @@ def test_tiered_prices_use_genai_prices_itself():
 def test_rates_never_price_cached_tokens_twice():
     r = Rates.per_million(1, 1, 0.5, 2)
     assert r.cost(Usage(input=100, cache_read=100, seen=True)) == pytest.approx(100 * 0.5e-6)
+
+
+def test_stream_usage_with_cached_tokens():
+    from keypool.usage import SseTap
+    tap = SseTap()
+    tap(b'data: {"choices": [], "usage": {"prompt_tokens": 50, "completion_tokens": 5,'
+        b' "prompt_tokens_details": {"cached_tokens": 32}}}\n\n')
+    assert (tap.usage.input_total, tap.usage.cache_read) == (50, 32)
+    ant = SseTap()
+    ant(b'event: message_start\ndata: {"type": "message_start", "message": {"usage":'
+        b' {"input_tokens": 10, "cache_read_input_tokens": 90, "cache_creation_input_tokens": 5,'
+        b' "output_tokens": 1}}}\n\n')
+    ant(b'event: message_delta\ndata: {"type": "message_delta", "usage": {"output_tokens": 7}}\n\n')
+    u = ant.usage
+    assert (u.input_total, u.cache_read, u.cache_write, u.output) == (105, 90, 5, 7)
+
+
+def test_pricing_never_reaches_for_the_network():
+    from genai_prices import data_snapshot
+    pricer().cost("openai", "gpt-4o", Usage(input=1, output=1, seen=True))
+    assert data_snapshot._custom_snapshot is None  # no UpdatePrices snapshot: bundled data
+    assert data_snapshot.get_snapshot().from_auto_update is False

@@ -200,3 +200,13 @@ def test_report_reads_the_store(tmp_path):
     assert report.read(tmp_path / "none.db", first, "key") == []
     with pytest.raises(ValueError):
         report.since_day("yesterday", Periods(), T0)
+
+
+def test_a_reload_that_changes_the_day_reaches_pool_and_ledger_together():
+    from keypool.config import Routing
+    g = gateway()
+    g.update(dataclasses.replace(g.config, routing=Routing(daily_reset="12:00",
+                                                           timezone="Asia/Tokyo")))
+    assert g.ledger.periods is g.pool.periods
+    assert (g.ledger.periods.daily_reset, g.ledger.periods.timezone) == ("12:00", "Asia/Tokyo")
+    assert g.pool.by_name["o1"].daily.periods is g.pool.periods
