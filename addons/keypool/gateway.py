@@ -328,10 +328,10 @@ class Gateway:
     def _spend(self, plan: Plan, u: Usage) -> None:
         """Price the attempt and add it to the ledger; an answer without usage costs
         "unknown", as does a model without a price."""
-        provider, model = plan.provider.name, plan.model
-        cost = plan.cost = self.pricer.cost(provider, model, u) if u.seen else None
+        provider, model, wall = plan.provider.name, plan.model, self.clock.wall()
+        cost = plan.cost = self.pricer.cost(provider, model, u, wall) if u.seen else None
         client = plan.ticket.client
-        self.ledger.add(self.clock.wall(), plan.key.name, client, provider, model, cost, u)
+        self.ledger.add(wall, plan.key.name, client, provider, model, cost, u)
         if cost:
             self.metrics.spend(provider, model, plan.key.name, client or NO_CLIENT, cost)
 

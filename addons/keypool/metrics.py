@@ -53,6 +53,7 @@ class Metrics:
         self._model_labels: set[str] = set()
         # prometheus_client's labels() costs microseconds per call: resolve each child once.
         self._children: dict[tuple, object] = {}
+        self._spend_children: dict[tuple, object] = {}  # (provider, model, key, client) -> child
 
     def watch_store(self, status: Callable[[], dict]) -> None:
         """The state store's writer, read at scrape time (Writer.status)."""
@@ -90,7 +91,14 @@ class Metrics:
 
     def spend(self, provider: str, model: str | None, key: str, client: str, usd: float) -> None:
         """``client``: a configured client's name, or "-" on an open gateway."""
-        self._child(self.spend_usd, provider, self.model_label(model), key, client).inc(usd)
+        k = (provider, model, key, client)
+        child = self._spend_children.get(k)
+        if child is None:
+            if len(self._spend_children) >= 10_000:  # raw model names: keep the cache bounded
+                self._spend_children.clear()
+            child = self._spend_children[k] = self._child(
+                self.spend_usd, provider, self.model_label(model), key, client)
+        child.inc(usd)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -93,10 +93,12 @@ class Pricer:
         self.wall = wall
         self._cache: dict[tuple[str, str | None], tuple[float, object]] = {}
 
-    def cost(self, provider: str, model: str | None, usage: Usage) -> float | None:
-        """USD, or None when the price is unknown."""
+    def cost(self, provider: str, model: str | None, usage: Usage,
+             now: float | None = None) -> float | None:
+        """USD, or None when the price is unknown. ``now``: the wall time, if the caller has it."""
         hit = self._cache.get((provider, model))
-        now = self.wall()
+        if now is None:
+            now = self.wall()
         if hit is None or hit[0] <= now:
             if len(self._cache) >= MAX_CACHED:
                 self._cache.clear()
