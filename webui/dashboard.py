@@ -24,8 +24,9 @@ def dashboard_data() -> dict:
         error = t(e.note)
     now = time.time()
     store = deps.store()
-    reset = snap.config.routing.daily_reset if snap.config else "00:00"
-    start = live.day_start(now, reset)
+    routing = snap.config.routing if snap.config else None
+    start = live.day_start(now, routing.daily_reset, routing.timezone) if routing else \
+        live.day_start(now, "00:00")
     cache = deps.cache()
     p95 = cache.get(f"p95:{store.path}", lambda: store.p95_latency(now - 3600))
     today = cache.get(f"today:{store.path}:{start}", lambda: store.usage_since(start))

@@ -78,9 +78,17 @@ def seconds(value: float | None) -> str:
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
 
 
+def usd(value: float | None) -> str:
+    """A request's cost: "–" when unknown (never "$0"), small amounts with their digits."""
+    if value is None:
+        return "–"
+    return f"${value:.2f}" if value >= 10 else f"${value:.6f}".rstrip("0").rstrip(".") \
+        if value else "$0"
+
+
 def init_app(app: Flask) -> None:
     app.jinja_env.globals.update(_=t, languages=LANGUAGES, js_strings=js_strings)
-    app.jinja_env.filters.update(when=when, seconds=seconds)
+    app.jinja_env.filters.update(when=when, seconds=seconds, usd=usd)
 
     @app.context_processor
     def _language():

@@ -3,9 +3,9 @@ and the state store's history. Pure: everything comes in as arguments.
 """
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
+from keypool.periods import Periods
 from keypool.pool import fingerprint
 from keypool.redact import mask
 
@@ -16,14 +16,9 @@ OPTIONAL = ("rpm_used", "rpm_limit", "tpm_used", "tpm_limit", "failures_by_class
 FAILURE_CLASSES = ("rate_limited", "quota", "auth", "server", "client_error")
 
 
-def day_start(now: float, daily_reset: str) -> float:
-    """The most recent ``daily_reset`` (UTC "HH:MM") at or before ``now``."""
-    hh, mm = (int(x) for x in daily_reset.split(":"))
-    today = dt.datetime.fromtimestamp(now, dt.UTC).replace(hour=hh, minute=mm, second=0,
-                                                              microsecond=0)
-    if today.timestamp() > now:
-        today -= dt.timedelta(days=1)
-    return today.timestamp()
+def day_start(now: float, daily_reset: str, timezone: str = "UTC") -> float:
+    """The start of the day ``now`` is in: the gateway's own rule (keypool.periods)."""
+    return Periods(daily_reset, timezone).day_start(now)
 
 
 def file_keys(snap: Snapshot) -> list[dict]:

@@ -127,6 +127,8 @@ ZH: dict[str, str] = {
     "No request matches these filters.": "没有符合筛选条件的请求。",
     "Time": "时间",
     "Latency": "延迟",
+    "Cost": "费用",
+    "unknown price": "价格未知",
     "Tokens in / out": "输入 / 输出 token",
     "Attempts": "尝试",
     "stream": "流式",

@@ -20,7 +20,7 @@ EXPORT_MAX = 100_000   # rows one export may hold
 EXPORT_CHUNK = 1000    # rows read at a time while exporting
 LOG_COLUMNS = ("id", "ts", "client", "key", "provider", "model", "status", "attempts",
                "latency_s", "ttfb_s", "tokens_in", "tokens_out", "stream")
-ADDED_COLUMNS = ("error_code", "error", "path")  # absent from a database an older gateway wrote
+ADDED_COLUMNS = ("error_code", "error", "path", "cost_usd")  # absent where an older gateway wrote
 BODY_COLUMNS = ("request_body", "response_body")
 # The attempts of a row, even a row whose JSON is broken (json_each would raise).
 _ATTEMPTS = ("json_each(CASE WHEN json_valid(requests.attempts) THEN requests.attempts"

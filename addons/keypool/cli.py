@@ -6,6 +6,7 @@
     keymux demo [--config config/keys.yaml]   # + the built-in mock upstream on :9100
     keymux ui   [--config ...] [--host 127.0.0.1] [--port 8787] [--gateway http://127.0.0.1:8080]
     keymux hash-password                      # a hash for admin.password_hash
+    keymux report [--since 7d] [--by key|client|provider|model] [--json]   # spend
 """
 from __future__ import annotations
 
@@ -230,6 +231,31 @@ def run_state(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_report(args: argparse.Namespace) -> int:
+    """Spend per key, client, provider or model from the state store (keypool.report)."""
+    import sqlite3
+    import time
+
+    from . import report
+    from .config import load_config
+    from .errors import ConfigError
+    from .periods import Periods
+    from .store import DB_NAME
+
+    try:
+        config = load_config(args.config)
+        periods = Periods.of(config.routing)
+        now = time.time()
+        first = report.since_day(args.since, periods, now)
+        rows = report.read(config.state_dir / DB_NAME, first, args.by)
+    except (ConfigError, OSError, ValueError, sqlite3.Error) as e:
+        print(f"keymux: {e}", file=sys.stderr)
+        return 2
+    render = report.as_json if args.json else report.as_table
+    print(render(rows, first, periods.day_of(now), args.by))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="keymux", description="LLM key-pool gateway (mitmproxy addon)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -262,6 +288,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("file", nargs="?", help="export: output file (default stdout); import: input")
     s.add_argument("-o", dest="out", help="export: output file")
     s.add_argument("--config", default=os.environ.get("KEYMUX_CONFIG", "config/keys.yaml"))
+    s = sub.add_parser("report", help="spend per key, client, provider or model (state store)")
+    s.add_argument("--since", default="7d", help="7d, 24h, 2w or a date 2026-11-01 (default 7d)")
+    s.add_argument("--by", default="key", choices=("key", "client", "provider", "model"))
+    s.add_argument("--json", action="store_true", help="JSON instead of a table")
+    s.add_argument("--config", default=os.environ.get("KEYMUX_CONFIG", "config/keys.yaml"))
     return p
 
 
@@ -274,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "mitmproxy_args", None) and args.mitmproxy_args[0] == "--":
         args.mitmproxy_args = args.mitmproxy_args[1:]
     return {"run": run_gateway, "demo": run_demo, "ui": run_ui, "state": run_state,
-            "hash-password": hash_password}[args.command](args)
+            "hash-password": hash_password, "report": run_report}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode
 
 from .envfile import INT_TAG, STR_TAG, NodeReader, describe, is_null, line_of, parse_dotenv
 from .errors import ConfigError
+from .periods import valid_zone
+from .prices import RATE_FIELDS, PriceTable, table_from
 from .providers import AUTH_SCHEMES, NO_PROXY, PRESETS, ProviderSpec, split_base_url, split_proxy_url
 
 STRATEGIES = ("round_robin", "weighted", "least_used", "least_busy", "random")
@@ -62,6 +64,7 @@ class Routing:
     daily_reset: str = "00:00"
     max_response_mb: float = 64.0  # a larger non-streamed upstream body fails the attempt
     max_body_mb: float = 32.0      # larger request bodies (inflated, too) are refused with 413
+    timezone: str = "UTC"          # IANA name: where daily_reset and month starts are read
 
 
 @dataclass(frozen=True)
@@ -109,12 +112,12 @@ class Config:
 TOP_FIELDS = ("version", "providers", "keys", "clients", "routing", "state_dir", "logging",
               "admin", "server")
 SERVER_FIELDS = ("allowed_origins", "allowed_hosts", "metrics", "health")
-PROVIDER_FIELDS = ("base_url", "auth", "models", "headers", "stream_usage", "proxy")
+PROVIDER_FIELDS = ("base_url", "auth", "models", "headers", "stream_usage", "proxy", "price")
 KEY_FIELDS = ("name", "provider", "key", "enabled", "weight", "models", "rpm", "tpm",
               "max_in_flight")
 CLIENT_FIELDS = ("name", "token", "models", "rpm")
 ROUTING_FIELDS = ("strategy", "max_attempts", "timeout_s", "cooldown", "queue_s", "daily_reset",
-                  "max_response_mb", "max_body_mb")
+                  "max_response_mb", "max_body_mb", "timezone")
 COOLDOWN_FIELDS = ("rate_limited_s", "server_error_s", "max_s", "auth_error_s")
 LOGGING_FIELDS = ("bodies", "retention_days")
 MIN_TOKEN_LEN = 8
@@ -327,7 +330,8 @@ class _Reader(NodeReader):
         f = self.fields(node, path, PROVIDER_FIELDS)
         kw = self.given(f, path, {"base_url": self.url, "auth": self.choice(AUTH_SCHEMES),
                                   "models": self.globs, "headers": self.headers,
-                                  "stream_usage": self.boolean, "proxy": self.proxy})
+                                  "stream_usage": self.boolean, "proxy": self.proxy,
+                                  "price": self.price})
         preset = PRESETS.get(name)
         if preset is not None:
             if "headers" in kw:  # added to the preset's (anthropic needs its version header)
@@ -394,7 +398,31 @@ class _Reader(NodeReader):
             "strategy": self.choice(STRATEGIES), "max_attempts": self.count,
             "timeout_s": self.positive, "cooldown": self.cooldown, "queue_s": self.seconds,
             "daily_reset": self.clock, "max_response_mb": self.positive,
-            "max_body_mb": self.positive}))
+            "max_body_mb": self.positive, "timezone": self.timezone}))
+
+    def timezone(self, node: Node, path: str) -> str:
+        value = self.string(node, path)
+        if not valid_zone(value):
+            self.fail(node, f"{path}: {value[:64]!r} is not an IANA time zone name (like UTC,"
+                            " Europe/Berlin or America/New_York)")
+        return value
+
+    def price(self, node: Node, path: str) -> PriceTable:
+        """``{input, output, cached_input?, cache_write?}`` (USD per 1M tokens) for every
+        model, or ``{GLOB: {...}, ...}``: the first glob (in the file's order) that matches."""
+        f = self.fields(node, path)
+        if not f:
+            self.fail(node, f"{path}: expected rates {{input: ..., output: ...}} (USD per 1M"
+                            " tokens) or model globs mapped to such rates")
+        if any(k in RATE_FIELDS for k in f):  # one set of rates (an unknown field is refused)
+            return table_from({"*": self.rates(node, path)})
+        return table_from({glob: self.rates(value, f"{path}.{glob}") for glob, value in f.items()})
+
+    def rates(self, node: Node, path: str) -> dict[str, float]:
+        f = self.fields(node, path, RATE_FIELDS)
+        for name in ("input", "output"):
+            self.need(f, name, path, node)
+        return self.given(f, path, dict.fromkeys(RATE_FIELDS, self.seconds))
 
     def cooldown(self, node: Node, path: str) -> Cooldown:
         f = self.fields(node, path, COOLDOWN_FIELDS)

@@ -119,8 +119,14 @@ def stats(gw: "Gateway") -> dict:
     keys = gw.pool.snapshot()
     total = {f: sum(k[f] for k in keys)
              for f in ("requests", "successes", "failures", "in_flight", "tokens_in", "tokens_out")}
-    return {"uptime_s": round(gw.clock.wall() - gw.started_wall, 3), "totals": total, "keys": keys,
-            "providers": gw.pool.providers()}
+    wall = gw.clock.wall()
+    spend = gw.ledger.snapshot(wall)
+    today, month = spend["today"]["by_key"], spend["this_month"]["by_key"]
+    for k in keys:
+        k["spend_today_usd"] = today[k["name"]]["usd"] if k["name"] in today else 0.0
+        k["spend_month_usd"] = month[k["name"]]["usd"] if k["name"] in month else 0.0
+    return {"uptime_s": round(wall - gw.started_wall, 3), "totals": total, "keys": keys,
+            "providers": gw.pool.providers(), "spend": spend}
 
 
 def model_ids(gw: "Gateway", client: ClientSpec | None,

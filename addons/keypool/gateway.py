@@ -25,9 +25,11 @@ from .globs import GlobSet
 from .limits import ClientRate, estimate_tokens
 from .metrics import Metrics
 from .pool import WHOLE_KEY, NoKeyAvailable, Pool, ProviderOutage
+from .prices import Pricer
 from .redact import scrub
 from .refusals import RefusalLimit, Seen
 from .routing import PROVIDER_HEADERS, RouteError, Router
+from .spend import NO_CLIENT, Ledger
 from .store.recorder import Recorder
 from .ticket import MODEL_PATHS, Plan, Ticket, read_json, rewrite_body
 from .usage import Usage
@@ -50,6 +52,7 @@ class Gateway:
         self.recorder = Recorder()
         self.refusal_limit = RefusalLimit()  # refusal rows per second: a 401 flood fills no disk
         self.metrics = Metrics(self.pool.snapshot, self.clock.wall, providers=self.pool.providers)
+        self.ledger = Ledger(self.pool.periods)
         self.update(config)
 
     def update(self, config: Config) -> None:
@@ -58,6 +61,8 @@ class Gateway:
         self.clients = ClientAuth(config.clients)
         self.client_rate.forget_except({c.name for c in config.clients or ()})
         self.pool.update(config)
+        self.ledger.set_periods(self.pool.periods)  # the pool's and the ledger's day agree
+        self.pricer = Pricer({n: p.price for n, p in config.providers.items()}, self.clock.wall)
         globs = [g for p in config.providers.values() for g in p.models]
         self.metrics.set_model_globs(GlobSet(globs + [g for k in config.keys for g in k.models]))
         self._secrets = [k.secret for k in config.keys] + [c.token for c in config.clients or ()]
@@ -317,6 +322,18 @@ class Gateway:
         if outcome != "cancelled":
             self.recorder.attempt(self.clock.wall(), plan.key.name, plan.provider.name, outcome,
                                   latency, u.input, u.output)
+            if u.seen or (status is not None and status < 400 and plan.model):
+                self._spend(plan, u)
+
+    def _spend(self, plan: Plan, u: Usage) -> None:
+        """Price the attempt and add it to the ledger; an answer without usage costs
+        "unknown", as does a model without a price."""
+        provider, model, wall = plan.provider.name, plan.model, self.clock.wall()
+        cost = plan.cost = self.pricer.cost(provider, model, u, wall) if u.seen else None
+        client = plan.ticket.client
+        self.ledger.add(wall, plan.key.name, client, provider, model, cost, u)
+        if cost:
+            self.metrics.spend(provider, model, plan.key.name, client or NO_CLIENT, cost)
 
     def complete(self, ticket: Ticket, status: int, plan: Plan | None = None,
                  usage: Usage | None = None, response_body: bytes | None = None,
@@ -330,7 +347,8 @@ class Gateway:
                "model": ticket.route.model, "status": status, "attempts": ticket.attempts,
                "latency_s": round(self.clock.monotonic() - ticket.arrived, 4),
                "ttfb_s": round(ttfb, 4) if ttfb is not None else None,
-               "tokens_in": u.input, "tokens_out": u.output, "stream": int(ticket.stream)}
+               "tokens_in": u.input, "tokens_out": u.output, "stream": int(ticket.stream),
+               "cost_usd": plan.cost if plan else None}
         if answer is not None:
             row["error_code"], row["error"] = refusals.error_of(answer)
         if self.config.logging.bodies:

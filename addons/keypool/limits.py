@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .periods import Periods
+
 DAY = 86_400.0
 _EPS = 1e-9  # float slack when comparing partial sums of fractional amounts
 
@@ -259,11 +261,15 @@ def next_daily_reset(wall_now: float, hhmm: str) -> float:
 
 
 class DailyCounters:
-    """Usage counters that restart each day at routing.daily_reset (UTC)."""
+    """Usage counters that restart each day at routing.daily_reset, in routing.timezone.
 
-    def __init__(self, hhmm: str = "00:00"):
-        self.hhmm = hhmm
-        self._next: float | None = None  # first rollover found lazily, from the first wall time
+    The day is read from the pool's shared ``Periods`` (keypool.periods), so a reload that
+    changes the reset time or the time zone moves every key's day at once; counters kept
+    under the same day's name carry over."""
+
+    def __init__(self, periods: Periods | str = "00:00"):
+        self.periods = Periods(periods) if isinstance(periods, str) else periods
+        self.day = ""      # the name of the day the counters belong to
         self.since = 0.0
         self.requests = self.tokens_in = self.tokens_out = 0
 
@@ -279,8 +285,8 @@ class DailyCounters:
                 "tokens_out": self.tokens_out, "since": self.since}
 
     def _roll(self, wall_now: float) -> None:
-        if self._next is not None and wall_now < self._next:
-            return
-        self.requests = self.tokens_in = self.tokens_out = 0
-        self._next = next_daily_reset(wall_now, self.hhmm)
-        self.since = self._next - DAY
+        start, _, day = self.periods.day(wall_now)
+        if day != self.day:
+            self.requests = self.tokens_in = self.tokens_out = 0
+            self.day = day
+        self.since = start

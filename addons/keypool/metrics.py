@@ -53,6 +53,9 @@ class Metrics:
                                 ["provider", "outcome"], registry=r)
         self.tokens = Counter("keymux_tokens", "Tokens reported by the upstream",
                               ["provider", "key", "model", "direction"], registry=r)
+        self.spend_usd = Counter("keymux_spend_usd", "What answers cost in USD (keypool.prices;"
+                                 " requests of unknown price are not in it)",
+                                 ["provider", "model", "key", "client"], registry=r)
         r.register(_PoolCollector(snapshot, wall_now))
         if providers is not None:
             r.register(_ProviderCollector(providers))
@@ -60,6 +63,7 @@ class Metrics:
         self._model_labels: set[str] = set()
         # prometheus_client's labels() costs microseconds per call: resolve each child once.
         self._children: dict[tuple, object] = {}
+        self._spend_children: dict[tuple, object] = {}  # (provider, model, key, client) -> child
 
     def reloaded(self, ok: bool) -> None:
         self.reloads.labels("ok" if ok else "error").inc()
@@ -102,6 +106,17 @@ class Metrics:
             m = self.model_label(model)
             self._child(self.tokens, provider, key, m, "input").inc(tokens_in)
             self._child(self.tokens, provider, key, m, "output").inc(tokens_out)
+
+    def spend(self, provider: str, model: str | None, key: str, client: str, usd: float) -> None:
+        """``client``: a configured client's name, or "-" on an open gateway."""
+        k = (provider, model, key, client)
+        child = self._spend_children.get(k)
+        if child is None:
+            if len(self._spend_children) >= 10_000:  # raw model names: keep the cache bounded
+                self._spend_children.clear()
+            child = self._spend_children[k] = self._child(
+                self.spend_usd, provider, self.model_label(model), key, client)
+        child.inc(usd)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -23,6 +23,7 @@ from .clock import Clock
 from .config import Config, KeySpec
 from .globs import GlobSet
 from .limits import DailyCounters, KeyLimits, Reservation
+from .periods import Periods
 from .outage import WINDOW_S, Outages
 from .redact import mask
 from .strategies import STRATEGIES
@@ -112,9 +113,9 @@ def _renames(old: dict[str, KeyState], config: Config) -> dict[str, KeyState]:
     return {n[0]: gone[s][0] for s, n in new.items() if len(n) == 1 and len(gone[s]) == 1}
 
 
-def _new_state(spec: KeySpec, daily_reset: str) -> KeyState:
+def _new_state(spec: KeySpec, periods: Periods) -> KeyState:
     return KeyState(spec=spec, masked=mask(spec.secret), globs=GlobSet(spec.models),
-                    limits=KeyLimits(spec.rpm, spec.tpm), daily=DailyCounters(daily_reset))
+                    limits=KeyLimits(spec.rpm, spec.tpm), daily=DailyCounters(periods))
 
 
 class NoKeyAvailable(Exception):
@@ -156,6 +157,9 @@ class Pool:
         """Adopt a new config; a key keeps its state while its name and secret are unchanged,
         and across a rename (its old name gone, the same secret under exactly one new name)."""
         old = self.by_name
+        periods = Periods.of(config.routing)
+        if not periods.same_as(getattr(self, "periods", None)):
+            self.periods = periods  # one object for every key: a changed reset applies at once
         fresh: dict[str, KeyState] = {}
         renamed = _renames(old, config)
         for spec in config.keys:
@@ -163,9 +167,10 @@ class Pool:
             if prev is not None and prev.spec.secret == spec.secret:
                 prev.spec, prev.globs = spec, GlobSet(spec.models)
                 prev.limits.update_limits(spec.rpm, spec.tpm)
+                prev.daily.periods = self.periods
                 fresh[spec.name] = prev
             else:
-                fresh[spec.name] = _new_state(spec, config.routing.daily_reset)
+                fresh[spec.name] = _new_state(spec, self.periods)
         kept = {id(k) for k in fresh.values()}
         for prev in old.values():
             if id(prev) not in kept:

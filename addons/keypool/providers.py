@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
+from .prices import NO_PRICES, PriceTable
+
 AUTH_SCHEMES = ("bearer", "x-api-key", "x-goog-api-key")
 
 # The header each auth scheme fills; every one of them is also a header a client may use
@@ -34,6 +36,8 @@ class ProviderSpec:
     # the environment's (HTTPS_PROXY/HTTP_PROXY/NO_PROXY), NO_PROXY ("none") goes direct,
     # else an http(s) URL that may hold credentials: never shown, see ``shown_proxy``.
     proxy: str | None = field(default=None, repr=False)
+    # ``price:`` in keys.yaml: overrides genai-prices for the models it matches (prices.py).
+    price: PriceTable = NO_PRICES
     # Derived from base_url, once.
     scheme: str = field(init=False, compare=False)
     host: str = field(init=False, compare=False)

@@ -58,6 +58,7 @@ class Plan:
     started: float                 # monotonic, when the attempt began
     ttfb: float | None = None
     finished: bool = False
+    cost: float | None = None      # USD of this attempt's usage (None: unknown, or no usage)
     _base: tuple[tuple[bytes, bytes], ...] | None = None  # rewritten fields, key not yet added
     _base_of: object = None                               # ... of these client fields
 

@@ -22,19 +22,40 @@ MAX_TOKENS = 10 ** 9          # a count above this is not a count (and would ove
 
 @dataclass(slots=True)
 class Usage:
+    """Tokens of one answer. ``input`` is as keymux always counted it (OpenAI's
+    ``prompt_tokens``; Anthropic's ``input_tokens`` plus cache writes); ``cache_read`` and
+    ``cache_write`` are the parts the provider billed at cache rates, where it says so."""
     input: int = 0
     output: int = 0
     seen: bool = False
+    cache_read: int = 0
+    cache_write: int = 0
+    reads_apart: bool = False  # Anthropic: cache reads are not part of ``input``
+
+    @property
+    def input_total(self) -> int:
+        """Every input token, cached ones included (what prices are applied to)."""
+        return self.input + self.cache_read if self.reads_apart else self.input
 
     def absorb(self, usage: object) -> None:
         """Merge one ``usage`` object; Anthropic's later counts are cumulative, so max wins."""
         if not isinstance(usage, dict):
             return
         inp = _int(usage.get("prompt_tokens")) or _int(usage.get("input_tokens"))
-        inp += _int(usage.get("cache_creation_input_tokens"))
+        write = _int(usage.get("cache_creation_input_tokens"))
+        inp += write
         out = _int(usage.get("completion_tokens")) or _int(usage.get("output_tokens"))
+        if "cache_read_input_tokens" in usage or "cache_creation_input_tokens" in usage:
+            read = _int(usage.get("cache_read_input_tokens"))  # Anthropic: apart from input
+            self.reads_apart = True
+        else:  # OpenAI chat / Responses API, DeepSeek: cached tokens are part of the prompt
+            details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+            read = (_int(details.get("cached_tokens")) if isinstance(details, dict) else 0) \
+                or _int(usage.get("prompt_cache_hit_tokens"))
         self.input = max(self.input, inp)
         self.output = max(self.output, out)
+        self.cache_read = max(self.cache_read, read)
+        self.cache_write = max(self.cache_write, write)
         self.seen = True
 
 

@@ -58,7 +58,7 @@ def test_state_export_import_round_trip(tmp_path):
                                     capture_output=True, text=True, check=True)
     run("export", "-o", str(out))
     data = json.loads(out.read_text())
-    assert set(data) == {"key_state", "usage_minute", "requests"}
+    assert set(data) == {"key_state", "usage_minute", "requests", "spend_day"}
     data["requests"].append({"id": 7, "ts": 1.0, "status": 200, "attempts": "[]",
                              "tokens_in": 0, "tokens_out": 0, "stream": 0})
     out.write_text(json.dumps(data))

@@ -123,3 +123,16 @@ def test_an_older_database_reads_without_the_new_columns(tmp_path):
                      " (1.0, 'a', 'gpt-4o', 200, 'not json')")
     rows, total = Store(db).requests(LogFilter(q="gpt", key="a"), 1)
     assert total == 1 and rows[0]["error_code"] is None and rows[0]["attempts"] == []
+
+
+def test_the_cost_column_shows_usd_and_unknown(signed_in, client, config_path):
+    db = config_path.parent / "state" / "keymux.db"
+    now = time.time()
+    ui_seed.create(db)
+    ui_seed.add_request(db, now - 20, "openai-1", 200, client="app", model="gpt-4o")
+    ui_seed.add_request(db, now - 10, "openai-1", 200, client="app", model="gpt-4o")
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE requests SET cost_usd = 0.00125 WHERE ts = ?", (now - 10,))
+    page = text(client, "/requests/")
+    assert "Cost" in page and "$0.00125" in page
+    assert 'title="unknown price"' in page  # the row without a price: "–", never $0

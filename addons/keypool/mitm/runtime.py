@@ -28,7 +28,9 @@ class Runtime:
     def flush(self) -> None:
         """Hand what the loop collected to the writer thread (no disk I/O here)."""
         gw = self.gateway
-        self.writer.submit(gw.recorder.drain(gw.pool.export_state()))
+        batch = gw.recorder.drain(gw.pool.export_state())
+        batch.spend = gw.ledger.drain()
+        self.writer.submit(batch)
 
 
 _runtimes: dict[str, Runtime] = {}
@@ -67,6 +69,11 @@ def _restore(gw: Gateway, store: SQLiteStore) -> None:
     if restored:
         logger.info("keymux: restored cooldowns and counters of %d keys from %s",
                     restored, store.path)
+    try:
+        gw.ledger.restore(store.load_spend(gw.ledger.since_day(gw.clock.wall())))
+    except (sqlite3.Error, OSError) as e:
+        logger.error("keymux: cannot read saved spend from %s (%s: %s); spend starts at 0",
+                     store.path, type(e).__name__, e)
 
 
 def exit_cleanly_at_exit(master) -> None:

@@ -10,14 +10,19 @@ class Batch:
     requests: list[dict] = field(default_factory=list)       # rows of the requests table
     usage: dict[tuple[str, int], dict] = field(default_factory=dict)  # (key, minute) -> sums
     key_states: list[dict] = field(default_factory=list)     # Pool.export_state()
+    # (day, key, client, provider, model) -> sums to add (spend.Ledger.drain)
+    spend: dict[tuple[str, str, str, str, str], dict] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.requests or self.usage or self.key_states)
+        return bool(self.requests or self.usage or self.key_states or self.spend)
 
 
 class Store(Protocol):
     def load_keys(self) -> list[dict]:
         """Saved key states (cooldowns as Unix times, counters), for Pool.restore_state."""
+
+    def load_spend(self, since_day: str) -> list[dict]:
+        """``spend_day`` rows from that day (a "YYYY-MM-DD" label) on, for Ledger.restore."""
 
     def write(self, batch: Batch) -> None:
         """Persist a batch atomically (called from the writer thread only)."""

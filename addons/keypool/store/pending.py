@@ -24,6 +24,7 @@ class Pending:
         self._bytes = 0
         self._usage: dict[tuple[str, int], dict] = {}
         self._key_states: list[dict] = []
+        self._spend: dict[tuple, dict] = {}
         self.dropped_rows = 0
         self.dropped_minutes = 0
 
@@ -31,7 +32,7 @@ class Pending:
         return len(self._rows)
 
     def __bool__(self) -> bool:
-        return bool(self._rows or self._usage or self._key_states)
+        return bool(self._rows or self._usage or self._key_states or self._spend)
 
     def merged(self, batch: Batch) -> Batch:
         """What to write now: everything kept, then ``batch`` (kept states only if it has none)."""
@@ -40,8 +41,11 @@ class Pending:
         usage = {k: dict(v) for k, v in self._usage.items()}
         for k, sums in batch.usage.items():
             _add(usage, k, sums)
+        spend = {k: dict(v) for k, v in self._spend.items()}
+        for k, sums in batch.spend.items():
+            _add(spend, k, sums)
         return Batch([r for r, _ in self._rows] + batch.requests, usage,
-                     batch.key_states or self._key_states)
+                     batch.key_states or self._key_states, spend)
 
     def keep(self, batch: Batch) -> None:
         """``batch`` (the result of :meth:`merged`) was not written: keep it, within the bounds."""
@@ -63,15 +67,17 @@ class Pending:
                 del self._usage[k]
             self.dropped_minutes += len(oldest)
         self._key_states = batch.key_states
+        self._spend = dict(batch.spend)  # one entry per day, key, client, provider, model
 
     def clear(self) -> None:
         self._rows.clear()
         self._bytes = 0
         self._usage = {}
         self._key_states = []
+        self._spend = {}
 
 
-def _add(usage: dict[tuple[str, int], dict], k: tuple[str, int], sums: dict) -> None:
+def _add(usage: dict[tuple, dict], k: tuple, sums: dict) -> None:
     mine = usage.get(k)
     if mine is None:
         usage[k] = dict(sums)

@@ -21,7 +21,8 @@ CREATE TABLE IF NOT EXISTS requests (
     response_body TEXT,
     error_code  TEXT,               -- the gateway's own answer: its x-keymux-error (e.g. invalid_client_token)
     error       TEXT,               -- ... and its message (keymux's words, no secret, <= 300 chars)
-    path        TEXT                -- refusals: the path's class (/v1/chat/completions, /v1/*, ...)
+    path        TEXT,               -- refusals: the path's class (/v1/chat/completions, /v1/*, ...)
+    cost_usd    REAL                -- what the answer cost (keypool.prices); NULL: unknown or none
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
 
@@ -40,6 +41,24 @@ CREATE TABLE IF NOT EXISTS usage_minute (
     tokens_out   INTEGER NOT NULL DEFAULT 0,
     latency_sum  REAL    NOT NULL DEFAULT 0,
     PRIMARY KEY (key, minute)
+);
+
+-- Spend per day (keypool.periods' day label, in routing.timezone) per key, client,
+-- provider and model: what /_keymux/stats' spend, budgets and `keymux report` are made of.
+CREATE TABLE IF NOT EXISTS spend_day (
+    day         TEXT    NOT NULL,   -- "YYYY-MM-DD": the day's name (it starts at daily_reset)
+    key         TEXT    NOT NULL,
+    client      TEXT    NOT NULL,   -- "-" on an open gateway
+    provider    TEXT    NOT NULL,
+    model       TEXT    NOT NULL,   -- as forwarded; "other" past 500 distinct models a day
+    usd         REAL    NOT NULL DEFAULT 0,  -- the priced requests' cost
+    requests    INTEGER NOT NULL DEFAULT 0,  -- every request counted ...
+    unknown     INTEGER NOT NULL DEFAULT 0,  -- ... of which this many had no known price
+    tokens_in   INTEGER NOT NULL DEFAULT 0,  -- every input token, cached ones included
+    tokens_out  INTEGER NOT NULL DEFAULT 0,
+    cache_read  INTEGER NOT NULL DEFAULT 0,
+    cache_write INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (day, key, client, provider, model)
 );
 
 -- Cooldowns and dead marks that must survive a restart.

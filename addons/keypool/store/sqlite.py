@@ -14,9 +14,15 @@ USAGE_FIELDS = ("requests", "successes", "rate_limited", "auth_errors", "server_
                 "client_errors", "tokens_in", "tokens_out", "latency_sum")
 REQUEST_FIELDS = ("ts", "client", "key", "provider", "model", "status", "attempts",
                   "latency_s", "ttfb_s", "tokens_in", "tokens_out", "stream",
-                  "request_body", "response_body", "error_code", "error", "path")
+                  "request_body", "response_body", "error_code", "error", "path", "cost_usd")
 # Columns added after the first release: (name, type) added to an older database at open.
-ADDED_COLUMNS = (("error_code", "TEXT"), ("error", "TEXT"), ("path", "TEXT"))
+ADDED_COLUMNS = (("error_code", "TEXT"), ("error", "TEXT"), ("path", "TEXT"),
+                 ("cost_usd", "REAL"))
+SPEND_KEY = ("day", "key", "client", "provider", "model")
+SPEND_FIELDS = ("usd", "requests", "unknown", "tokens_in", "tokens_out", "cache_read",
+                "cache_write")
+SPEND_KEEP_DAYS = 400  # spend outlives the request log: monthly reports a year back
+TABLES = ("key_state", "usage_minute", "requests", "spend_day")
 REQUEST_DEFAULTS = {"tokens_in": 0, "tokens_out": 0, "stream": 0, "attempts": []}
 KEY_FIELDS = ("key", "fingerprint", "cooldown_until", "cooldown_reason", "model_cooldowns",
               "failures_in_row", "counters", "updated")
@@ -61,6 +67,13 @@ class SQLiteStore:
             out.append(d)
         return out
 
+    def load_spend(self, since_day: str) -> list[dict]:
+        with self._lock:
+            rows = self._conn().execute(
+                f"SELECT {', '.join(SPEND_KEY + SPEND_FIELDS)} FROM spend_day WHERE day >= ?",
+                (since_day,)).fetchall()
+        return [dict(zip(SPEND_KEY + SPEND_FIELDS, row)) for row in rows]
+
     def write(self, batch: Batch) -> None:
         now = time.time()
         with self._lock, self._transaction():
@@ -77,23 +90,28 @@ class SQLiteStore:
                 f"INSERT OR REPLACE INTO key_state ({', '.join(KEY_FIELDS)}) VALUES "
                 f"({', '.join('?' * len(KEY_FIELDS))})",
                 [tuple(_column(s.get(f, now)) for f in KEY_FIELDS) for s in batch.key_states])
+            db.executemany(_SPEND_UPSERT, [(*row, *(sums.get(f, 0) for f in SPEND_FIELDS))
+                                           for row, sums in batch.spend.items()])
 
     def prune(self, before: float) -> int:
         with self._lock, self._transaction():
             n = self._db.execute("DELETE FROM requests WHERE ts < ?", (before,)).rowcount
             self._db.execute("DELETE FROM usage_minute WHERE minute < ?", (int(before // 60),))
+            oldest = time.gmtime(min(before, time.time() - SPEND_KEEP_DAYS * 86400.0))
+            self._db.execute("DELETE FROM spend_day WHERE day < ?",
+                             (time.strftime("%Y-%m-%d", oldest),))
         return n
 
     def export(self) -> dict:
         with self._lock:
             db = self._conn()
             return {table: [dict(zip([c[0] for c in cur.description], row)) for row in cur]
-                    for table in ("key_state", "usage_minute", "requests")
+                    for table in TABLES
                     for cur in [db.execute(f"SELECT * FROM {table}")]}
 
     def import_(self, data: dict) -> None:
         with self._lock, self._transaction():
-            for table in ("key_state", "usage_minute", "requests"):
+            for table in TABLES:
                 self._db.execute(f"DELETE FROM {table}")
                 for row in data.get(table, []):
                     cols = ", ".join(row)
@@ -148,6 +166,13 @@ def migrate(db: sqlite3.Connection) -> None:
 def _column(value):
     return json.dumps(value) if isinstance(value, (dict, list)) else value
 
+
+_SPEND_UPSERT = f"""
+INSERT INTO spend_day ({', '.join(SPEND_KEY + SPEND_FIELDS)})
+VALUES ({', '.join('?' * (len(SPEND_KEY) + len(SPEND_FIELDS)))})
+ON CONFLICT ({', '.join(SPEND_KEY)}) DO UPDATE SET
+{', '.join(f'{f} = {f} + excluded.{f}' for f in SPEND_FIELDS)}
+"""
 
 _USAGE_UPSERT = f"""
 INSERT INTO usage_minute (key, minute, provider, {', '.join(USAGE_FIELDS)})

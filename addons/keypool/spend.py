@@ -1,0 +1,278 @@
+"""The spend ledger: what each finished request cost, per key, client, provider and model,
+per day and month (keypool.periods). Pure, in memory, O(1) per request; persisted through
+the state store's ``spend_day`` table (the Recorder's batch) and restored at start.
+
+    Ledger.add(wall, key, client, provider, model, usd|None, usage)   per finished attempt
+    Ledger.spent(dim, name, period, wall) -> USD          dim: key|client|provider|model
+    Ledger.tokens(dim, name, period, wall) -> in + out    period: day|month
+    Ledger.tally(dim, name, period, wall) -> Tally        key|client: O(1) running totals
+    Ledger.totals(dim, name, period, wall) -> Sums        any dim, every field (scans rows)
+    Ledger.period_end(period, wall) -> Unix time          a budget's Retry-After
+    Ledger.reserve(key, client, usd) -> Hold; release(hold)       (budgets: estimates held
+    Ledger.committed(dim, name, period, wall) -> spent + reserved  between admit and finish)
+    Ledger.snapshot(wall) -> dict for /_keymux/stats
+    Ledger.drain() -> {(day, key, client, provider, model): sums} for the store
+    Ledger.restore(rows); Ledger.set_periods(periods)       at start; on reload
+
+A request whose price is unknown adds its tokens and counts in ``unknown``, never 0 USD.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .periods import Periods
+from .usage import Usage
+
+DIMS = ("key", "client", "provider", "model")
+HOT_DIMS = ("key", "client")  # kept as running totals (budgets read them per request)
+PERIODS = ("day", "month")
+NO_CLIENT = "-"         # an open gateway's requests (not a valid client name)
+OTHER_MODEL = "other"   # past MAX_MODELS distinct models a day: client input stays bounded
+MAX_MODELS = 500
+SUM_FIELDS = ("usd", "requests", "unknown", "tokens_in", "tokens_out", "cache_read",
+              "cache_write")
+
+
+@dataclass(slots=True)
+class Sums:
+    usd: float = 0.0      # what the priced requests cost
+    requests: int = 0     # every request counted, priced or not
+    unknown: int = 0      # ... of which the price is unknown
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cache_read: int = 0
+    cache_write: int = 0
+
+
+    def merge(self, other: "Sums") -> None:
+        for f in SUM_FIELDS:
+            setattr(self, f, getattr(self, f) + getattr(other, f))
+
+    def shown(self) -> dict:
+        d = asdict(self)
+        d["usd"] = round(self.usd, 8)
+        return d
+
+
+@dataclass(slots=True)
+class Tally:
+    """A running total for a budget to read per request: four fields, cheap to add to."""
+    usd: float = 0.0
+    tokens: int = 0      # in + out
+    requests: int = 0
+    unknown: int = 0
+
+
+@dataclass(slots=True)
+class Hold:
+    """An estimate reserved for a request in flight (released once, settled by ``add``)."""
+    key: str | None
+    client: str
+    usd: float
+    released: bool = False
+
+
+Row = tuple[str, str, str, str, str]  # (day, key, client, provider, model)
+
+
+class Ledger:
+    def __init__(self, periods: Periods | None = None):
+        self.periods = periods or Periods()
+        self.rows: dict[Row, Sums] = {}     # every day of this month and the last one
+        self._saved: dict[Row, Sums] = {}   # each row as the store was last handed it
+        self._touched: set[Row] = set()     # rows added to since
+        self._day = self._month = ""        # the labels _totals are for
+        self._totals: dict[tuple[str, str, str], Tally] = {}  # (period, HOT_DIM, name)
+        self._targets: dict[Row, tuple[Sums, tuple[Tally, ...]]] = {}  # per row, what add updates
+        self._models: set[str] = set()      # distinct models today
+        self._reserved: dict[tuple[str, str], float] = {}    # (dim, name) -> USD held
+
+    # -- the hot path
+
+    def add(self, wall: float, key: str, client: str | None, provider: str,
+            model: str | None, usd: float | None, usage: Usage) -> None:
+        day = self.periods.day(wall)[2]
+        if day != self._day:
+            self._roll(day)
+        row = (day, key, client or NO_CLIENT, provider, model or "")
+        s, tallies = self._targets.get(row) or self._targets_of(row)
+        unknown, usd = (1, 0.0) if usd is None else (0, usd)
+        tin, tout = usage.input_total, usage.output
+        s.usd += usd
+        s.requests += 1
+        s.unknown += unknown
+        s.tokens_in += tin
+        s.tokens_out += tout
+        s.cache_read += usage.cache_read
+        s.cache_write += usage.cache_write
+        for t in tallies:  # key and client, per day and month
+            t.usd += usd
+            t.tokens += tin + tout
+            t.requests += 1
+            t.unknown += unknown
+
+    def _targets_of(self, row: Row) -> tuple[Sums, tuple[Tally, ...]]:
+        if row[4] not in self._models:
+            row = row[:4] + (self._bounded(row[4]),)
+            if row in self._targets:
+                return self._targets[row]
+        self._touched.add(row)
+        tallies = tuple(self._totals.setdefault((period, dim, name), Tally())
+                        for period in PERIODS for dim, name in zip(HOT_DIMS, row[1:3]))
+        self._targets[row] = t = (self.rows.setdefault(row, Sums()), tallies)
+        return t
+
+    def _bounded(self, model: str) -> str:
+        if model in self._models:
+            return model
+        if len(self._models) >= MAX_MODELS:
+            return OTHER_MODEL
+        self._models.add(model)
+        return model
+
+    # -- reading
+
+    def tally(self, dim: str, name: str, period: str, wall: float) -> Tally:
+        """``dim`` key or client: the running total (O(1); what a budget reads)."""
+        self._current(wall)
+        return self._totals.get((period, dim, name)) or Tally()
+
+    def totals(self, dim: str, name: str, period: str, wall: float) -> Sums:
+        """Every sum, for any dimension (scans the month's rows: not for the hot path)."""
+        self._current(wall)
+        return self._by(period, dim).get(name) or Sums()
+
+    def _by(self, period: str, dim: str) -> dict[str, Sums]:
+        """Sums per name of ``dim`` over the current day or month, from the rows."""
+        i, out = DIMS.index(dim) + 1, {}
+        for row, s in self.rows.items():
+            if (row[0] == self._day) if period == "day" else (row[0][:7] == self._month):
+                out.setdefault(row[i], Sums()).merge(s)
+        return out
+
+    def spent(self, dim: str, name: str, period: str, wall: float) -> float:
+        if dim in HOT_DIMS:
+            return self.tally(dim, name, period, wall).usd
+        return self.totals(dim, name, period, wall).usd
+
+    def tokens(self, dim: str, name: str, period: str, wall: float) -> int:
+        """Tokens in + out of key or client ``name`` in the period (a daily_tokens budget)."""
+        return self.tally(dim, name, period, wall).tokens
+
+    def committed(self, dim: str, name: str, period: str, wall: float) -> float:
+        """Spent in the period plus what requests in flight hold (the budgets' figure)."""
+        return self.spent(dim, name, period, wall) + self._reserved.get((dim, name), 0.0)
+
+    def period_end(self, period: str, wall: float) -> float:
+        return self.periods.day_end(wall) if period == "day" else self.periods.month_end(wall)
+
+    def reserve(self, key: str | None, client: str | None, usd: float) -> Hold:
+        hold = Hold(key, client or NO_CLIENT, usd)
+        for dk in self._hold_keys(hold):
+            self._reserved[dk] = self._reserved.get(dk, 0.0) + usd
+        return hold
+
+    def release(self, hold: Hold) -> None:
+        if hold.released:
+            return
+        hold.released = True
+        for dk in self._hold_keys(hold):
+            left = self._reserved.get(dk, 0.0) - hold.usd
+            if left > 1e-12:
+                self._reserved[dk] = left
+            else:
+                self._reserved.pop(dk, None)
+
+    @staticmethod
+    def _hold_keys(hold: Hold) -> list[tuple[str, str]]:
+        out = [("client", hold.client)]
+        if hold.key:
+            out.append(("key", hold.key))
+        return out
+
+    def snapshot(self, wall: float) -> dict:
+        """/_keymux/stats' ``spend``: today and this month, total and by each dimension."""
+        day, month = self._current(wall)
+        out = {"timezone": self.periods.timezone, "daily_reset": self.periods.daily_reset,
+               "day": day, "day_ends_at": self.periods.day_end(wall),
+               "month": month, "month_ends_at": self.periods.month_end(wall)}
+        for period, label in (("day", "today"), ("month", "this_month")):
+            total, block = Sums(), {}
+            for dim in DIMS:
+                sums = self._by(period, dim)
+                block[f"by_{dim}"] = {name: sums[name].shown() for name in sorted(sums)}
+            for s in self._by(period, "provider").values():
+                total.merge(s)
+            out[label] = {"total": total.shown(), **block}
+        return out
+
+    # -- periods, persistence
+
+    def _current(self, wall: float) -> tuple[str, str]:
+        day = self.periods.day(wall)[2]
+        if day != self._day:
+            self._roll(day)
+        return self._day, self._month
+
+    def _roll(self, day: str) -> None:
+        """A new day (or new periods): rebuild the day's and month's totals from the rows."""
+        month = day[:7]
+        self._day, self._month = day, month
+        self._models = {r[4] for r in self.rows if r[0] == day}
+        prev = _previous_month(month)
+        self.rows = {r: s for r, s in self.rows.items() if r[0][:7] >= prev}
+        self._saved = {r: s for r, s in self._saved.items() if r in self.rows}
+        t: dict[tuple[str, str, str], Tally] = {}
+        for row, s in self.rows.items():
+            for period, same in (("day", row[0] == day), ("month", row[0][:7] == month)):
+                if not same:
+                    continue
+                for dim, name in zip(HOT_DIMS, row[1:3]):
+                    tally = t.setdefault((period, dim, name), Tally())
+                    tally.usd += s.usd
+                    tally.tokens += s.tokens_in + s.tokens_out
+                    tally.requests += s.requests
+                    tally.unknown += s.unknown
+        self._totals = t
+        self._targets = {}
+
+    def set_periods(self, periods: Periods) -> None:
+        """A reload changed daily_reset or the time zone: today is re-read at once."""
+        if not periods.same_as(self.periods):
+            self.periods = periods
+            self._day = ""  # the next call rebuilds the totals under the new rule
+
+    def drain(self) -> dict[Row, dict]:
+        """What each row gained since the last drain (the store adds it to its row)."""
+        out = {}
+        for row in self._touched:
+            now, before = self.rows.get(row), self._saved.get(row) or Sums()
+            if now is None:
+                continue
+            out[row] = {f: getattr(now, f) - getattr(before, f) for f in SUM_FIELDS}
+            self._saved[row] = Sums(**asdict(now))
+        self._touched = set()
+        self._targets = {}  # the next add of each row marks it touched again
+        return out
+
+    def restore(self, rows: list[dict]) -> int:
+        """Rows of the store's ``spend_day`` (this month and the last): added to memory."""
+        for r in rows:
+            row = (r["day"], r["key"], r["client"], r["provider"], r["model"])
+            s = self.rows.get(row)
+            if s is None:
+                s = self.rows[row] = Sums()
+            s.merge(Sums(**{f: r.get(f) or 0 for f in SUM_FIELDS}))
+            saved = self._saved.setdefault(row, Sums())  # already in the store
+            saved.merge(Sums(**{f: r.get(f) or 0 for f in SUM_FIELDS}))
+        self._day = ""
+        return len(rows)
+
+    def since_day(self, wall: float) -> str:
+        """The first day label worth restoring: the first of last month."""
+        return _previous_month(self.periods.month_of(wall)) + "-01"
+
+
+def _previous_month(month: str) -> str:
+    y, m = int(month[:4]), int(month[5:7])
+    return f"{y - 1}-12" if m == 1 else f"{y}-{m - 1:02d}"
