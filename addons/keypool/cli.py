@@ -209,7 +209,7 @@ Try it from another terminal:
   OPENAI_BASE_URL=http://127.0.0.1:{port}/v1 OPENAI_API_KEY=any python your_app.py
 Key demo-3 is rate-limited upstream (3 requests per 10 s, then 429 + Retry-After). Send a
 burst to watch it cool down, the request go to another key, and demo-3 come back:
-  for i in 1 2 3 4 5 6 7 8 9 10 11 12; do curl -s -o /dev/null -w '%{{http_code}} ' \\
+  for i in $(seq 20); do curl -s -o /dev/null -w '%{{http_code}} ' \\
        http://127.0.0.1:{port}/v1/chat/completions -H 'content-type: application/json' \\
        -d '{{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "hi"}}]}}'; done
 Where to look:
