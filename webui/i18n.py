@@ -35,7 +35,9 @@ JS_STRINGS = (
 )
 # dashboard
 JS_STRINGS += ("cooling for %(model)s", "serving others", "%(n)s cooling for some models",
-               "%(n)s from %(k)s deleted keys", "%(n)s client requests, last 24 h")
+               "%(n)s from %(k)s deleted keys", "%(n)s client requests, last 24 h",
+               "held back: the upstream says none left", "held back: rpm limit",
+               "held back: tpm limit", "held back: max in flight", "held back: budget reached")
 
 
 def lang() -> str:

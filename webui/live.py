@@ -142,6 +142,12 @@ def _row(f: dict, k: dict | None, reachable: bool, p95: dict, today: dict) -> di
         "cooling_models": {str(m): float(v) for m, v in k["cooling_models"].items()
                            if isinstance(v, (int, float))}
         if isinstance(k.get("cooling_models"), dict) else {},
+        # why it cannot take a request now (keypool.keylog.held_back), longest first
+        "held_back": [{"reason": str(h.get("reason") or ""), "detail": str(h.get("detail") or ""),
+                       "model": str(h.get("model") or ""),
+                       "seconds_left": float(h.get("seconds_left") or 0.0)}
+                      for h in k.get("held_back") or () if isinstance(h, dict)]
+        if isinstance(k.get("held_back"), list) else [],
         "in_flight": int(k.get("in_flight") or 0), "requests": requests,
         "successes": successes, "failures": failures,
         "success_rate": round(successes / done, 4) if done else None,

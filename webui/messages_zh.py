@@ -310,6 +310,11 @@ ZH: dict[str, str] = {
     # dashboard
     "cooling for %(model)s": "%(model)s 冷却中",
     "serving others": "其他模型照常服务",
+    "held back: the upstream says none left": "暂缓：上游称额度已用完",
+    "held back: rpm limit": "暂缓：已达每分钟请求上限",
+    "held back: tpm limit": "暂缓：已达每分钟令牌上限",
+    "held back: max in flight": "暂缓：并发请求已满",
+    "held back: budget reached": "暂缓：已达预算",
     "%(n)s cooling for some models": "%(n)s 个仅对部分模型冷却",
     "%(n)s from %(k)s deleted keys": "其中 %(n)s 来自 %(k)s 个已删除的密钥",
     "%(n)s client requests, last 24 h": "最近 24 小时 %(n)s 个客户端请求",

@@ -3,7 +3,7 @@
     keymux run  [--config config/keys.yaml] [--port 8080] [--web] [-- extra mitmproxy args]
                 [--host 127.0.0.1 [--allow-open-gateway]]
                 [--ui-port 8787 | --no-ui]  # the web UI beside the gateway
-    keymux demo [--config config/keys.yaml]   # + the built-in mock upstream on :9100
+    keymux demo [--config config/keys.yaml] [--mock-port 9100]  # + the built-in mock upstream
     keymux ui   [--config ...] [--host 127.0.0.1] [--port 8787] [--gateway http://127.0.0.1:8080]
     keymux hash-password                      # a hash for admin.password_hash
     keymux report [--since 7d] [--by key|client|provider|model] [--json]   # spend
@@ -21,8 +21,12 @@ import sys
 from pathlib import Path
 
 DEMO_UPSTREAM_PORT = 9100
-# The demo config's rate-limited key, as the mock upstream should treat it.
-DEMO_BEHAVIOURS = {"sk-demo-limited-00000003": {"rpm": 5, "window_s": 30}}
+DEMO_UPSTREAM_VAR = "KEYMUX_DEMO_UPSTREAM"  # config/keys.yaml's demo base_url reads it
+# The demo config's rate-limited key, as the mock upstream treats it: 3 requests per 10 s,
+# and no x-ratelimit-remaining warning before its 429 + Retry-After, so keymux cannot
+# hold it back in time: the newcomer sees it cool down, the request re-issued, and it
+# come back once the Retry-After has passed.
+DEMO_BEHAVIOURS = {"sk-demo-limited-00000003": {"rpm": 3, "window_s": 10, "warn": False}}
 
 
 def entry_script() -> Path:
@@ -42,8 +46,9 @@ def mitmproxy_command(args: argparse.Namespace) -> list[str]:
     if args.allow_open_gateway:
         cmd += ["--set", "keymux_allow_open_gateway=true"]
     if not args.web and not args.verbose:
-        # Per-flow and per-connection lines cost ~14% of throughput; warnings still show.
-        cmd += ["--set", "flow_detail=0", "--set", "termlog_verbosity=warn"]
+        # Per-flow and per-connection lines cost ~14% of throughput; warnings still show, and
+        # keymux's key recoveries (logged at mitmproxy's ALERT, one step above INFO).
+        cmd += ["--set", "flow_detail=0", "--set", "termlog_verbosity=alert"]
     return cmd + list(args.mitmproxy_args)
 
 
@@ -79,10 +84,10 @@ def preflight(args: argparse.Namespace, demo: bool = False) -> int | None:
     if not args.no_ui:
         ports.append(("127.0.0.1", args.ui_port, "--ui-port"))
     if demo:
-        ports.append(("127.0.0.1", DEMO_UPSTREAM_PORT, None))
+        ports.append(("127.0.0.1", args.mock_port, "--mock-port"))
     for host, port, flag in ports:
         if port_busy(host, port):
-            what = f"choose another with {flag} N" if flag else "the demo upstream needs it"
+            what = f"choose another with {flag} N"
             return fail(f"{host or '*'}:{port} is already in use; {what}")
     return None
 
@@ -173,18 +178,23 @@ def hash_password(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from .demo.mock_upstream import MockUpstream
 
+    # the gateway (a child process) and preflight's config check both read it
+    os.environ[DEMO_UPSTREAM_VAR] = f"http://127.0.0.1:{args.mock_port}"
     refused = preflight(args, demo=True)
     if refused is not None:
         return refused
-    mock = MockUpstream(port=DEMO_UPSTREAM_PORT)
+    mock = MockUpstream(port=args.mock_port)
     try:
         mock.start()
     except OSError as e:
-        return fail(f"demo: cannot listen on 127.0.0.1:{DEMO_UPSTREAM_PORT}: {e}")
+        return fail(f"demo: cannot listen on 127.0.0.1:{args.mock_port}: {e}")
     for secret, behaviour in DEMO_BEHAVIOURS.items():
         mock.set_behavior(secret, **behaviour)
     ui = "off (--no-ui)" if args.no_ui else f"http://127.0.0.1:{args.ui_port}"
-    print(DEMO_HELLO.format(port=args.port, upstream=mock.base_url, ui=ui), flush=True)
+    flows = ("mitmweb (every flow, the re-issued one too): the address mitmweb prints"
+             if args.web else "to see every flow: add --web (mitmweb)")
+    print(DEMO_HELLO.format(port=args.port, upstream=mock.base_url, ui=ui, flows=flows),
+          flush=True)
     try:
         return launch(args)
     finally:
@@ -198,7 +208,16 @@ Try it from another terminal:
        -d '{{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "hi"}}]}}'
   curl -s http://127.0.0.1:{port}/_keymux/stats        # which key served what
   OPENAI_BASE_URL=http://127.0.0.1:{port}/v1 OPENAI_API_KEY=any python your_app.py
-The web UI (keys, live stats, request log): {ui}
+Key demo-3 is rate-limited upstream (3 requests per 10 s, then 429 + Retry-After). Send a
+burst to watch it cool down, the request go to another key, and demo-3 come back:
+  for i in $(seq 20); do curl -s -o /dev/null -w '%{{http_code}} ' \\
+       http://127.0.0.1:{port}/v1/chat/completions -H 'content-type: application/json' \\
+       -d '{{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "hi"}}]}}'; done
+Where to look:
+  this terminal: "keymux: key demo-3 cools ... (429, Retry-After)", then "... recovered"
+  the web UI's dashboard (key states, why a key is held back): {ui}
+  {flows}
+  curl -s http://127.0.0.1:{port}/_keymux/stats   # per key: state, held_back, cooling_models
 Stop with Ctrl-C."""
 
 
@@ -272,6 +291,9 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--allow-open-gateway", action="store_true",
                        help="serve a --host beyond loopback without a clients: section"
                             " (anyone who reaches it spends your keys)")
+        if name == "demo":
+            s.add_argument("--mock-port", type=int, default=DEMO_UPSTREAM_PORT,
+                           help=f"the demo upstream's port (default {DEMO_UPSTREAM_PORT})")
         s.add_argument("mitmproxy_args", nargs=argparse.REMAINDER,
                        help="after --: passed to mitmdump/mitmweb as they are")
     s = sub.add_parser("ui", help="run the web UI (stats, keys, clients)")

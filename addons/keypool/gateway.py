@@ -279,7 +279,8 @@ class Gateway:
         blame_key = self.pool.observe(plan.lease, evidence)
         if v.cooldown_s > 0 and blame_key:
             scope = plan.model if v.scope == "model" and plan.model else WHOLE_KEY
-            self.pool.cool_down(key, scope, v.cooldown_s, v.outcome)
+            self.pool.cool_down(key, scope, v.cooldown_s, v.outcome,
+                                status if status is not None else error, v.hint)
         if v.outcome == "ok":
             b = policy.budget(headers, self.clock.wall())
             if b is not None:
@@ -292,6 +293,8 @@ class Gateway:
                                  None if b.requests_reset_s is None else cap(b.requests_reset_s),
                                  b.remaining_tokens,
                                  None if b.tokens_reset_s is None else cap(b.tokens_reset_s))
+                if b.remaining_requests == 0 or b.remaining_tokens == 0:  # rare: only then
+                    self._log_hold(key, b, headers)
         key.last_status = status if status is not None else error
         plan.ticket.attempts.append({
             "key": key.name, "status": status, "error": error, "outcome": v.outcome,
@@ -299,6 +302,17 @@ class Gateway:
         if v.retry:
             self.finish(plan, status, outcome=v.outcome)
         return v
+
+    def _log_hold(self, key, b: policy.Budget, headers: Mapping[str, str]) -> None:
+        """The upstream said a key's budget is spent: one log line when the hold starts."""
+        what = "requests" if b.remaining_requests == 0 else "tokens"
+        waits = key.limits.waits(self.clock.monotonic())
+        wait = waits["learned_" + what]
+        if wait > 0:
+            openai = headers.get(f"x-ratelimit-remaining-{what}") is not None
+            header = (f"x-ratelimit-remaining-{what}" if openai
+                      else f"anthropic-ratelimit-{what}-remaining")
+            self.pool.keylog.held(key.name, what, header, wait)
 
     def abandon(self, plan: Plan) -> None:
         """The client went away mid-attempt: free the key, blame nobody."""

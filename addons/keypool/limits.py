@@ -180,6 +180,12 @@ class KeyLimits:
         return max(self.rpm.wait_for(now, 1), self.tpm.wait_for(now, est_tokens),
                    self.requests.wait_for(now, 1), self.tokens.wait_for(now, est_tokens))
 
+    def waits(self, now: float) -> dict[str, float]:
+        """Seconds each limit holds a one-request, one-token call back (stats: held_back)."""
+        return {"rpm": self.rpm.wait_for(now, 1), "tpm": self.tpm.wait_for(now, 1),
+                "learned_requests": self.requests.wait_for(now, 1),
+                "learned_tokens": self.tokens.wait_for(now, 1)}
+
     def reserve(self, now: float, est_tokens: int) -> Reservation:
         self.rpm.add(now, 1)
         entry = self.tpm.add(now, est_tokens)

@@ -31,6 +31,7 @@ class Verdict:
     cooldown_s: float   # 0.0 when the key is not cooled
     scope: str          # "key" | "model" | "none"
     escalate: bool = False
+    hint: str = ""      # where the cooldown's length came from (a header), for the log
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +79,7 @@ def _quota(cooldown: Cooldown) -> Verdict:
 
 
 def _too_many(headers: Headers, body: bytes | None, cooldown: Cooldown, now: float) -> Verdict:
-    wait = retry_after(headers, body, now)
+    wait, hint = retry_hint(headers, body, now)
     text = _text(body)
     # Gemini says "exceeded your current quota" on its per-minute limits too, with a
     # RetryInfo: when the upstream names a time the key comes back, only codes mean quota.
@@ -87,7 +88,7 @@ def _too_many(headers: Headers, body: bytes | None, cooldown: Cooldown, now: flo
         return _quota(cooldown)
     seconds = float(cooldown.rate_limited_s) if wait is None else wait
     seconds = min(seconds, float(cooldown.max_s))  # no hint, however absurd, parks it longer
-    return Verdict("rate_limited", True, seconds, "model")  # other models may still have room
+    return Verdict("rate_limited", True, seconds, "model", hint=hint)  # other models may still have room
 
 
 def _anthropic_drained(body: bytes | None) -> bool:
@@ -111,11 +112,16 @@ def _server(cooldown: Cooldown, failures_in_row: int, rng: random.Random | None)
 
 def retry_after(headers: Headers, body: bytes | None, now: float) -> float | None:
     """Seconds until the upstream says to retry, from the first usable hint; None if none."""
-    for source in (_retry_after_ms, _retry_after, _openai_reset, _anthropic_reset, _gemini_delay):
+    return retry_hint(headers, body, now)[0]
+
+
+def retry_hint(headers: Headers, body: bytes | None, now: float) -> tuple[float | None, str]:
+    """``retry_after`` and the name of the hint it came from ("" when none)."""
+    for source, name in _HINTS:
         wait = source(headers, body, now)
         if wait is not None:
-            return _clamp(wait)
-    return None
+            return _clamp(wait), name
+    return None, ""
 
 
 def _retry_after_ms(headers: Headers, body: bytes | None, now: float) -> float | None:
@@ -163,6 +169,11 @@ def _gemini_delay(headers: Headers, body: bytes | None, now: float) -> float | N
                 if wait is not None:
                     return wait
     return None
+
+
+_HINTS = ((_retry_after_ms, "retry-after-ms"), (_retry_after, "Retry-After"),
+          (_openai_reset, "x-ratelimit-reset-*"), (_anthropic_reset, "anthropic-ratelimit-*-reset"),
+          (_gemini_delay, "RetryInfo"))
 
 
 # -- budget ------------------------------------------------------------------------------

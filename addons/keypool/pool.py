@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from .clock import Clock
 from .config import Config, KeySpec
 from .globs import GlobSet
+from .keylog import KeyLog, held_back
 from .limits import DailyCounters, KeyLimits, Reservation
 from .periods import Periods
 from .outage import WINDOW_S, Outages
@@ -151,6 +152,10 @@ class Pool:
         self.by_name: dict[str, KeyState] = {}
         self.by_provider: dict[str, list[KeyState]] = {}
         self.outages = Outages(clock, self.rng)
+        self.keylog = KeyLog(clock)  # told only when a key's state changes
+        # more reasons a key is held back, for stats: f(key, now) -> list of held_back rows
+        # (a hook for holds kept outside the pool, e.g. money budgets)
+        self.hold_checks: list = []
         self.update(config)
 
     def update(self, config: Config) -> None:
@@ -226,6 +231,8 @@ class Pool:
     def revive(self, key: KeyState) -> None:
         """A test call with ``key`` succeeded: its whole-key cooldown ends (a model's rate
         limit is not disproved by a model list, so those stay)."""
+        if WHOLE_KEY in key.needs_probe:
+            self.keylog.recovered(key.name, (WHOLE_KEY,), "a test call succeeded")
         key.cool.pop(WHOLE_KEY, None)
         key.reason.pop(WHOLE_KEY, None)
         key.needs_probe.discard(WHOLE_KEY)
@@ -234,7 +241,9 @@ class Pool:
     def _acquire(self, key: KeyState, model: str | None, now: float, est_tokens: int) -> Lease:
         probes = tuple(s for s in ((WHOLE_KEY, model) if model else (WHOLE_KEY,))
                        if s in key.needs_probe)
-        key.probing.update(probes)
+        if probes:
+            key.probing.update(probes)
+            self.keylog.probe(key.name, probes)
         key.in_flight += 1
         key.requests += 1
         key.last_used = now
@@ -257,7 +266,9 @@ class Pool:
         if outcome == "ok":
             key.successes += 1
             key.failures_in_row = 0
-            key.needs_probe.difference_update(lease.probes)
+            if lease.probes:
+                key.needs_probe.difference_update(lease.probes)
+                self.keylog.recovered(key.name, lease.probes)
         elif outcome != "cancelled":  # a client that left says nothing about the key
             key.failures += 1
             key.failures_by_class[outcome] = key.failures_by_class.get(outcome, 0) + 1
@@ -301,13 +312,19 @@ class Pool:
         down = self.outages.snapshot()
         return {p: down.get(p, {"state": "ok"}) for p in sorted(self.by_provider)}
 
-    def cool_down(self, key: KeyState, scope: str, seconds: float, outcome: str) -> None:
+    def cool_down(self, key: KeyState, scope: str, seconds: float, outcome: str,
+                  status: int | str | None = None, hint: str = "") -> None:
         """Rest ``key`` (for ``scope``) ``seconds`` from now, at most ``max_s`` unless the key
-        is dead (auth, quota); it is probed once afterwards."""
+        is dead (auth, quota); it is probed once afterwards. ``status`` and ``hint`` (the
+        header the time came from) only name the cause in the log line."""
         if outcome not in DEAD:
             seconds = min(seconds, self.max_cool)
-        end = self.clock.monotonic() + seconds
-        if end > key.cool.get(scope, 0.0):
+        now = self.clock.monotonic()
+        end = now + seconds
+        prev = key.cool.get(scope, 0.0)
+        if prev <= now or key.reason.get(scope) != outcome:  # a change of state: say so
+            self.keylog.cooling(key.name, scope, seconds, outcome, status, hint)
+        if end > prev:
             key.cool[scope] = end
             key.reason[scope] = outcome
         key.needs_probe.add(scope)
@@ -325,10 +342,13 @@ class Pool:
         key = self.by_name.get(name)
         if key is None:
             return False
+        if any(end > self.clock.monotonic() for end in key.cool.values()) or key.needs_probe:
+            self.keylog.recovered(name, (WHOLE_KEY,), "an operator reset its cooldowns")
         key.cool.clear()
         key.reason.clear()
         key.needs_probe.clear()
         key.failures_in_row = 0
+        self.keylog.reset(name)
         self.outages.forget(key.spec.provider)  # the operator says: use it now
         return True
 
@@ -384,10 +404,10 @@ class Pool:
         """Per-key facts for stats, metrics and the UI: names and masks, never secrets."""
         now = self.clock.monotonic()
         wall = self.clock.wall()
-        return [_describe(k, now, wall) for k in self.by_name.values()]
+        return [_describe(k, now, wall, self.hold_checks) for k in self.by_name.values()]
 
 
-def _describe(k: KeyState, now: float, wall: float) -> dict:
+def _describe(k: KeyState, now: float, wall: float, hold_checks=()) -> dict:
     done = k.successes + k.failures
     whole = max(0.0, k.cool.get(WHOLE_KEY, 0.0) - now)
     limits = k.limits.snapshot(now)
@@ -418,4 +438,8 @@ def _describe(k: KeyState, now: float, wall: float) -> dict:
         "learned_tokens_left": limits["learned_tokens_left"],
         "limited_s": round(k.limits.wait_for(now, 1), 3),
         "today": k.daily.today(wall),
+        # why it cannot take a request now, longest first (keypool.keylog.held_back)
+        "held_back": held_back(k.cool, k.reason, k.limits.waits(now),
+                               bool(k.spec.max_in_flight and k.in_flight >= k.spec.max_in_flight),
+                               now, [h for f in hold_checks for h in f(k, now)]),
     }

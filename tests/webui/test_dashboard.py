@@ -238,3 +238,14 @@ def test_times_are_local_with_utc_on_hover(signed_in, client, config_path):
     page = client.get("/requests/?range=all").get_data(as_text=True)
     assert ('<time datetime="2023-11-14T22:13:20Z" title="2023-11-14 22:13:20 UTC" data-local>'
             '2023-11-14 22:13:20 UTC</time>') in page
+
+
+def test_why_a_usable_key_is_held_back_reaches_the_dashboard(live_auth, live_client, stub):
+    keys = [dict(k) for k in LIVE["keys"]]
+    held = [{"reason": "learned_budget", "detail": "requests", "model": "", "seconds_left": 12.5}]
+    keys[0].update(state="ok", held_back=held)
+    keys[1].update(held_back="not a list")  # a gateway's odd answer is no error
+    stub.stats = {**LIVE, "keys": keys}
+    rows = {r["name"]: r for r in live_client.get("/api/stats").json["keys"]}
+    assert rows["openai-1"]["held_back"] == held
+    assert all(r["held_back"] == [] for n, r in rows.items() if n != "openai-1")

@@ -23,6 +23,10 @@
 
   var CLASSES = { rate_limited: "rate limited", quota: "quota", auth: "auth", server: "server", client_error: "client error" };
 
+  var HELD = { learned_budget: "held back: the upstream says none left", rpm: "held back: rpm limit",
+               tpm: "held back: tpm limit", in_flight: "held back: max in flight",
+               budget: "held back: budget reached" };
+
   function stateCell(r) {
     var label = t(r.state);
     if ((r.state === "cooling" || r.state === "dead") && r.cooldown_s > 0) label += " · " + t("%(s)s s left", { s: Math.ceil(r.cooldown_s) });
@@ -30,6 +34,11 @@
     var notes = [];
     if (r.cooldown_reason && CLASSES[r.cooldown_reason]) notes.push(t(CLASSES[r.cooldown_reason]));
     if (!r.loaded && r.enabled) notes.push(t("not loaded"));
+    // usable, yet held back by a limit (a learned upstream budget, rpm, tpm, in-flight)
+    var held = (r.held_back || [])[0];
+    if (r.state === "ok" && held && HELD[held.reason]) {
+      notes.push(t(HELD[held.reason]) + (held.seconds_left > 0 ? " · " + t("%(s)s s left", { s: Math.ceil(held.seconds_left) }) : ""));
+    }
     if (notes.length) children.push(el("span", { className: "muted small block", text: notes.join(", ") }));
     // a model-scoped cooldown: the key still serves every other model (and counts as usable)
     var models = Object.keys(r.cooling_models || {});

@@ -40,6 +40,8 @@ class Behaviour:
     chunks: int = 5                  # content chunks (= completion tokens)
     rpm: int | None = None           # requests allowed per window...
     window_s: float = 60             # ...of this many seconds (sliding)
+    warn: bool = True                # successes say what is left (x-ratelimit-*); False: the
+                                     # first word of the limit is a 429 with Retry-After
     ratelimit_headers: dict = field(default_factory=dict)  # added to successful answers
     hostile: str | None = None       # a hostile success instead (see mock_hostile)
 
@@ -170,6 +172,8 @@ class MockState:
                         "retry-after": str(retry), "x-ratelimit-limit-requests": str(b.rpm),
                         "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": f"{retry}s"})
                 win.append(now)
+                if not b.warn:
+                    return Decision(200, ok_headers=b.ratelimit_headers or None, behaviour=b)
                 # Like OpenAI: how many are left, and when the window frees the oldest slot.
                 reset = win[0] + b.window_s - now
                 ok_headers = {"x-ratelimit-limit-requests": str(b.rpm),

@@ -17,7 +17,7 @@ from weakref import WeakKeyDictionary
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ProxyMode
 
-from .. import exposure, reissue
+from .. import exposure, keylog, reissue
 from ..answers import Answer
 from ..config import Config, load_config
 from ..errors import ConfigError
@@ -159,11 +159,13 @@ class Keymux:
             gw.metrics.reloaded(False)
             logger.warning("keymux: config not reloaded, the previous one keeps serving: %s", error)
             return
+        before = set(gw.pool.by_name)
         gw.update(config)
         _limit_bodies(gw, self.upstream)
         gw.reload_error = None
         gw.metrics.reloaded(True)
-        logger.warning("keymux: config reloaded: %d keys", len(config.keys))
+        logger.warning("keymux: config reloaded: %d keys%s", len(config.keys),
+                       keylog.key_changes(before, set(gw.pool.by_name)))
         for warning in config.warnings:
             logger.warning("keymux: %s", warning)
 
@@ -171,6 +173,7 @@ class Keymux:
         while True:
             await asyncio.sleep(FLUSH_EVERY_S)
             try:
+                self.gateway.pool.keylog.flush()  # a storm's summary line, once it is over
                 self.runtime.flush()
                 self._flush_failing = False
             except Exception as e:  # one bad batch must not stop every later flush

@@ -26,6 +26,7 @@ from .. import answers
 from ..answers import Answer
 from ..canon import Refused, canonical_target
 from ..gateway import Gateway
+from ..keylog import held_back_text
 from ..limits import estimate_tokens
 from ..redact import mask, scrub
 from ..reissue import Reply, UpstreamError, serve
@@ -62,7 +63,7 @@ class Commands:
         last status. Masked forms only, never a secret."""
         gw = self._gateway()
         rows = [_row(k) for k in gw.pool.snapshot()]
-        head = ("NAME", "PROVIDER", "STATE", "COOLDOWN", "IN-FLIGHT", "REQUESTS", "LAST", "KEY")
+        head = ("NAME", "PROVIDER", "STATE", "COOLDOWN", "IN-FLIGHT", "REQUESTS", "LAST", "KEY", "WHY")
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
         return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]]
 
@@ -166,15 +167,17 @@ class Commands:
 
 def _row(k: dict) -> tuple[str, ...]:
     state = k["state"]
-    if state == "ok" and k["limited_s"] > 0:  # held back by rpm/tpm or a budget it learned
-        state = "budget" if 0 in (k["learned_requests_left"], k["learned_tokens_left"]) else "limited"
+    held = k.get("held_back") or []
+    if state == "ok" and held and held[0]["reason"] != "cooldown":  # rpm, tpm, a learned budget
+        state = {"learned_budget": "budget", "in_flight": "busy"}.get(held[0]["reason"], "limited")
     cool = k["cooldown_s"] or k["limited_s"]
     if k["cooling_models"] and k["state"] == "ok":
         state += " (" + ", ".join(sorted(k["cooling_models"])) + " cooling)"
     flight = f"{k['in_flight']}/{k['max_in_flight']}" if k["max_in_flight"] else str(k["in_flight"])
     last = k.get("last_status")
     return (k["name"], k["provider"], state, f"{cool:.0f}s" if cool else "-", flight,
-            str(k["requests"]), "-" if last is None else str(last)[:40], k["key"])
+            str(k["requests"]), "-" if last is None else str(last)[:40], k["key"],
+            held_back_text(held) or "-")
 
 
 def _shown(name: str) -> str:
