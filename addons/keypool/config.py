@@ -14,10 +14,9 @@ from typing import Mapping
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode
 
-from .envfile import INT_TAG, STR_TAG, NodeReader, describe, is_null, line_of, parse_dotenv
+from .envfile import NodeReader, describe, is_null, line_of, parse_dotenv
 from .errors import ConfigError
-from .periods import valid_zone
-from .prices import RATE_FIELDS, PriceTable, table_from
+from .config_money import Budget, MoneyReader
 from .providers import AUTH_SCHEMES, NO_PROXY, PRESETS, ProviderSpec, split_base_url, split_proxy_url
 
 STRATEGIES = ("round_robin", "weighted", "least_used", "least_busy", "random")
@@ -35,6 +34,7 @@ class KeySpec:
     tpm: int | None = None
     max_in_flight: int | None = None
     line: int | None = None
+    budget: Budget | None = None   # money: leaves rotation at it (keypool.budgets)
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class ClientSpec:
     models: tuple[str, ...] = ()
     rpm: int | None = None
     line: int | None = None
+    budget: Budget | None = None   # over it: 429 budget_exceeded (keypool.budgets)
 
 
 @dataclass(frozen=True)
@@ -114,8 +115,8 @@ TOP_FIELDS = ("version", "providers", "keys", "clients", "routing", "state_dir",
 SERVER_FIELDS = ("allowed_origins", "allowed_hosts", "metrics", "health")
 PROVIDER_FIELDS = ("base_url", "auth", "models", "headers", "stream_usage", "proxy", "price")
 KEY_FIELDS = ("name", "provider", "key", "enabled", "weight", "models", "rpm", "tpm",
-              "max_in_flight")
-CLIENT_FIELDS = ("name", "token", "models", "rpm")
+              "max_in_flight", "budget")
+CLIENT_FIELDS = ("name", "token", "models", "rpm", "budget")
 ROUTING_FIELDS = ("strategy", "max_attempts", "timeout_s", "cooldown", "queue_s", "daily_reset",
                   "max_response_mb", "max_body_mb", "timezone")
 COOLDOWN_FIELDS = ("rate_limited_s", "server_error_s", "max_s", "auth_error_s")
@@ -129,7 +130,6 @@ MAX_CONFIG_BYTES = 2 * 1024 * 1024
 _PROVIDER_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*\Z")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
-_CLOCK = re.compile(r"(\d{1,2}):(\d{2})\Z")
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
@@ -212,7 +212,7 @@ def _compose(text: str, source: str | None) -> MappingNode:
     return root
 
 
-class _Reader(NodeReader):
+class _Reader(MoneyReader, NodeReader):
     """keys.yaml's schema: sections, names, URLs, headers, times."""
 
     def __init__(self, source: str | None, env: Mapping[str, str], base_dir: Path | None):
@@ -255,19 +255,6 @@ class _Reader(NodeReader):
                 self.fail(value_node, f"{path}.{name}: a header value must be a single line")
             out.append((name.lower(), value))  # case-insensitive; the presets use lower case
         return tuple(out)
-
-    def clock(self, node: Node, path: str) -> str:
-        # YAML 1.1 reads an unquoted 12:30 as the base-60 integer 750, YAML 1.2 as text: here
-        # both mean the time of day, so take the text as written (yamlrules would refuse it).
-        plain = isinstance(node, ScalarNode) and node.style is None
-        if plain and node.tag in (INT_TAG, STR_TAG) and _CLOCK.match(node.value):
-            value = node.value
-        else:
-            value = self.string(node, path)
-        m = _CLOCK.match(value)
-        if not m or int(m[1]) > 23 or int(m[2]) > 59:
-            self.fail(node, f'{path}: expected a time of day as "HH:MM" (24-hour), got {value!r}')
-        return f"{int(m[1]):02d}:{m[2]}"
 
     # -- sections
 
@@ -366,7 +353,7 @@ class _Reader(NodeReader):
             secret = self.secret(self.need(f, "key", path, item), f"{path}.key", name, "key")
             kw = self.given(f, path, {"enabled": self.boolean, "weight": self.positive,
                                       "models": self.globs, "rpm": self.count, "tpm": self.count,
-                                      "max_in_flight": self.count})
+                                      "max_in_flight": self.count, "budget": self.key_budget})
             if secret is not None:
                 out.append(KeySpec(name, provider, secret, line=line_of(item), **kw))
         return tuple(out)
@@ -379,7 +366,8 @@ class _Reader(NodeReader):
             name = self.unique_name(f, path, item, seen, "client")
             token_node = self.need(f, "token", path, item)
             token = self.secret(token_node, f"{path}.token", name, "client")
-            kw = self.given(f, path, {"models": self.globs, "rpm": self.count})
+            kw = self.given(f, path, {"models": self.globs, "rpm": self.count,
+                                      "budget": self.client_budget})
             if token is None:
                 continue
             if len(token) < MIN_TOKEN_LEN:
@@ -399,30 +387,6 @@ class _Reader(NodeReader):
             "timeout_s": self.positive, "cooldown": self.cooldown, "queue_s": self.seconds,
             "daily_reset": self.clock, "max_response_mb": self.positive,
             "max_body_mb": self.positive, "timezone": self.timezone}))
-
-    def timezone(self, node: Node, path: str) -> str:
-        value = self.string(node, path)
-        if not valid_zone(value):
-            self.fail(node, f"{path}: {value[:64]!r} is not an IANA time zone name (like UTC,"
-                            " Europe/Berlin or America/New_York)")
-        return value
-
-    def price(self, node: Node, path: str) -> PriceTable:
-        """``{input, output, cached_input?, cache_write?}`` (USD per 1M tokens) for every
-        model, or ``{GLOB: {...}, ...}``: the first glob (in the file's order) that matches."""
-        f = self.fields(node, path)
-        if not f:
-            self.fail(node, f"{path}: expected rates {{input: ..., output: ...}} (USD per 1M"
-                            " tokens) or model globs mapped to such rates")
-        if any(k in RATE_FIELDS for k in f):  # one set of rates (an unknown field is refused)
-            return table_from({"*": self.rates(node, path)})
-        return table_from({glob: self.rates(value, f"{path}.{glob}") for glob, value in f.items()})
-
-    def rates(self, node: Node, path: str) -> dict[str, float]:
-        f = self.fields(node, path, RATE_FIELDS)
-        for name in ("input", "output"):
-            self.need(f, name, path, node)
-        return self.given(f, path, dict.fromkeys(RATE_FIELDS, self.seconds))
 
     def cooldown(self, node: Node, path: str) -> Cooldown:
         f = self.fields(node, path, COOLDOWN_FIELDS)
