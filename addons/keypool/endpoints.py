@@ -125,8 +125,11 @@ def stats(gw: "Gateway") -> dict:
     for k in keys:
         k["spend_today_usd"] = today[k["name"]]["usd"] if k["name"] in today else 0.0
         k["spend_month_usd"] = month[k["name"]]["usd"] if k["name"] in month else 0.0
+        k["budget"] = gw.budgets.view("key", k["name"], wall)  # None: no budget
+    budgets = {"clients": {n: gw.budgets.view("client", n, wall) for n in sorted(gw.budgets.clients)},
+               "keys": {n: gw.budgets.view("key", n, wall) for n in sorted(gw.budgets.keys)}}
     return {"uptime_s": round(wall - gw.started_wall, 3), "totals": total, "keys": keys,
-            "providers": gw.pool.providers(), "spend": spend}
+            "providers": gw.pool.providers(), "spend": spend, "budgets": budgets}
 
 
 def model_ids(gw: "Gateway", client: ClientSpec | None,

@@ -16,6 +16,7 @@ from typing import Callable, Mapping
 
 from . import answers, endpoints, exposure, policy, refusals
 from .answers import Answer
+from .budgets import Budgets
 from .canon import MB, Refused, canonical_target, inflate, model_problem, screen_head, too_large
 from .clients import ClientAuth, presented_token
 from .clock import Clock, SystemClock
@@ -31,7 +32,7 @@ from .refusals import RefusalLimit, Seen
 from .routing import PROVIDER_HEADERS, RouteError, Router
 from .spend import NO_CLIENT, Ledger
 from .store.recorder import Recorder
-from .ticket import MODEL_PATHS, Plan, Ticket, read_json, rewrite_body
+from .ticket import MODEL_PATHS, Plan, Ticket, read_json, request_row, rewrite_body
 from .usage import Usage
 
 BODY_LOG_LIMIT = 64 * 1024  # logging.bodies keeps at most this much of each body
@@ -53,6 +54,11 @@ class Gateway:
         self.refusal_limit = RefusalLimit()  # refusal rows per second: a 401 flood fills no disk
         self.metrics = Metrics(self.pool.snapshot, self.clock.wall, providers=self.pool.providers)
         self.ledger = Ledger(self.pool.periods)
+        self.budgets = Budgets(self.ledger, self.clock, self.pool.keylog,
+                               lambda *a: self.pricer.cost(*a))
+        self.pool.hold_checks.append(self.budgets.hold_rows)
+        self.pool.budget_wait = lambda name: self.budgets.key_wait(name, self.clock.wall())
+        self.metrics.watch_budgets(lambda: self.budgets.ratios(self.clock.wall()))
         self.update(config)
 
     def update(self, config: Config) -> None:
@@ -63,6 +69,7 @@ class Gateway:
         self.pool.update(config)
         self.ledger.set_periods(self.pool.periods)  # the pool's and the ledger's day agree
         self.pricer = Pricer({n: p.price for n, p in config.providers.items()}, self.clock.wall)
+        self.budgets.update(config)  # new limits apply to the next request; holds stay
         globs = [g for p in config.providers.values() for g in p.models]
         self.metrics.set_model_globs(GlobSet(globs + [g for k in config.keys for g in k.models]))
         self._secrets = [k.secret for k in config.keys] + [c.token for c in config.clients or ()]
@@ -170,6 +177,10 @@ class Gateway:
         if route is None:
             return answers.error(route_error.status, route_error.message, route_error.code,
                                  anthropic=anthropic)
+        if client is not None and client.budget is not None:  # before rpm: uses no slot
+            over = self.budgets.over(client.name, client.budget, self.clock.wall())
+            if over is not None:
+                return over.answer(anthropic)
         now = self.clock.monotonic()
         if client is not None and client.rpm:
             wait = self.client_rate.check(client.name, client.rpm, now)
@@ -178,12 +189,16 @@ class Gateway:
                                      "requests per minute", "client_rate_limited",
                                      retry_after=wait, anthropic=anthropic)
         new_body, strip = rewrite_body(route_path, route, data, model, body)
-        return Ticket(path=target.upstream, route=route, client=client.name if client else None,
-                      body=new_body, stream=bool(data and data.get("stream") is True),
-                      strip_usage=strip, anthropic=anthropic,
-                      est_tokens=estimate_tokens(data, len(body or b"")),
-                      arrived=now, deadline=now + self.config.routing.timeout_s,
-                      arrived_wall=self.clock.wall())
+        ticket = Ticket(path=target.upstream, route=route, client=client.name if client else None,
+                        body=new_body, stream=bool(data and data.get("stream") is True),
+                        strip_usage=strip, anthropic=anthropic,
+                        est_tokens=estimate_tokens(data, len(body or b"")),
+                        arrived=now, deadline=now + self.config.routing.timeout_s,
+                        arrived_wall=self.clock.wall())
+        if self.budgets.active:  # no await from the check above to here: one step
+            ticket.hold = self.budgets.hold(ticket.client, route.provider.name, route.model,
+                                            data, len(body or b""), ticket.arrived_wall)
+        return ticket
 
     def _read_body(self, route_path: str, headers: Mapping[str, str],
                    body: bytes | None) -> tuple[bytes | None, dict | None]:
@@ -205,6 +220,8 @@ class Gateway:
         route = ticket.route
         lease = self.pool.pick(route.provider.name, route.model, exclude=ticket.tried,
                                est_tokens=ticket.est_tokens)
+        if ticket.hold is not None:  # the estimate now counts against this key's budget too
+            ticket.hold = self.budgets.rebind(ticket.hold, lease.key.name)
         return Plan(ticket=ticket, lease=lease, started=self.clock.monotonic())
 
     def handle(self, method: str, path: str, headers: Mapping[str, str],
@@ -223,6 +240,9 @@ class Gateway:
         if isinstance(e, ProviderOutage):
             answer = answers.error(503, e.message, "provider_outage",
                                    retry_after=self._capped(e.retry_after), anthropic=ticket.anthropic)
+        elif e.budget:  # a period reset is exact: not capped like a guessed recovery
+            answer = answers.error(429, e.message, "keys_over_budget",
+                                   retry_after=e.retry_after, anthropic=ticket.anthropic)
         elif e.retry_after is not None:
             answer = answers.error(429, e.message, "all_keys_busy",
                                    retry_after=self._capped(e.retry_after), anthropic=ticket.anthropic)
@@ -300,7 +320,7 @@ class Gateway:
             "key": key.name, "status": status, "error": error, "outcome": v.outcome,
             "latency_s": round(self.clock.monotonic() - plan.started, 4)})
         if v.retry:
-            self.finish(plan, status, outcome=v.outcome)
+            self.finish(plan, status, outcome=v.outcome, final=False)
         return v
 
     def _log_hold(self, key, b: policy.Budget, headers: Mapping[str, str]) -> None:
@@ -318,12 +338,26 @@ class Gateway:
         """The client went away mid-attempt: free the key, blame nobody."""
         self.finish(plan, None, outcome="cancelled")
 
+    def close(self, ticket: Ticket) -> None:
+        """The request is over: its budget estimate is released (idempotent)."""
+        if ticket.hold is not None:
+            self.ledger.release(ticket.hold)
+
     def finish(self, plan: Plan, status: int | None, usage: Usage | None = None,
-               outcome: str | None = None) -> None:
-        """Account one attempt exactly once."""
+               outcome: str | None = None, final: bool = True) -> None:
+        """Account one attempt exactly once; ``final``: no attempt follows (judge's re-issued
+        ones are not), so the request's budget estimate is settled by the real cost."""
         if plan.finished:
             return
         plan.finished = True
+        try:
+            self._account(plan, status, usage, outcome)
+        finally:
+            if final:
+                self.close(plan.ticket)
+
+    def _account(self, plan: Plan, status: int | None, usage: Usage | None,
+                 outcome: str | None) -> None:
         latency = self.clock.monotonic() - plan.started
         u = usage or Usage()
         if outcome is None:
@@ -354,15 +388,8 @@ class Gateway:
                  answer: Answer | None = None) -> None:
         """The client has its answer: one row for the request log (``answer``: the
         gateway's own, e.g. 503 provider_outage, whose code and reason the row keeps)."""
-        u = usage or Usage()
-        ttfb = plan.ttfb + (plan.started - ticket.arrived) if plan and plan.ttfb is not None else None
-        row = {"ts": ticket.arrived_wall, "client": ticket.client,
-               "key": plan.key.name if plan else None, "provider": ticket.route.provider.name,
-               "model": ticket.route.model, "status": status, "attempts": ticket.attempts,
-               "latency_s": round(self.clock.monotonic() - ticket.arrived, 4),
-               "ttfb_s": round(ttfb, 4) if ttfb is not None else None,
-               "tokens_in": u.input, "tokens_out": u.output, "stream": int(ticket.stream),
-               "cost_usd": plan.cost if plan else None}
+        self.close(ticket)  # first: nothing below may keep a budget's estimate held
+        row = request_row(ticket, status, plan, usage or Usage(), self.clock.monotonic())
         if answer is not None:
             row["error_code"], row["error"] = refusals.error_of(answer)
         if self.config.logging.bodies:

@@ -98,6 +98,10 @@ class KeyLog:
         for model in scopes:
             self._line(NOTICE, f"keymux: key {key} recovered{_scope(model)} ({how})")
 
+    def line(self, level: int, line: str) -> None:
+        """A state change another module tracks (keypool.budgets), under the same rate limit."""
+        self._line(level, line)
+
     def reset(self, key: str) -> None:
         self._held.pop(key, None)
 

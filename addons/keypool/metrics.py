@@ -73,6 +73,10 @@ class Metrics:
         """``outcome``: the failed attempt's policy class (auth, quota, rate_limited, server)."""
         self._child(self.reissues, provider, outcome).inc()
 
+    def watch_budgets(self, ratios: Callable[[], list[tuple[str, str, str, float]]]) -> None:
+        """keypool.budgets' used/limit per (scope, name, period), read at scrape time."""
+        self.registry.register(_BudgetCollector(ratios))
+
     def watch_store(self, status: Callable[[], dict]) -> None:
         """The state store's writer, read at scrape time (Writer.status)."""
         self.registry.register(_StoreCollector(status))
@@ -125,7 +129,7 @@ class Metrics:
 class _PoolCollector:
     """Key states read at scrape time from a pool snapshot (no bookkeeping on the hot path)."""
 
-    STATES = ("ok", "cooling", "dead", "disabled")
+    STATES = ("ok", "cooling", "dead", "disabled", "over_budget")
 
     def __init__(self, snapshot: Callable[[], list[dict]], wall_now: Callable[[], float]):
         self.snapshot = snapshot
@@ -190,3 +194,22 @@ class _ProviderCollector:
         for name, st in self.providers().items():
             outage.add_metric([name], 1.0 if st["state"] == "outage" else 0.0)
         yield outage
+
+
+class _BudgetCollector:
+    """How much of each configured budget is used: 0..1, past 1 when a request crossed it."""
+
+    def __init__(self, ratios: Callable[[], list[tuple[str, str, str, float]]]):
+        self.ratios = ratios
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        used = GaugeMetricFamily("keymux_budget_used_ratio",
+                                 "Spent / limit of each client and key budget in its current "
+                                 "period (of a client's daily_usd and daily_tokens, the higher)",
+                                 labels=["scope", "name", "period"])
+        for scope, name, period, ratio in self.ratios():
+            used.add_metric([scope, name, period], ratio)
+        yield used

@@ -13,7 +13,6 @@ Every cooldown but a dead key's (auth, quota: ``auth_error_s``) is capped at ``m
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import random
@@ -22,16 +21,17 @@ from dataclasses import dataclass, field
 from .clock import Clock
 from .config import Config, KeySpec
 from .globs import GlobSet
-from .keylog import KeyLog, held_back
+from . import poolstate
+from .keylog import KeyLog
 from .limits import DailyCounters, KeyLimits, Reservation
 from .periods import Periods
 from .outage import WINDOW_S, Outages
 from .redact import mask
 from .strategies import STRATEGIES
 
-WHOLE_KEY = ""
+from .poolstate import DEAD, WHOLE_KEY, fingerprint  # noqa: F401  (re-exported)
+
 IN_FLIGHT_POLL_S = 0.05  # a key at max_in_flight frees up when a request ends; look again soon
-DEAD = ("auth", "quota")  # cooled auth_error_s, deliberately beyond max_s
 
 logger = logging.getLogger("keymux")
 
@@ -91,12 +91,6 @@ class KeyState:
         return "ok"
 
 
-def fingerprint(secret: str) -> str:
-    """Tells a key's secret apart from another without revealing it (state of a key whose
-    secret changed is not restored)."""
-    return hashlib.sha256(secret.encode()).hexdigest()[:16]
-
-
 def _renames(old: dict[str, KeyState], config: Config) -> dict[str, KeyState]:
     """New name -> the state of the key it renames: same secret, old name gone, and no
     other candidate on either side (two keys sharing a secret carry nothing)."""
@@ -126,10 +120,11 @@ class NoKeyAvailable(Exception):
     until the soonest key may take it (queue, or answer 429 with Retry-After).
     """
 
-    def __init__(self, message: str, retry_after: float | None):
+    def __init__(self, message: str, retry_after: float | None, budget: bool = False):
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        self.budget = budget  # every key that serves it is at its money budget
 
 
 class ProviderOutage(NoKeyAvailable):
@@ -156,6 +151,9 @@ class Pool:
         # more reasons a key is held back, for stats: f(key, now) -> list of held_back rows
         # (a hook for holds kept outside the pool, e.g. money budgets)
         self.hold_checks: list = []
+        # a key's money budget (keypool.budgets): f(key name) -> 0.0, or seconds until its
+        # period resets; asked only for keys that have a budget
+        self.budget_wait = None
         self.update(config)
 
     def update(self, config: Config) -> None:
@@ -202,7 +200,7 @@ class Pool:
                                      "recovers", wait)
         now = self.clock.monotonic()
         cands: list[KeyState] = []
-        soonest = math.inf
+        soonest, budget_soonest = math.inf, math.inf
         for k in self.by_provider.get(provider, ()):
             if not k.spec.enabled or k.name in exclude or not k.allows(model):
                 continue
@@ -210,9 +208,19 @@ class Pool:
             if until > now:
                 soonest = min(soonest, until)
                 continue
+            if k.spec.budget is not None and self.budget_wait is not None:
+                wait = self.budget_wait(k.name)
+                if wait > 0:
+                    budget_soonest = min(budget_soonest, now + wait)
+                    continue
             cands.append(k)
         if not cands:
             what = f"model '{model}'" if model else "this request"
+            if budget_soonest < math.inf and soonest == math.inf:
+                raise NoKeyAvailable(f"every key of provider '{provider}' that serves {what} "
+                                     "is at its budget until its period resets",
+                                     budget_soonest - now, budget=True)
+            soonest = min(soonest, budget_soonest)
             if soonest < math.inf:
                 raise NoKeyAvailable(f"every key of provider '{provider}' that serves {what} "
                                      "is cooling down or at its limits", soonest - now)
@@ -352,94 +360,15 @@ class Pool:
         self.outages.forget(key.spec.provider)  # the operator says: use it now
         return True
 
-    # -- durable state: cooldowns and counters as wall-clock facts ----------------------
+    # -- durable state and stats: keypool.poolstate -------------------------------------
 
     def export_state(self) -> list[dict]:
-        """What must survive a restart, per key; cooldown ends in Unix time."""
-        now, wall = self.clock.monotonic(), self.clock.wall()
-        out = []
-        for k in self.by_name.values():
-            cool = {s: wall + (end - now) for s, end in k.cool.items() if end > now}
-            out.append({
-                "key": k.name, "fingerprint": fingerprint(k.spec.secret),
-                "cooldown_until": cool.pop(WHOLE_KEY, 0.0),
-                "cooldown_reason": k.reason.get(WHOLE_KEY, ""),
-                "model_cooldowns": cool, "failures_in_row": k.failures_in_row,
-                "counters": {"requests": k.requests, "successes": k.successes,
-                             "failures": k.failures, "failures_by_class": k.failures_by_class,
-                             "tokens_in": k.tokens_in, "tokens_out": k.tokens_out,
-                             "latency_sum": k.latency_sum}})
-        return out
+        return poolstate.export_state(self)
 
     def restore_state(self, rows: list[dict]) -> int:
-        """Adopt saved state for keys whose secret is unchanged; returns how many."""
-        now, wall = self.clock.monotonic(), self.clock.wall()
-        restored = 0
-        for row in rows:
-            k = self.by_name.get(row["key"])
-            if k is None or row.get("fingerprint") != fingerprint(k.spec.secret):
-                continue
-            ends = dict(row.get("model_cooldowns") or {})
-            if row.get("cooldown_until"):
-                ends[WHOLE_KEY] = row["cooldown_until"]
-                k.reason[WHOLE_KEY] = row.get("cooldown_reason") or "server"
-            for scope, end in ends.items():
-                if end > wall:
-                    left = end - wall
-                    if not (scope == WHOLE_KEY and k.reason[WHOLE_KEY] in DEAD):
-                        left = min(left, self.max_cool)  # saved by a gateway without the cap
-                    k.cool[scope] = now + left
-                    k.needs_probe.add(scope)
-            k.failures_in_row = int(row.get("failures_in_row") or 0)
-            c = row.get("counters") or {}
-            k.requests, k.successes, k.failures = (int(c.get(f, 0)) for f in
-                                                   ("requests", "successes", "failures"))
-            k.failures_by_class = dict(c.get("failures_by_class") or {})
-            k.tokens_in, k.tokens_out = int(c.get("tokens_in", 0)), int(c.get("tokens_out", 0))
-            k.latency_sum = float(c.get("latency_sum", 0.0))
-            restored += 1
-        return restored
+        return poolstate.restore_state(self, rows)
 
     def snapshot(self) -> list[dict]:
         """Per-key facts for stats, metrics and the UI: names and masks, never secrets."""
-        now = self.clock.monotonic()
-        wall = self.clock.wall()
-        return [_describe(k, now, wall, self.hold_checks) for k in self.by_name.values()]
-
-
-def _describe(k: KeyState, now: float, wall: float, hold_checks=()) -> dict:
-    done = k.successes + k.failures
-    whole = max(0.0, k.cool.get(WHOLE_KEY, 0.0) - now)
-    limits = k.limits.snapshot(now)
-    return {
-        "name": k.name,
-        "provider": k.spec.provider,
-        "key": k.masked,
-        "enabled": k.spec.enabled,
-        "state": k.state(now),
-        "cooldown_s": round(max([whole] + [e - now for e in k.cool.values()]), 3),
-        "cooldown_reason": k.reason.get(WHOLE_KEY, "") if whole else "",
-        "cooling_models": {m: round(e - now, 3) for m, e in k.cool.items() if m and e > now},
-        "weight": k.spec.weight,
-        "in_flight": k.in_flight,
-        "max_in_flight": k.spec.max_in_flight,
-        "requests": k.requests,
-        "successes": k.successes,
-        "failures": k.failures,
-        "failures_by_class": dict(k.failures_by_class),
-        "last_status": k.last_status,
-        "avg_latency_s": round(k.latency_sum / done, 4) if done else None,
-        "tokens_in": k.tokens_in,
-        "tokens_out": k.tokens_out,
-        "rpm_used": limits["rpm_used"], "rpm_limit": limits["rpm_limit"],
-        "tpm_used": limits["tpm_used"], "tpm_limit": limits["tpm_limit"],
-        # what the upstream said is left, and how long limits keep the key from sending
-        "learned_requests_left": limits["learned_requests_left"],
-        "learned_tokens_left": limits["learned_tokens_left"],
-        "limited_s": round(k.limits.wait_for(now, 1), 3),
-        "today": k.daily.today(wall),
-        # why it cannot take a request now, longest first (keypool.keylog.held_back)
-        "held_back": held_back(k.cool, k.reason, k.limits.waits(now),
-                               bool(k.spec.max_in_flight and k.in_flight >= k.spec.max_in_flight),
-                               now, [h for f in hold_checks for h in f(k, now)]),
-    }
+        now, wall = self.clock.monotonic(), self.clock.wall()
+        return [poolstate.describe(k, now, wall, self.hold_checks) for k in self.by_name.values()]

@@ -8,8 +8,9 @@ the state store's ``spend_day`` table (the Recorder's batch) and restored at sta
     Ledger.tally(dim, name, period, wall) -> Tally        key|client: O(1) running totals
     Ledger.totals(dim, name, period, wall) -> Sums        any dim, every field (scans rows)
     Ledger.period_end(period, wall) -> Unix time          a budget's Retry-After
-    Ledger.reserve(key, client, usd) -> Hold; release(hold)       (budgets: estimates held
-    Ledger.committed(dim, name, period, wall) -> spent + reserved  between admit and finish)
+    Ledger.reserve(key, client, usd, tokens) -> Hold; release(hold)  (budgets: estimates
+    Ledger.committed(dim, name, period, wall) -> spent + reserved   held between admit and
+    Ledger.committed_tokens(dim, name, period, wall)                 finish)
     Ledger.snapshot(wall) -> dict for /_keymux/stats
     Ledger.drain() -> {(day, key, client, provider, model): sums} for the store
     Ledger.restore(rows); Ledger.set_periods(periods)       at start; on reload
@@ -70,6 +71,7 @@ class Hold:
     client: str
     usd: float
     released: bool = False
+    tokens: int = 0       # a daily_tokens budget's estimate
 
 
 Row = tuple[str, str, str, str, str]  # (day, key, client, provider, model)
@@ -86,6 +88,7 @@ class Ledger:
         self._targets: dict[Row, tuple[Sums, tuple[Tally, ...]]] = {}  # per row, what add updates
         self._models: set[str] = set()      # distinct models today
         self._reserved: dict[tuple[str, str], float] = {}    # (dim, name) -> USD held
+        self._reserved_tokens: dict[tuple[str, str], int] = {}  # (dim, name) -> tokens held
 
     # -- the hot path
 
@@ -163,13 +166,19 @@ class Ledger:
         """Spent in the period plus what requests in flight hold (the budgets' figure)."""
         return self.spent(dim, name, period, wall) + self._reserved.get((dim, name), 0.0)
 
+    def committed_tokens(self, dim: str, name: str, period: str, wall: float) -> int:
+        """Tokens in the period plus what requests in flight hold (a daily_tokens budget)."""
+        return self.tokens(dim, name, period, wall) + self._reserved_tokens.get((dim, name), 0)
+
     def period_end(self, period: str, wall: float) -> float:
         return self.periods.day_end(wall) if period == "day" else self.periods.month_end(wall)
 
-    def reserve(self, key: str | None, client: str | None, usd: float) -> Hold:
-        hold = Hold(key, client or NO_CLIENT, usd)
+    def reserve(self, key: str | None, client: str | None, usd: float, tokens: int = 0) -> Hold:
+        hold = Hold(key, client or NO_CLIENT, usd, tokens=tokens)
         for dk in self._hold_keys(hold):
             self._reserved[dk] = self._reserved.get(dk, 0.0) + usd
+            if tokens:
+                self._reserved_tokens[dk] = self._reserved_tokens.get(dk, 0) + tokens
         return hold
 
     def release(self, hold: Hold) -> None:
@@ -182,6 +191,16 @@ class Ledger:
                 self._reserved[dk] = left
             else:
                 self._reserved.pop(dk, None)
+            if hold.tokens:
+                n = self._reserved_tokens.get(dk, 0) - hold.tokens
+                if n > 0:
+                    self._reserved_tokens[dk] = n
+                else:
+                    self._reserved_tokens.pop(dk, None)
+
+    def holds(self) -> int:
+        """How many (dim, name) pairs hold an estimate now: 0 when nothing is in flight."""
+        return len(self._reserved) + len(self._reserved_tokens)
 
     @staticmethod
     def _hold_keys(hold: Hold) -> list[tuple[str, str]]:

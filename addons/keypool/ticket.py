@@ -43,6 +43,7 @@ class Ticket:
     arrived_wall: float = 0.0      # Unix time, for the request log
     queued: float = 0.0            # seconds spent waiting for a free key (at most queue_s)
     attempts: list[dict] = field(default_factory=list)
+    hold: object = None            # keypool.spend.Hold: a budget's estimate, until close()
 
     @property
     def tried(self) -> set[str]:
@@ -107,6 +108,18 @@ class Plan:
         shown = self.key.spec.secret if secret else self.key.masked
         auth = (self.provider.auth_header.encode(), self.provider.auth_value(shown).encode())
         return (*self._base, auth)
+
+
+def request_row(ticket: Ticket, status: int, plan: Plan | None, u, now: float) -> dict:
+    """The request log's row for an answered request (``u``: its Usage; ``now``: monotonic)."""
+    ttfb = plan.ttfb + (plan.started - ticket.arrived) if plan and plan.ttfb is not None else None
+    return {"ts": ticket.arrived_wall, "client": ticket.client,
+            "key": plan.key.name if plan else None, "provider": ticket.route.provider.name,
+            "model": ticket.route.model, "status": status, "attempts": ticket.attempts,
+            "latency_s": round(now - ticket.arrived, 4),
+            "ttfb_s": round(ttfb, 4) if ttfb is not None else None,
+            "tokens_in": u.input, "tokens_out": u.output, "stream": int(ticket.stream),
+            "cost_usd": plan.cost if plan else None}
 
 
 def read_json(route_path: str, headers: Mapping[str, str], body: bytes | None) -> dict | None:

@@ -174,6 +174,7 @@ class Keymux:
             await asyncio.sleep(FLUSH_EVERY_S)
             try:
                 self.gateway.pool.keylog.flush()  # a storm's summary line, once it is over
+                self.gateway.budgets.sweep(self.gateway.clock.wall())  # keys back at a reset
                 self.runtime.flush()
                 self._flush_failing = False
             except Exception as e:  # one bad batch must not stop every later flush
@@ -247,6 +248,7 @@ class Keymux:
                 await self._relay(flow, out, shown)
         except BaseException:
             # Whatever held a key gives it back; the attempt says nothing about the key.
+            self.gateway.close(ticket)  # and a budget's estimate, whatever happened
             if out is not None and out.plan is not None and flow not in self.streams:
                 self.gateway.finish(out.plan, None, outcome="cancelled")
                 out.reply.close()
