@@ -110,11 +110,11 @@ class Budgets:
 
     def rebind(self, hold: Hold, key: str) -> Hold:
         """The request's next attempt goes to ``key``: the estimate moves there."""
-        if hold.released or hold.key == key:
+        target = key if key in self.keys else None  # only a key with a budget reads it
+        if hold.released or hold.key == target:
             return hold
         self.ledger.release(hold)
-        return self.ledger.reserve(key if key in self.keys else None, hold.client, hold.usd,
-                                   hold.tokens)
+        return self.ledger.reserve(target, hold.client, hold.usd, hold.tokens)
 
     # -- keys -------------------------------------------------------------------------
 
