@@ -135,7 +135,7 @@ class Budgets:
             self._log(logging.WARNING, f"keymux: key {key} reached its {spent_out}: out of "
                                        f"rotation until {self._when(wall + wait)}")
         elif not spent_out and key in self._out:
-            self._returned(key, "its budget period reset" if not wait else "below its budget")
+            self._returned(key, "its budget period reset, or its budget was raised")
         return wait
 
     def sweep(self, wall: float) -> None:
