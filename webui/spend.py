@@ -35,7 +35,7 @@ def periods_of(snap) -> Periods:
 
 
 def money(usd: float | None) -> str:
-    """``$12.34``, ``$0.0123`` (three significant digits below a dollar), ``–`` for None."""
+    """``$12.34``, ``$0.46``, ``$0.0123`` (three significant digits below a dime), ``–`` for None."""
     if usd is None:
         return "–"
     if usd >= 1:
@@ -44,7 +44,7 @@ def money(usd: float | None) -> str:
         return "$0.00"
     if usd < 1e-6:
         return "<$0.000001"
-    decimals = min(8, max(2, 2 - math.floor(math.log10(usd))))
+    decimals = 2 if usd >= 0.1 else min(8, 2 - math.floor(math.log10(usd)))
     text = f"{usd:.{decimals}f}".rstrip("0")
     return "$" + (text + "0" if text.endswith(".") or len(text.split(".")[1]) < 2 else text)
 

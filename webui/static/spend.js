@@ -7,13 +7,13 @@
   var by = "provider", chart = null, timer = null, CHART_MS = 15000;
   var PALETTE = ["#4f6df5", "#e8590c", "#2f9e44", "#ae3ec9", "#1098ad", "#d6336c", "#f59f00", "#5c7cfa", "#868e96"];
 
-  // $12.34; below a dollar three significant digits ($0.0123); "–" for none (webui/spend.py money)
+  // $12.34, $0.46; below a dime three significant digits ($0.0123); "–" for none (webui/spend.py money)
   function money(usd) {
     if (usd == null) return "–";
     if (usd >= 1) return "$" + usd.toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
     if (usd <= 0) return "$0.00";
     if (usd < 1e-6) return "<$0.000001";
-    var decimals = Math.min(8, Math.max(2, 2 - Math.floor(Math.log10(usd))));
+    var decimals = usd >= 0.1 ? 2 : Math.min(8, 2 - Math.floor(Math.log10(usd)));
     var text = usd.toFixed(decimals).replace(/0+$/, "");
     return "$" + (text.split(".")[1].length < 2 ? usd.toFixed(2) : text);
   }
