@@ -188,3 +188,7 @@ def test_the_export_has_the_cost(signed_in, client, config_path):
     assert [r["cost_usd"] for r in rows] == ["0.00125", ""]  # unknown: empty, never 0
     items = [json.loads(x) for x in client.get("/requests/export.jsonl").get_data(as_text=True).splitlines()]
     assert [i["cost_usd"] for i in items] == [0.00125, None]
+
+
+def test_spend_data_needs_a_login(client):
+    assert client.get("/api/spend/daily").status_code == 401
