@@ -55,9 +55,10 @@ def create_app(config_path: str | Path, gateway_url: str = DEFAULT_GATEWAY,
         cache=TTLCache(),
     )
 
-    from . import audit, auth, clients, dashboard, i18n, keys, keytools, requestlog, transfer, usage
+    from . import audit, auth, clients, dashboard, i18n, keys, keytools, requestlog, spend, transfer, usage
 
     i18n.init_app(app)
+    spend.init_app(app)  # money filters
     auth.init_app(app)
     for bp in (auth.bp, dashboard.bp, requestlog.bp, keys.bp, clients.bp, transfer.bp, audit.bp):
         app.register_blueprint(bp)

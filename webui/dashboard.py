@@ -5,7 +5,7 @@ import time
 
 from flask import Blueprint, jsonify, render_template, request
 
-from . import audit, deps, live
+from . import audit, deps, live, spend
 from .gateway import GatewayUnavailable
 from .i18n import t
 
@@ -32,7 +32,10 @@ def dashboard_data() -> dict:
     today = cache.get(f"today:{store.path}:{start}", lambda: store.usage_since(start))
     clients = cache.get(f"clients:{store.path}", lambda: store.client_outcomes(now - CLIENT_WINDOW_S))
     saved = cache.get(f"saved:{store.path}", store.key_states)
-    return live.dashboard(snap, stats, error, health, p95, today, now, clients, saved)
+    data = live.dashboard(snap, stats, error, health, p95, today, now, clients, saved)
+    data["spend"] = spend.current(stats, store, spend.periods_of(snap), now)
+    spend.attach(data["keys"], data["spend"])
+    return data
 
 
 @bp.get("/")
@@ -53,6 +56,16 @@ def history():
     current = {f["name"] for f in live.file_keys(deps.snapshot())}
     aliases, _ = live.former_names(deps.snapshot(), store.key_states(), current)
     return jsonify(store.history(keys, range_name, time.time(), aliases))
+
+
+@bp.get("/api/spend/daily")
+def spend_daily():
+    """USD per day over the last 30 days, by provider or key (the dashboard's spend chart)."""
+    store, now = deps.store(), time.time()
+    by = request.args.get("by", "provider")
+    per = spend.periods_of(deps.snapshot())
+    return jsonify(deps.cache().get(f"spend-daily:{store.path}:{by}:{per.day_of(now)}",
+                                    lambda: spend.daily(store, per, now, by)))
 
 
 @bp.post("/api/keys/<name>/reset")

@@ -38,6 +38,14 @@ JS_STRINGS += ("cooling for %(model)s", "serving others", "%(n)s cooling for som
                "%(n)s from %(k)s deleted keys", "%(n)s client requests, last 24 h",
                "held back: the upstream says none left", "held back: rpm limit",
                "held back: tpm limit", "held back: max in flight", "held back: budget reached")
+# dashboard: spend (static/spend.js)
+JS_STRINGS += ("Spend", "unknown", "unknown price", "unknown-priced requests: %(n)s",
+               "%(n)s min left", "%(n)s h left", "%(n)s d left", "month", "Key", "Client",
+               "Today", "This month", "Requests this month", "No spend recorded yet.",
+               "no client (open gateway, or no valid token)",
+               "day %(day)s, month %(month)s (days start at %(reset)s, %(tz)s)",
+               "No spend in the last 30 days.",
+               "%(n)s requests of unknown price are not in the chart.", "other")
 
 
 def lang() -> str:

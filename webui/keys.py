@@ -5,12 +5,15 @@ references), the edit form leaves the field empty, and an empty field means "unc
 """
 from __future__ import annotations
 
+import time
+
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 
 from keypool.providers import PRESETS
 
-from . import audit, deps, forms, live
+from . import audit, deps, forms, live, spend
 from .forms import FormError
+from .gateway import GatewayUnavailable
 from .i18n import t
 from .yamledit import KEY_ORDER, EditError, secret_scalar
 
@@ -29,7 +32,24 @@ def providers() -> list[str]:
 
 @bp.get("/")
 def index():
-    return render_template("keys/index.html", keys=live.file_keys(deps.snapshot()))
+    snap = deps.snapshot()
+    return render_template("keys/index.html", keys=live.file_keys(snap), spend=key_spend(snap))
+
+
+def key_spend(snap) -> dict[str, dict]:
+    """Per key: spend today and this month, and its budget hold (the gateway's word; the
+    state store's spend when the gateway cannot be reached)."""
+    try:
+        stats = deps.gateway().stats()
+    except GatewayUnavailable:
+        stats = None
+    view = spend.current(stats, deps.store(), spend.periods_of(snap), time.time())
+    rows = {r["name"]: r for r in view["keys"]}
+    held = {k.get("name"): spend.key_budget_hold(k.get("held_back") or [])
+            for k in (stats or {}).get("keys") or () if isinstance(k, dict)}
+    return {name: {"today": rows[name]["today"] if name in rows else spend.entry(name, None),
+                   "month": rows[name]["month"] if name in rows else spend.entry(name, None),
+                   "budget_hold": held.get(name)} for name in set(rows) | set(held)}
 
 
 def shown_values(form) -> dict:

@@ -459,4 +459,40 @@ ZH.update({
     "no client (open gateway, or no valid token)": "无客户端（开放网关，或令牌无效）",
     "removed": "已移除",
     "Total": "合计",
+
+    # -- spend (dashboard, keys, usage)
+    "Spend": "花费",
+    "Spend today": "今日花费",
+    "Spend this month": "本月花费",
+    "Spend today / month": "今日 / 本月花费",
+    "By key": "按密钥",
+    "By client": "按客户端",
+    "By provider": "按服务商",
+    "Today": "今日",
+    "This month": "本月",
+    "month": "本月",
+    "Requests this month": "本月请求数",
+    "Spend per day, last 30 days": "最近 30 天每日花费",
+    "Spend per day by": "每日花费分组",
+    "Spend by": "花费分组",
+    "Period": "时段",
+    "Last 30 days": "最近 30 天",
+    "Unknown price": "价格未知",
+    "Cached in": "缓存输入",
+    "unknown-priced requests: %(n)s": "价格未知的请求：%(n)s",
+    "%(n)s min left": "剩余 %(n)s 分钟",
+    "%(n)s h left": "剩余 %(n)s 小时",
+    "%(n)s d left": "剩余 %(n)s 天",
+    "No spend recorded yet.": "尚无花费记录。",
+    "No spend recorded in this period.": "此时段内没有花费记录。",
+    "No spend in the last 30 days.": "最近 30 天没有花费。",
+    "%(n)s requests of unknown price are not in the chart.": "%(n)s 个价格未知的请求未计入图表。",
+    "day %(day)s, month %(month)s (days start at %(reset)s, %(tz)s)":
+        "日 %(day)s，月 %(month)s（每天从 %(reset)s 开始，%(tz)s）",
+    "other": "其他",
+    "From the gateway's spend ledger, days %(first)s to %(last)s as the gateway names them"
+    " (routing.daily_reset, routing.timezone). Unknown: requests without a known price, counted"
+    " in requests and tokens, never as $0.":
+        "来自网关的花费账本，%(first)s 至 %(last)s（按网关的日期划分：routing.daily_reset、"
+        "routing.timezone）。价格未知：没有已知价格的请求，计入请求数和 token，但从不计为 $0。",
 })

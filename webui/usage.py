@@ -12,7 +12,7 @@ import time
 
 from flask import Blueprint, render_template, request
 
-from . import deps
+from . import deps, spend
 from .store import Store
 
 bp = Blueprint("usage", __name__, url_prefix="/usage")
@@ -59,4 +59,17 @@ def index():
     totals = {f: sum(r[f] for r in rows) for f in
               ("requests", "ok", "client_errors", "server_errors", "tokens_in", "tokens_out")}
     return render_template("usage/index.html", rows=rows, totals=totals, range=range_name,
-                           ranges=list(RANGES))
+                           ranges=list(RANGES), spend=spend_table(snap, request.args))
+
+
+def spend_table(snap, args) -> dict:
+    """Spend per key, client, provider or model today, this month or over 30 days, with its
+    tokens (the state store's ``spend_day``; days as the gateway names them)."""
+    period = args.get("period", "today")
+    period = period if period in spend.TABLE_PERIODS else "today"
+    by = args.get("by", "key")
+    by = by if by in spend.DIMS else "key"
+    first, last = spend.period_days(period, spend.periods_of(snap), time.time())
+    rows, total = spend.table(deps.store(), by, first, last)
+    return {"period": period, "by": by, "first": first, "last": last, "rows": rows,
+            "total": total, "periods": spend.TABLE_PERIODS, "dims": spend.DIMS}

@@ -87,3 +87,37 @@ def synthetic_day(db: Path, now: float, keys: list[tuple[str, str]], seed: int =
         conn.executemany(
             "INSERT INTO requests (ts, client, key, provider, model, status, attempts, latency_s,"
             " ttfb_s, tokens_in, tokens_out, stream) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", reqs)
+
+
+def add_spend(db: Path, day: str, key: str, usd: float, *, client: str = "app",
+              provider: str = "openai", model: str = "gpt-4o", requests: int = 1,
+              unknown: int = 0, tokens=(100, 50), cache_read: int = 0) -> None:
+    """A ``spend_day`` row as the gateway's ledger writes it (added to an existing row)."""
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO spend_day (day, key, client, provider, model, usd, requests, unknown,"
+            " tokens_in, tokens_out, cache_read) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT (day, key, client, provider, model) DO UPDATE SET"
+            " usd = usd + excluded.usd, requests = requests + excluded.requests,"
+            " unknown = unknown + excluded.unknown, tokens_in = tokens_in + excluded.tokens_in,"
+            " tokens_out = tokens_out + excluded.tokens_out",
+            (day, key, client, provider, model, usd, requests, unknown, tokens[0], tokens[1],
+             cache_read))
+
+
+def synthetic_spend(db: Path, now: float, keys: list[tuple[str, str]], days: int = 30,
+                    seed: int = 11) -> None:
+    """A month of plausible spend per (key, provider) and a few clients, days in UTC."""
+    import datetime as dt
+    rng = random.Random(seed)
+    create(db)
+    today = dt.datetime.fromtimestamp(now, dt.UTC).date()
+    for i in range(days):
+        day = (today - dt.timedelta(days=days - 1 - i)).isoformat()
+        for j, (key, provider) in enumerate(keys):
+            for client in ("web-app", "batch-jobs", "-"):
+                n = rng.randint(5, 40)
+                usd = n * rng.uniform(0.002, 0.02) * (1 + j) * (1.5 if client == "batch-jobs" else 1)
+                add_spend(db, day, key, round(usd, 6), client=client, provider=provider,
+                          model="gpt-4o-mini", requests=n, unknown=rng.choice([0, 0, 0, 1]),
+                          tokens=(n * 400, n * 150))

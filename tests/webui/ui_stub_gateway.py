@@ -74,3 +74,20 @@ class StubGateway:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(5)
+
+
+def entry(usd: float | None, requests: int = 1, unknown: int = 0, tokens=(100, 50)) -> dict:
+    """One figure of the stats' ``spend`` section (``usd`` None: every request unknown)."""
+    return {"usd": usd or 0.0, "requests": requests,
+            "unknown": requests if usd is None else unknown, "tokens_in": tokens[0],
+            "tokens_out": tokens[1], "cache_read": 0, "cache_write": 0}
+
+
+def spend_section(today: dict, month: dict, day: str = "2026-11-30") -> dict:
+    """``/_keymux/stats`` ``spend`` from ``{"total": e, "by_key": {...}, "by_client": {...}}``
+    blocks (by_provider and by_model left empty)."""
+    block = lambda b: {"total": b.get("total") or entry(0.0, 0), "by_key": b.get("by_key", {}),  # noqa: E731
+                       "by_client": b.get("by_client", {}), "by_provider": {}, "by_model": {}}
+    return {"timezone": "UTC", "daily_reset": "00:00", "day": day, "day_ends_at": 0.0,
+            "month": day[:7], "month_ends_at": 0.0, "today": block(today),
+            "this_month": block(month)}

@@ -36,10 +36,11 @@
     if (!r.loaded && r.enabled) notes.push(t("not loaded"));
     // usable, yet held back by a limit (a learned upstream budget, rpm, tpm, in-flight)
     var held = (r.held_back || [])[0];
-    if (r.state === "ok" && held && HELD[held.reason]) {
+    if (r.state === "ok" && held && HELD[held.reason] && held.reason !== "budget") {
       notes.push(t(HELD[held.reason]) + (held.seconds_left > 0 ? " · " + t("%(s)s s left", { s: Math.ceil(held.seconds_left) }) : ""));
     }
     if (notes.length) children.push(el("span", { className: "muted small block", text: notes.join(", ") }));
+    children.push(window.keymuxSpend.budgetNote(r));  // a key at its budget, in any state
     // a model-scoped cooldown: the key still serves every other model (and counts as usable)
     var models = Object.keys(r.cooling_models || {});
     var serving = r.state === "ok" ? " · " + t("serving others") : "";
@@ -80,7 +81,8 @@
     reset.addEventListener("click", function () { resetKey(r.name, reset); });
     var tokens = r.today.tokens_in + r.today.tokens_out;
     var tr = el("tr", { "data-key": r.name, "data-state": r.state,
-                        "data-cooling-models": String(Object.keys(r.cooling_models || {}).length) }, [
+                        "data-cooling-models": String(Object.keys(r.cooling_models || {}).length),
+                        "data-budget": r.budget_hold ? "held" : "" }, [
       td(t("Chart"), [box], "narrow"),
       td(t("Name"), [el("div", {}, [el("strong", { text: r.name }),
                                     el("span", { className: "muted small block", text: r.provider + " · " + keyText })])], "name"),
@@ -94,6 +96,7 @@
       td(t("Latency"), [el("div", {}, [el("span", { className: "block", text: fmtSec(r.avg_latency_s) }),
                                        el("span", { className: "muted small block", text: "p95 " + fmtSec(r.p95_latency_s) })])], "num"),
       td(t("Tokens today"), [fmtInt(tokens)], "num"),
+      td(t("Spend"), window.keymuxSpend.cell(r), "num spend"),
       td(t("Actions"), [reset], "actions"),
     ]);
     return tr;
@@ -104,7 +107,7 @@
     if (selected === null) selected = data.keys.slice(0, 4).map(function (r) { return r.name; });
     var body = document.getElementById("keys-body");
     var rows = data.keys.map(row);
-    if (!rows.length) rows = [el("tr", {}, [el("td", { colspan: "11", className: "muted", text: t("No keys in keys.yaml yet.") })])];
+    if (!rows.length) rows = [el("tr", {}, [el("td", { colspan: "12", className: "muted", text: t("No keys in keys.yaml yet.") })])];
     body.replaceChildren.apply(body, rows);
     var tot = data.totals;
     setText("t-usable", tot.states.ok + " / " + tot.keys);
@@ -118,6 +121,7 @@
     setText("t-client-success", fmtPct(tot.client_success_rate));
     setText("t-client-requests", t("%(n)s client requests, last 24 h", { n: fmtInt(tot.client_requests) }));
     setText("t-tokens", fmtInt(tot.tokens_today));
+    window.keymuxSpend.render(data.spend);
     banner("gateway-banner", data.gateway.reachable ? null
       : t("Cannot reach the gateway: showing the keys from keys.yaml, live state unknown.") + " (" + data.gateway.error + ")");
     banner("reload-banner", data.gateway.reload_error ? t("The gateway rejected the last reload:") + " " + data.gateway.reload_error : null);
