@@ -19,7 +19,7 @@ CATALOGS = {"zh": ZH}
 
 # The strings the JavaScript needs, handed over as JSON in every page.
 JS_STRINGS = (
-    "ok", "cooling", "dead", "disabled", "unknown", "Reset cooldown", "Resetting…",
+    "ok", "cooling", "dead", "disabled", "unknown", "over budget", "Reset cooldown", "Resetting…",
     "Cannot reach the gateway: showing the keys from keys.yaml, live state unknown.",
     "Lost contact with the UI server; retrying.", "Requests per minute", "Latency (s)",
     "Tokens", "No data yet for the selected keys.", "Select keys in the table to chart them.",

@@ -167,7 +167,7 @@ def _totals(rows: list[dict], deleted: list[dict], today: dict[str, dict],
     """Key states of the current keys; request counts of every key that ever served
     (deleted ones from the state store); the client-request success rate from the log."""
     states = {s: sum(1 for r in rows if r["state"] == s)
-              for s in ("ok", "cooling", "dead", "disabled", "unknown")}
+              for s in ("ok", "cooling", "dead", "disabled", "over_budget", "unknown")}
     gone = [d["counters"] for d in deleted]
     gone_today = [today.get(d["name"], {}) for d in deleted]
     successes = sum(r["successes"] for r in rows) + sum(int(c.get("successes") or 0) for c in gone)

@@ -89,6 +89,7 @@ ZH: dict[str, str] = {
     "cooling": "冷却中",
     "dead": "失效",
     "disabled": "已停用",
+    "over budget": "超出预算",
     "unknown": "未知",
     "enabled": "已启用",
     "not loaded": "未加载",

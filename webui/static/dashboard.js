@@ -28,7 +28,7 @@
                budget: "held back: budget reached" };
 
   function stateCell(r) {
-    var label = t(r.state);
+    var label = t(r.state === "over_budget" ? "over budget" : r.state);
     if ((r.state === "cooling" || r.state === "dead") && r.cooldown_s > 0) label += " · " + t("%(s)s s left", { s: Math.ceil(r.cooldown_s) });
     var children = [el("span", { className: "badge state-" + r.state, text: label })];
     var notes = [];
