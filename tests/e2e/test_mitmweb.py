@@ -68,7 +68,7 @@ def test_the_list_names_keys_and_outcomes(web):
     assert attempt["response"]["status_code"] == 429 and attempt["marked"] == "❌"
     [client] = by_comment(api, "k1 429 → k2 200")
     assert client["marked"] == "🔁" and client["response"]["status_code"] == 200
-    [refused] = [f for f in api.flows() if f["response"]["status_code"] == 401]
+    [refused] = [f for f in api.flows() if (f.get("response") or {}).get("status_code") == 401]
     assert refused["request"]["host"] == "keymux" and refused["marked"] == "⛔"
     assert refused["comment"] == "401 missing or invalid client token"
     assert refused["server_conn"]["address"][0] == "keymux"  # not the reverse target
@@ -101,7 +101,7 @@ def test_flows_show_the_request_as_sent_and_the_real_server(web):
 
 def test_a_stream_can_be_read(web):
     _, api, _ = web
-    [stream] = [f for f in api.flows() if f["response"] and (header(
+    [stream] = [f for f in api.flows() if f.get("response") and (header(
         f["response"], "content-type") or "").startswith("text/event-stream")]
     body = api.content(stream["id"], "response")
     assert body.startswith(b"data: ") and b"[DONE]" in body
@@ -118,8 +118,8 @@ def test_no_secret_in_any_flow(web):
 def test_mitmwebs_replay_button_goes_back_through_keymux(web):
     """A recorded flow holds a masked client token and a provider URL; mitmweb's Replay
     sends it back through keymux's hooks, which refuse it (its Host is the provider's, its
-    token masked): the provider is never contacted with anything mitmweb had (use keymux.replay to re-send, see
-    docs/commands.md)."""
+    token masked): the provider is never contacted with anything mitmweb had (use
+    keymux.replay to re-send, see docs/commands.md)."""
     gw, api, mock = web
     known = {f["id"] for f in api.flows()}
     openai.OpenAI(base_url=gw.url + "/v1", api_key=CLIENT_TOKEN, max_retries=0) \
@@ -130,7 +130,7 @@ def test_mitmwebs_replay_button_goes_back_through_keymux(web):
 
     def replayed():
         f = api.flow(client["id"])
-        return f if f and f["is_replay"] == "request" and f["response"] else None
+        return f if f and f["is_replay"] == "request" and f.get("response") else None
     assert wait_for(replayed, 10), api.flow(client["id"])
     f = replayed()
     # The recorded Host is the provider's: refused before the token is even looked at.
