@@ -36,6 +36,7 @@ providers:
     base_url: {mock_url}/v1
     models: ["gpt-*", "mock-*"]
     stream_usage: true
+    price: {{input: 2.5, output: 10}}  # a self-hosted model's price, USD per 1M tokens
 keys:
   - name: mock-1
     provider: mock
@@ -246,6 +247,8 @@ def test_screenshots_for_the_docs(stack, browser, mock, tmp_path):
     state = tmp_path / "state"
     ui_seed.synthetic_day(state / "keymux.db", time.time(),
                           [("mock-1", "mock"), ("mock-2", "mock"), ("mock-3", "mock")])
+    ui_seed.synthetic_spend(state / "keymux.db", time.time(),  # a month for the spend chart
+                            [("mock-1", "mock"), ("mock-2", "mock"), ("mock-3", "mock")])
     docs_config = tmp_path / "keys.yaml"
     docs_config.write_text(gw.config.read_text().replace("routing:", f"state_dir: {state}\nrouting:"))
     mock.set_behavior(K2, status=429, headers={"Retry-After": "25"})
@@ -260,8 +263,9 @@ def test_screenshots_for_the_docs(stack, browser, mock, tmp_path):
         page = browser.new_page(viewport={"width": 1360, "height": 900})
         login(page, ui)
         page.wait_for_selector('#keys-body tr[data-key="mock-3"]')
-        page.wait_for_function("() => document.querySelectorAll('canvas').length === 3 && window.Chart"
-                               " && Object.keys(window.Chart.instances).length === 3", timeout=WAIT_MS)
+        # three usage charts and the spend chart
+        page.wait_for_function("() => document.querySelectorAll('canvas').length === 4 && window.Chart"
+                               " && Object.keys(window.Chart.instances).length === 4", timeout=WAIT_MS)
         page.wait_for_timeout(300)
         shot(page, tmp_path, "dashboard-light")
         page.click("#theme-toggle")
@@ -279,7 +283,7 @@ def test_screenshots_for_the_docs(stack, browser, mock, tmp_path):
         shot(page, tmp_path, "request-log", full_page=False)
         page.context.add_cookies([{"name": "lang", "value": "zh", "url": ui.url}])
         page.goto(ui.url + "/")
-        page.wait_for_function("() => window.Chart && Object.keys(window.Chart.instances).length === 3",
+        page.wait_for_function("() => window.Chart && Object.keys(window.Chart.instances).length === 4",
                                timeout=WAIT_MS)
         page.wait_for_timeout(300)
         assert "仪表盘" in page.inner_text("nav")
