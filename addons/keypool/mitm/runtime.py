@@ -49,11 +49,24 @@ def runtime_for(path: str, config: Config, admin_token: str | None = None) -> Ru
         writer = Writer(store, config.logging.retention_days)
         gw.store_status = writer.status
         gw.metrics.watch_store(writer.status)
+        _share(gw, config)
         rt = _runtimes[path] = Runtime(gw, store, writer)
     else:
         rt.gateway.update(config)
         rt.gateway.admin_token = admin_token or None
     return rt
+
+
+def _share(gw: Gateway, config: Config) -> None:
+    """state: {backend: redis}: the pool shares key health and limits (keypool.shared_redis);
+    started by the addon's running(). A changed state section needs a restart."""
+    if config.state.backend != "redis":
+        return
+    from ..shared_redis import RedisState, SharedStateCollector, safe_url
+    gw.pool.shared = RedisState(config.state, gw.pool)
+    gw.metrics.registry.register(SharedStateCollector(gw.pool.shared))
+    logger.info("keymux: sharing key state through Redis at %s (prefix %s)",
+                safe_url(config.state.url), config.state.prefix)
 
 
 def _restore(gw: Gateway, store: SQLiteStore) -> None:
