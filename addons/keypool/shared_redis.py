@@ -33,7 +33,9 @@ from .shared import Event, LocalState, Slot, apply, clear_event, cool_event, loc
 logger = logging.getLogger("keymux")
 
 RETRY_S = 0.5          # between reconnection attempts while Redis is unreachable
-CALL_TIMEOUT_S = 0.25  # a reservation that takes longer is given up: serve on local limits
+# A reservation that takes longer is given up: the attempt goes ahead on local limits (a
+# reservation Redis made meanwhile counts in the window; its in-flight slot lapses by ttl).
+CALL_TIMEOUT_S = 0.5
 IN_FLIGHT_WAIT_S = 0.05
 
 # KEYS: rpm window, in-flight set. ARGV: rpm (0: none), max in flight (0: none), token, ttl ms.
@@ -194,7 +196,7 @@ class RedisState(LocalState):
                 await pubsub.subscribe(self.channel)
                 await self._resync()
                 self._up()
-                while True:
+                while self.ok:  # another call failed meanwhile: resync, then say up again
                     msg = await pubsub.get_message(timeout=1.0)
                     if msg is None:
                         await pubsub.ping()  # a dead server shows here within a second

@@ -39,7 +39,11 @@ async def until(cond, timeout=2.0):
     return True
 
 
-def test_two_reservers_never_pass_the_rpm(redis_url):
+def test_two_reservers_never_pass_the_rpm(redis_url, monkeypatch):
+    import keypool.shared_redis
+    # about atomicity, not timeouts: 40 first calls open 40 connections on a busy machine
+    monkeypatch.setattr(keypool.shared_redis, "CALL_TIMEOUT_S", 10.0)
+
     async def main():
         a = make(redis_url, "rpm", [key("k", rpm=7)])
         b = make(redis_url, "rpm", [key("k", rpm=7)])
@@ -180,3 +184,19 @@ def test_local_state_is_the_default_and_does_nothing():
     pool = Pool(config(keys=[key("k", rpm=1)]), SystemClock())
     assert pool.shared is LOCAL and pool.shared.status() is None
     assert not pool.shared.needs_slot(pool.by_name["k"])
+
+
+def test_a_failed_call_degrades_until_the_listener_has_resynced(redis_url):
+    async def main():
+        a = make(redis_url, "flap", [key("k", rpm=5)])
+        a.shared.ok = False
+        a.shared.start()
+        try:
+            assert await until(lambda: a.shared.ok)
+            a.shared._down(TimeoutError("a slow reservation"))
+            assert not a.shared.needs_slot(a.by_name["k"]) and a.shared.status()["error"]
+            assert await until(lambda: a.shared.ok, timeout=5)
+            assert a.shared.status()["error"] is None
+        finally:
+            await a.shared.stop()
+    asyncio.run(main())
