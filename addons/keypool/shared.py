@@ -112,7 +112,7 @@ def apply(pool, ev: Event) -> bool:
         left = min(left, pool.max_cool)
     for scope in ev.scopes:
         end = now + left
-        if end > k.cool.get(scope, 0.0) or k.reason.get(scope) != ev.reason:
+        if end > k.cool.get(scope, 0.0):  # as Pool.cool_down: a shorter one changes nothing
             k.cool[scope] = end
             k.reason[scope] = ev.reason
         k.needs_probe.add(scope)

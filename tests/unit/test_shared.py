@@ -87,3 +87,13 @@ def test_events_apply_to_a_key_with_the_same_secret_only():
         {"kind": "cool", "key": "a", "fp": fp_a, "scopes": [""], "end": clock.wall() - 1}))
     assert apply(pool, Event("cool", "a", fp_a, ("",), clock.wall() + 9999, "server"))
     assert a.cool[""] == pytest.approx(clock.monotonic() + pool.max_cool)  # capped at max_s
+
+
+def test_a_shorter_remote_cooldown_does_not_shorten_a_dead_mark():
+    clock = FakeClock()
+    pool = Pool(config(keys=[key("a")]), clock)
+    pool.cool_down(pool.by_name["a"], "", 3600, "auth")
+    fp = fingerprint(pool.by_name["a"].spec.secret)
+    apply(pool, Event("cool", "a", fp, ("",), clock.wall() + 30, "rate_limited"))
+    a = pool.by_name["a"]
+    assert a.reason[""] == "auth" and a.state(clock.monotonic()) == "dead"
