@@ -36,7 +36,7 @@ RETRY_S = 0.5          # between reconnection attempts while Redis is unreachabl
 # A reservation that takes longer is given up: the attempt goes ahead on local limits (a
 # reservation Redis made meanwhile counts in the window; its in-flight slot lapses by ttl).
 CALL_TIMEOUT_S = 0.5
-IN_FLIGHT_WAIT_S = 0.05
+SPEND_KEEP_S = 40 * 86_400  # a month's totals outlive the month a little
 
 # KEYS: rpm window, in-flight set. ARGV: rpm (0: none), max in flight (0: none), token, ttl ms.
 # Returns {1, 0} (reserved) or {0, ms to wait}.
@@ -86,8 +86,12 @@ class RedisState(LocalState):
     backend = "redis"
     shares_limits = True
 
-    def __init__(self, spec, pool):
-        self.spec, self.pool = spec, pool
+    def __init__(self, spec, pool, ledger=None, spend_origin: str = ""):
+        self.spec, self.pool, self.ledger = spec, pool, ledger
+        # who this process's spend totals belong to, stable across its restarts (its
+        # state_dir): a restarted process replaces its own totals instead of adding to them
+        self.spend_origin = spend_origin or os.urandom(6).hex()
+        self.push_spend = None  # () -> None: queue this process's budgeted totals (resync)
         self.prefix = spec.prefix
         self.channel = f"{self.prefix}:events"
         self.origin = os.urandom(6).hex()  # this process: its own events are not re-applied
@@ -118,6 +122,16 @@ class RedisState(LocalState):
         if len(self._out) < 10_000:  # bounded while Redis is down; resync pushes the rest
             self._out.append(item)
         self._wake.set()
+
+    # -- budgets ----------------------------------------------------------------------
+
+    def spent(self, label: str, dim: str, name: str, usd: float, tokens: int) -> None:
+        """This process's running total of a budgeted key or client in a period."""
+        self._queue(("spend", label, dim, name, usd, tokens))
+
+    def _adopt_spend(self, who: str, label: str, dim: str, name: str, usd, tokens) -> None:
+        if self.ledger is not None and who != self.spend_origin:
+            self.ledger.remote.setdefault((label, dim, name), {})[who] = (float(usd), int(tokens))
 
     # -- limits -----------------------------------------------------------------------
 
@@ -218,7 +232,10 @@ class RedisState(LocalState):
             d = json.loads(data)
             if d.get("origin") == self.origin:
                 return
-            apply(self.pool, Event.from_dict(d))
+            if d.get("kind") == "spend":
+                self._adopt_spend(d["who"], d["label"], d["dim"], d["name"], d["usd"], d["tokens"])
+            else:
+                apply(self.pool, Event.from_dict(d))
             self.received += 1
         except (ValueError, KeyError, TypeError):
             logger.warning("keymux: shared state: ignored a malformed event on %s", self.channel)
@@ -234,6 +251,16 @@ class RedisState(LocalState):
                                        d["reason"]))
         for ev in local_events(self.pool):
             self._queue(("ev", ev))
+        if self.ledger is not None:
+            wall = self.pool.clock.wall()
+            for period in ("day", "month"):
+                label = self.ledger.label(period, wall)
+                for field, raw in (await self.client.hgetall(f"{self.prefix}:spend:{label}")).items():
+                    who, dim, name = field.decode().split("|", 2)
+                    usd, tokens = json.loads(raw)
+                    self._adopt_spend(who, label, dim, name, usd, tokens)
+            if self.push_spend is not None:
+                self.push_spend()
 
     async def _write(self) -> None:
         while True:
@@ -252,6 +279,8 @@ class RedisState(LocalState):
             for item in batch:
                 if item[0] == "rel":
                     pipe.zrem(f"{self.prefix}:inf:{item[1]}", item[2])
+                elif item[0] == "spend":
+                    self._store_spend(pipe, *item[1:])
                 else:
                     self._store(pipe, item[1])
             try:
@@ -270,6 +299,14 @@ class RedisState(LocalState):
         else:
             pipe.hdel(h, *ev.scopes)
         pipe.publish(self.channel, json.dumps({**ev.to_dict(), "origin": self.origin}))
+
+    def _store_spend(self, pipe, label: str, dim: str, name: str, usd: float, tokens: int) -> None:
+        h = f"{self.prefix}:spend:{label}"
+        pipe.hset(h, f"{self.spend_origin}|{dim}|{name}", json.dumps([usd, tokens]))
+        pipe.expire(h, SPEND_KEEP_S)
+        pipe.publish(self.channel, json.dumps({
+            "kind": "spend", "origin": self.origin, "who": self.spend_origin, "label": label,
+            "dim": dim, "name": name, "usd": usd, "tokens": tokens}))
 
     async def _keep_slots(self) -> None:
         """Push the expiry of every slot still held, every third of the ttl."""

@@ -11,7 +11,7 @@ import pytest
 
 from tests.redisserver import RedisServer, needs_redis
 
-from .harness import GatewayProcess, get, health, wait_for
+from .harness import SIDECAR_TOKEN, GatewayProcess, get, health, wait_for
 
 pytestmark = needs_redis
 
@@ -19,6 +19,8 @@ R1 = "sk-shared-rpm-key-000001"
 C1 = "sk-shared-cool-key-00001"
 M1 = "sk-shared-slow-key-00001"
 L1, L2 = "sk-shared-load-key-00001", "sk-shared-load-key-00002"
+B1 = "sk-shared-budget-key-0001"
+APP, CAPPED = "kmx-shared-app-token-0001", "kmx-shared-capped-token-01"
 
 
 def yaml(mock_url: str, redis_url: str, prefix: str) -> str:
@@ -36,12 +38,17 @@ providers:
   pcool: {{base_url: "{mock_url}/v1", models: ["cool-*"]}}
   pslow: {{base_url: "{mock_url}/v1", models: ["slow-*"]}}
   pload: {{base_url: "{mock_url}/v1", models: ["load-*"]}}
+  pbud: {{base_url: "{mock_url}/v1", models: ["bud-*"]}}
+clients:
+  - {{name: app, token: {APP}}}
+  - {{name: capped, token: {CAPPED}, budget: {{daily_tokens: 60}}}}
 keys:
   - {{name: r1, provider: prpm, key: {R1}, rpm: 6}}
   - {{name: c1, provider: pcool, key: {C1}}}
   - {{name: m1, provider: pslow, key: {M1}, max_in_flight: 2}}
   - {{name: l1, provider: pload, key: {L1}, rpm: 100000}}
   - {{name: l2, provider: pload, key: {L2}}}
+  - {{name: b1, provider: pbud, key: {B1}}}
 """
 
 
@@ -61,20 +68,34 @@ def pair(mock, redis_server, tmp_path_factory, confdir):
         yield a, b, prefix
 
 
-def chat(gw, model: str, timeout: float = 15) -> tuple[int, dict]:
+def chat(gw, model: str, timeout: float = 15, token: str = APP,
+         text: str = "hi") -> tuple[int, dict]:
     conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=timeout)
     try:
         conn.request("POST", "/v1/chat/completions", json.dumps(
-            {"model": model, "messages": [{"role": "user", "content": "hi"}]}),
-            {"content-type": "application/json"})
+            {"model": model, "messages": [{"role": "user", "content": text}]}),
+            {"content-type": "application/json", "authorization": f"Bearer {token}"})
         r = conn.getresponse()
         return r.status, json.loads(r.read() or b"{}")
     finally:
         conn.close()
 
 
+def stats(gw) -> dict:
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5)
+    try:
+        conn.request("GET", "/_keymux/stats", headers={"x-keymux-admin-token": SIDECAR_TOKEN})
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+
+
 def key_state(gw, name: str) -> dict:
-    return next(k for k in json.loads(get(gw, "/_keymux/stats")[1])["keys"] if k["name"] == name)
+    return next(k for k in stats(gw)["keys"] if k["name"] == name)
+
+
+def tokens_used(gw) -> int:
+    return stats(gw)["budgets"]["clients"]["capped"]["daily_tokens"]["used"]
 
 
 def test_a_keys_rpm_holds_across_both_processes(pair, mock):
@@ -100,6 +121,20 @@ def test_a_429_seen_by_one_cools_the_key_for_the_other(pair, mock):
     print(f"b saw the cooldown {seen_after * 1000:.1f} ms after a answered")
     b.reset("c1")  # an operator's reset in b clears it in a too
     assert wait_for(lambda: not key_state(a, "c1")["cooling_models"], timeout=2, step=0.005)
+
+
+def test_a_client_budget_holds_across_both_processes(pair, mock):
+    a, b, _ = pair
+    text = "x" * 80  # the mock bills 20 prompt + 5 completion tokens: 25 a request
+    served = 0
+    for gw, other in ((a, b), (b, a), (a, b)):  # 0, 25, 50 tokens used: each admitted
+        assert chat(gw, "bud-1", token=CAPPED, text=text)[0] == 200
+        served += 25
+        assert wait_for(lambda: tokens_used(other) == served, timeout=2, step=0.01)
+    for gw in (a, b):  # 75 of 60: both refuse, though each served at most two itself
+        status, body = chat(gw, "bud-1", token=CAPPED, text=text)
+        assert status == 429 and body["error"]["code"] == "budget_exceeded"
+    assert mock.count(B1) == 3
 
 
 def test_redis_stopped_and_started_mid_load_loses_no_request(pair, mock, redis_server):

@@ -200,3 +200,41 @@ def test_a_failed_call_degrades_until_the_listener_has_resynced(redis_url):
         finally:
             await a.shared.stop()
     asyncio.run(main())
+
+
+def test_spend_totals_reach_the_other_ledgers_and_a_late_joiner(redis_url):
+    from keypool.shared_redis import RedisState
+    from keypool.spend import Ledger
+
+    def node(who):
+        pool = Pool(config(keys=[key("k")]), SystemClock())
+        ledger = Ledger(pool.periods)
+        pool.shared = RedisState(StateSpec("redis", redis_url, "spend", 30.0), pool, ledger, who)
+        return pool.shared, ledger
+
+    async def main():
+        (a, la), (b, lb) = node("host-a"), node("host-b")
+        for s in (a, b):
+            s.start()
+        try:
+            assert await until(lambda: a.ok and b.ok)
+            wall = time.time()
+            day = la.label("day", wall)
+            a.spent(day, "client", "app", 1.5, 100)
+            a.spent(day, "client", "app", 2.0, 130)  # a running total: replaces, never adds
+            assert await until(lambda: lb.tokens("client", "app", "day", wall) == 130)
+            assert lb.spent("client", "app", "day", wall) == pytest.approx(2.0)
+            assert la.tokens("client", "app", "day", wall) == 0  # its own is in its tally
+            c, lc = node("host-c")
+            c.start()
+            assert await until(lambda: lc.tokens("client", "app", "day", wall) == 130)
+            await c.stop()
+            a2, la2 = node("host-a")  # a restarted: its own old total is not counted twice
+            a2.start()
+            assert await until(lambda: a2.ok)
+            assert la2.tokens("client", "app", "day", wall) == 0
+            await a2.stop()
+        finally:
+            for s in (a, b):
+                await s.stop()
+    asyncio.run(main())

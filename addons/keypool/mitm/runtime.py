@@ -6,6 +6,8 @@ imported modules: keeping the runtime here lets key state survive a script reloa
 from __future__ import annotations
 
 import atexit
+import hashlib
+import socket
 import logging
 import os
 import sys
@@ -63,7 +65,17 @@ def _share(gw: Gateway, config: Config) -> None:
     if config.state.backend != "redis":
         return
     from ..shared_redis import RedisState, SharedStateCollector, safe_url
-    gw.pool.shared = RedisState(config.state, gw.pool)
+    origin = hashlib.sha256(f"{socket.gethostname()}|{config.state_dir.resolve()}".encode())
+    gw.pool.shared = shared = RedisState(config.state, gw.pool, gw.ledger, origin.hexdigest()[:12])
+    gw.budgets.shared = shared  # client and key budgets count every process's spend
+
+    def push_spend() -> None:  # on (re)connecting: this process's totals, for the others
+        wall = gw.clock.wall()
+        for name in gw.budgets.keys:
+            gw.budgets.share(name, None, wall)
+        for name in gw.budgets.clients:
+            gw.budgets.share("", name, wall)
+    shared.push_spend = push_spend
     gw.metrics.registry.register(SharedStateCollector(gw.pool.shared))
     logger.info("keymux: sharing key state through Redis at %s (prefix %s)",
                 safe_url(config.state.url), config.state.prefix)
