@@ -55,7 +55,7 @@ async def reserve_times(url: str, n: int) -> list[float]:
         out.append(time.perf_counter() - t0)
         state.release(slot)
         await state._flush()
-    await state.client.aclose()
+    await state.stop()
     return out
 
 

@@ -55,7 +55,7 @@ def test_two_reservers_never_pass_the_rpm(redis_url, monkeypatch):
         assert len(granted) == 7 and len(refused) == 33
         assert all(0 < w <= 60 for w in refused)  # until the oldest leaves the window
         for s in (a, b):
-            await s.shared.client.aclose()
+            await s.shared.stop()
     asyncio.run(main())
 
 
@@ -73,7 +73,7 @@ def test_in_flight_cap_is_shared_and_released(redis_url):
         s4, _ = await b.shared.reserve(kb)
         assert s4 is not None
         for s in (a, b):
-            await s.shared.client.aclose()
+            await s.shared.stop()
     asyncio.run(main())
 
 
@@ -87,7 +87,7 @@ def test_slots_of_a_dead_process_lapse_after_the_ttl(redis_url):
         assert await until(lambda: False, timeout=0.35) is False
         assert (await live.shared.reserve(live.by_name["k"]))[0] is not None
         for s in (dead, live):
-            await s.shared.client.aclose()
+            await s.shared.stop()
     asyncio.run(main())
 
 
@@ -105,7 +105,7 @@ def test_held_slots_are_refreshed_while_in_flight(redis_url):
             assert (await b.shared.reserve(b.by_name["k"]))[0] is not None
         finally:
             await a.shared.stop()
-            await b.shared.client.aclose()
+            await b.shared.stop()
     asyncio.run(main())
 
 
@@ -176,7 +176,7 @@ def test_unreachable_redis_serves_locally_and_says_so():
         st = a.shared.status()
         assert st["ok"] is False and st["error"] and st["backend"] == "redis"
         assert not a.shared.needs_slot(a.by_name["k"])  # no round trip while it is down
-        await a.shared.client.aclose()
+        await a.shared.stop()
     asyncio.run(main())
 
 
@@ -238,3 +238,24 @@ def test_spend_totals_reach_the_other_ledgers_and_a_late_joiner(redis_url):
             for s in (a, b):
                 await s.stop()
     asyncio.run(main())
+
+
+def test_reservations_come_back_after_a_redis_restart():
+    async def main(server):
+        a = make(server.url, "restart", [key("k", rpm=100)])
+        a.shared.ok = False
+        a.shared.start()
+        try:
+            assert await until(lambda: a.shared.ok)
+            assert (await a.shared.reserve(a.by_name["k"]))[0] is not None
+            server.stop()
+            assert (await a.shared.reserve(a.by_name["k"])) == (None, 0.0)  # local limits
+            assert await until(lambda: not a.shared.ok)
+            server.start()
+            assert await until(lambda: a.shared.ok, timeout=10)
+            assert (await a.shared.reserve(a.by_name["k"]))[0] is not None
+        finally:
+            await a.shared.stop()
+
+    with RedisServer() as server:
+        asyncio.run(main(server))
