@@ -77,6 +77,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=600)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-limit", action="store_true",
+                    help="the key has no rpm: no reservation, only the backend's presence")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="keymux-bench-shared-"))
     with RedisServer() as redis:
@@ -84,7 +86,8 @@ def main() -> None:
         print(f"shared reservation (Lua, one round trip): p50 {pct(times, .5) * 1e3:.3f} ms, "
               f"p99 {pct(times, .99) * 1e3:.3f} ms")
         mock_port = free_port()
-        key = "  - {name: b, provider: mock, key: sk-bench-key-000000000001, rpm: 1000000}\n"
+        rpm = "" if args.no_limit else ", rpm: 1000000"
+        key = f"  - {{name: b, provider: mock, key: sk-bench-key-000000000001{rpm}}}\n"
         base = f"providers:\n  mock:\n    base_url: http://127.0.0.1:{mock_port}/v1\nkeys:\n{key}"
         ports, procs = {}, [start([sys.executable, "-m", "keypool.demo.mock_upstream", "--port",
                                    str(mock_port)], tmp / "mock.log")]
