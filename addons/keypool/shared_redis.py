@@ -295,7 +295,11 @@ class RedisState(LocalState):
                         self._on_message(msg["data"])
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError, ValueError) as e:
+            except (RedisError, OSError) as e:
+                self._down(e)
+            except Exception as e:  # a malformed row in Redis: say so, keep listening
+                logger.warning("keymux: shared state: resync failed (%s: %s); retrying",
+                               type(e).__name__, e)
                 self._down(e)
             finally:
                 try:
