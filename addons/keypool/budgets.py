@@ -72,6 +72,7 @@ class Budgets:
         self.keys: dict[str, Budget] = {}
         self.active = False            # any budget configured: requests reserve estimates
         self._out: dict[str, str] = {}  # key -> the limit it is out of rotation for (logged)
+        self.shared = None  # keypool.shared_redis.RedisState: budgets across processes
 
     def update(self, config: Config) -> None:
         """A reload: the new limits apply to the next request; holds in flight stay."""
@@ -115,6 +116,17 @@ class Budgets:
             return hold
         self.ledger.release(hold)
         return self.ledger.reserve(target, hold.client, hold.usd, hold.tokens)
+
+    def share(self, key: str, client: str | None, wall: float) -> None:
+        """After a spend: tell the other processes this one's totals of the budgeted key
+        and client (they add them to theirs: keypool.shared_redis)."""
+        if self.shared is None:
+            return
+        for dim, name, table in (("key", key, self.keys), ("client", client, self.clients)):
+            if name is not None and name in table:
+                for period in ("day", "month"):
+                    t = self.ledger.tally(dim, name, period, wall)
+                    self.shared.spent(self.ledger.label(period, wall), dim, name, t.usd, t.tokens)
 
     # -- keys -------------------------------------------------------------------------
 

@@ -94,6 +94,16 @@ class ServerSpec:
 
 
 @dataclass(frozen=True)
+class StateSpec:
+    """Where key health and limits are shared: "sqlite" (this process only, the default) or
+    "redis" (every process on the same url and prefix; keypool.shared_redis)."""
+    backend: str = "sqlite"
+    url: str | None = None
+    prefix: str = "keymux"
+    reservation_ttl_s: float = 30.0  # a dead process's in-flight slots lapse after this
+
+
+@dataclass(frozen=True)
 class Config:
     providers: Mapping[str, ProviderSpec]        # presets merged with the file's overrides
     keys: tuple[KeySpec, ...] = ()               # usable keys only (unset ${VAR} ones skipped)
@@ -106,12 +116,14 @@ class Config:
     warnings: tuple[str, ...] = ()               # e.g. "key openai-2 skipped: ${X} is not set"
     admin: AdminSpec = AdminSpec()
     server: ServerSpec = ServerSpec()
+    state: StateSpec = StateSpec()
 
 
 # -- loading ---------------------------------------------------------------------------
 
 TOP_FIELDS = ("version", "providers", "keys", "clients", "routing", "state_dir", "logging",
-              "admin", "server")
+              "admin", "server", "state")
+STATE_FIELDS = ("backend", "url", "prefix", "reservation_ttl_s")
 SERVER_FIELDS = ("allowed_origins", "allowed_hosts", "metrics", "health")
 PROVIDER_FIELDS = ("base_url", "auth", "models", "headers", "stream_usage", "proxy", "price")
 KEY_FIELDS = ("name", "provider", "key", "enabled", "weight", "models", "rpm", "tpm",
@@ -128,6 +140,7 @@ MIN_TOKEN_LEN = 8
 MAX_CONFIG_BYTES = 2 * 1024 * 1024
 
 _PROVIDER_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*\Z")
+_PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 
@@ -272,13 +285,30 @@ class _Reader(MoneyReader, NodeReader):
         admin = AdminSpec(**self.given(self.fields(f.get("admin"), "admin", ("password_hash",)),
                                        "admin", {"password_hash": self.string}))
         return Config(providers, keys, clients, routing, state_dir, logging, version,
-                      self.source, tuple(self.warnings), admin, server=self.server(f.get("server")))
+                      self.source, tuple(self.warnings), admin, server=self.server(f.get("server")),
+                      state=self.state(f.get("state")))
 
     def server(self, node: Node | None) -> ServerSpec:
         f = self.fields(node, "server", SERVER_FIELDS)
         return ServerSpec(**self.given(f, "server", {
             "allowed_origins": self.names_list, "allowed_hosts": self.names_list,
             "metrics": self.surface, "health": self.surface}))
+
+    def state(self, node: Node | None) -> StateSpec:
+        f = self.fields(node, "state", STATE_FIELDS)
+        spec = StateSpec(**self.given(f, "state", {
+            "backend": self.choice(("sqlite", "redis")), "url": self.string,
+            "prefix": self.string,
+            "reservation_ttl_s": lambda n, p: self.number(n, p, positive=True)}))
+        if spec.backend == "redis":
+            if not spec.url or not spec.url.startswith(("redis://", "rediss://", "unix://")):
+                self.fail(f.get("url") or node, "state.url: backend redis needs a url "
+                          "redis://HOST:PORT/DB (or rediss://, unix://)")
+            if not _PREFIX.match(spec.prefix):
+                self.fail(f["prefix"], "state.prefix: letters, digits, _ . : - only")
+        elif spec.url is not None:
+            self.fail(f["url"], "state.url: only for backend redis")
+        return spec
 
     def surface(self, node: Node, path: str) -> str:
         # YAML 1.1 reads an unquoted `off` as false: take the word as written (as YAML 1.2 does).

@@ -96,7 +96,9 @@ def readiness(gw: "Gateway") -> Answer:
     usable = sum(1 for k in snap if k["state"] == "ok")
     store = gw.store_status() if gw.store_status else None
     # degraded: it serves, but something it should do fails (the store cannot write)
-    status = "unavailable" if not usable else "degraded" if store and not store["ok"] else "ok"
+    shared = gw.pool.shared.status()  # None: nothing shared (the default)
+    status = "unavailable" if not usable else "degraded" if (
+        (store and not store["ok"]) or (shared and not shared["ok"])) else "ok"
     body = {
         "status": status,
         "config": gw.config.source,
@@ -109,6 +111,8 @@ def readiness(gw: "Gateway") -> Answer:
     }
     if store is not None:
         body["store"] = store
+    if shared is not None:  # several processes share the pool (keypool.shared_redis)
+        body["shared_state"] = shared
     lists = modellist.of(gw).health(gw.config)
     if lists:  # a warning only: the gateway serves whatever the lists say
         body["model_lists"] = lists

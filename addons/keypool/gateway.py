@@ -380,6 +380,8 @@ class Gateway:
         cost = plan.cost = self.pricer.cost(provider, model, u, wall) if u.seen else None
         client = plan.ticket.client
         self.ledger.add(wall, plan.key.name, client, provider, model, cost, u)
+        if self.budgets.shared is not None:  # several processes share budgets (Redis)
+            self.budgets.share(plan.key.name, client, wall)
         if plan.key.spec.budget is not None:  # logs the key leaving rotation, if it does now
             self.budgets.key_wait(plan.key.name, wall)
         if cost:

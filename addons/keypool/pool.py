@@ -27,6 +27,7 @@ from .limits import DailyCounters, KeyLimits, Reservation
 from .periods import Periods
 from .outage import WINDOW_S, Outages
 from .redact import mask
+from .shared import LOCAL
 from .strategies import STRATEGIES
 
 from .poolstate import DEAD, WHOLE_KEY, fingerprint  # noqa: F401  (re-exported)
@@ -60,6 +61,7 @@ class KeyState:
     last_status: int | str | None = None  # the last attempt's status, or why it had none
     rr_current: float = 0.0
     retired: bool = False  # removed from the config; finishes its in-flight requests only
+    shared_hold: float = 0.0  # monotonic end: other processes hold its rpm/in-flight slots
 
     @property
     def name(self) -> str:
@@ -79,6 +81,8 @@ class KeyState:
                 until = max(until, now + IN_FLIGHT_POLL_S)
         if self.spec.max_in_flight and self.in_flight >= self.spec.max_in_flight:
             until = max(until, now + IN_FLIGHT_POLL_S)
+        if self.shared_hold > now:
+            until = max(until, self.shared_hold)
         return until
 
     def state(self, now: float) -> str:
@@ -138,6 +142,7 @@ class Lease:
     reservation: Reservation
     probes: tuple[str, ...]
     provider_probe: bool = False  # this attempt probes a provider in outage
+    slot: object = None  # a shared reservation (keypool.shared.Slot), released with the lease
 
 
 class Pool:
@@ -154,6 +159,8 @@ class Pool:
         # a key's money budget (keypool.budgets): f(key name) -> 0.0, or seconds until its
         # period resets; asked only for keys that have a budget
         self.budget_wait = None
+        # other processes sharing this pool (keypool.shared): told of health changes
+        self.shared = LOCAL
         self.update(config)
 
     def update(self, config: Config) -> None:
@@ -245,6 +252,7 @@ class Pool:
         key.reason.pop(WHOLE_KEY, None)
         key.needs_probe.discard(WHOLE_KEY)
         key.failures_in_row = 0
+        self.shared.cleared(key, (WHOLE_KEY,))
 
     def _acquire(self, key: KeyState, model: str | None, now: float, est_tokens: int) -> Lease:
         probes = tuple(s for s in ((WHOLE_KEY, model) if model else (WHOLE_KEY,))
@@ -257,11 +265,26 @@ class Pool:
         key.last_used = now
         return Lease(key, key.limits.reserve(now, est_tokens), probes)
 
+    def unlease(self, lease: Lease, hold_s: float) -> None:
+        """Give back a lease whose shared slot was refused (keypool.shared): as if never
+        acquired, and the key held back ``hold_s`` in this process."""
+        key = lease.key
+        key.in_flight -= 1
+        key.requests -= 1
+        key.probing.difference_update(lease.probes)
+        if lease.provider_probe:
+            self.outages.settled(key.spec.provider, lease)
+        key.limits.settle(lease.reservation, 0)
+        key.shared_hold = self.clock.monotonic() + hold_s
+
     def release(self, lease: Lease, *, outcome: str, latency: float,
                 tokens_in: int = 0, tokens_out: int = 0) -> None:
         """End a lease: ``outcome`` is a policy outcome ("ok", "rate_limited", ...)."""
         key = lease.key
         key.in_flight -= 1  # the slots first: nothing below may keep them if it fails
+        if lease.slot is not None:
+            self.shared.release(lease.slot)
+            lease.slot = None
         key.probing.difference_update(lease.probes)
         if lease.provider_probe:
             self.outages.settled(key.spec.provider, lease)
@@ -277,6 +300,7 @@ class Pool:
             if lease.probes:
                 key.needs_probe.difference_update(lease.probes)
                 self.keylog.recovered(key.name, lease.probes)
+                self.shared.cleared(key, lease.probes)
         elif outcome != "cancelled":  # a client that left says nothing about the key
             key.failures += 1
             key.failures_by_class[outcome] = key.failures_by_class.get(outcome, 0) + 1
@@ -335,6 +359,7 @@ class Pool:
         if end > prev:
             key.cool[scope] = end
             key.reason[scope] = outcome
+            self.shared.cooled(key, scope, self.clock.wall() + seconds, outcome)
         key.needs_probe.add(scope)
         if outcome == "server":
             key.failures_in_row += 1
@@ -352,11 +377,13 @@ class Pool:
             return False
         if any(end > self.clock.monotonic() for end in key.cool.values()) or key.needs_probe:
             self.keylog.recovered(name, (WHOLE_KEY,), "an operator reset its cooldowns")
+        scopes = tuple({WHOLE_KEY, *key.cool, *key.needs_probe})
         key.cool.clear()
         key.reason.clear()
         key.needs_probe.clear()
         key.failures_in_row = 0
         self.keylog.reset(name)
+        self.shared.cleared(key, scopes)
         self.outages.forget(key.spec.provider)  # the operator says: use it now
         return True
 

@@ -70,6 +70,8 @@ async def serve(gw: Gateway, ticket: Ticket, send: Sender, *,
             finally:
                 gw.waiting[provider] -= 1
             continue
+        if gw.pool.shared.needs_slot(plan.key) and not await _shared_slot(gw, plan):
+            continue  # another process holds the key's last slot: it is held back, pick again
         if ticket.attempts:  # this attempt re-issues a failed one: count why that failed
             gw.metrics.reissued(ticket.route.provider.name, ticket.attempts[-1]["outcome"])
         outcome = await _attempt(gw, plan, send, on_failed)
@@ -81,6 +83,22 @@ async def serve(gw: Gateway, ticket: Ticket, send: Sender, *,
             answer = gw.exhausted(ticket)
             gw.count_answer(answer)
             return Outcome(answer=answer)
+
+
+async def _shared_slot(gw: Gateway, plan: Plan) -> bool:
+    """Take the key's shared rpm/in-flight slot (one Redis round trip, keypool.shared);
+    False: the key is full across the processes and was given back, held for the wait."""
+    try:
+        slot, wait = await gw.pool.shared.reserve(plan.key)
+    except BaseException:
+        gw.abandon(plan)
+        raise
+    if wait > 0:
+        plan.finished = True
+        gw.pool.unlease(plan.lease, wait)
+        return False
+    plan.lease.slot = slot
+    return True
 
 
 def _queue_wait(gw: Gateway, ticket: Ticket, e: NoKeyAvailable) -> float | None:

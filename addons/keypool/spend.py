@@ -89,6 +89,9 @@ class Ledger:
         self._models: set[str] = set()      # distinct models today
         self._reserved: dict[tuple[str, str], float] = {}    # (dim, name) -> USD held
         self._reserved_tokens: dict[tuple[str, str], int] = {}  # (dim, name) -> tokens held
+        # other processes' totals (keypool.shared): (period label, dim, name) -> origin ->
+        # (usd, tokens); empty unless several processes share budgets through Redis
+        self.remote: dict[tuple[str, str, str], dict[str, tuple[float, int]]] = {}
 
     # -- the hot path
 
@@ -155,12 +158,25 @@ class Ledger:
 
     def spent(self, dim: str, name: str, period: str, wall: float) -> float:
         if dim in HOT_DIMS:
-            return self.tally(dim, name, period, wall).usd
+            usd = self.tally(dim, name, period, wall).usd
+            return usd + self._others(dim, name, period)[0] if self.remote else usd
         return self.totals(dim, name, period, wall).usd
 
     def tokens(self, dim: str, name: str, period: str, wall: float) -> int:
         """Tokens in + out of key or client ``name`` in the period (a daily_tokens budget)."""
-        return self.tally(dim, name, period, wall).tokens
+        n = self.tally(dim, name, period, wall).tokens
+        return n + self._others(dim, name, period)[1] if self.remote else n
+
+    def label(self, period: str, wall: float) -> str:
+        """The current day's or month's name (``2026-11-30``, ``2026-11``)."""
+        day, month = self._current(wall)
+        return day if period == "day" else month
+
+    def _others(self, dim: str, name: str, period: str) -> tuple[float, int]:
+        by = self.remote.get((self._day if period == "day" else self._month, dim, name))
+        if not by:
+            return 0.0, 0
+        return sum(u for u, _ in by.values()), sum(t for _, t in by.values())
 
     def committed(self, dim: str, name: str, period: str, wall: float) -> float:
         """Spent in the period plus what requests in flight hold (the budgets' figure)."""

@@ -318,7 +318,7 @@ ERRORS = [
     # unknown fields, everywhere
     ("version: 1\nkey: []\n", 2, "unknown field 'key' (did you mean 'keys'?)"),
     ("xyz: 1\n", 1, "unknown field 'xyz' (known fields: version, providers, keys, clients,"
-                    " routing, state_dir, logging, admin, server)"),
+                    " routing, state_dir, logging, admin, server, state)"),
     ("providers:\n  local:\n    base_ur: http://a/v1\n", 3,
      "providers.local: unknown field 'base_ur' (did you mean 'base_url'?)"),
     (key_with("wieght: 2"), 5, "keys[0]: unknown field 'wieght' (did you mean 'weight'?)"),
@@ -600,3 +600,26 @@ def test_admin_password_hash_section():
     assert parse_config("keys: []\n").admin.password_hash is None
     with pytest.raises(ConfigError, match="unknown field"):
         parse_config("admin:\n  password: x\n")
+
+
+def test_state_defaults_to_sqlite_and_reads_a_redis_backend():
+    assert parse("keys: []\n").state.backend == "sqlite"
+    s = parse("state:\n  backend: redis\n  url: redis://127.0.0.1:6379/0\n"
+              "  prefix: team-a\n  reservation_ttl_s: 5\n").state
+    assert (s.backend, s.url, s.prefix, s.reservation_ttl_s) == (
+        "redis", "redis://127.0.0.1:6379/0", "team-a", 5.0)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("state:\n  backend: redis\n", "state.url: backend redis needs a url"),
+    ("state:\n  backend: redis\n  url: http://x\n", "state.url: backend redis needs a url"),
+    ("state:\n  backend: memcached\n", "state.backend"),
+    ("state:\n  url: redis://h:1/0\n", "state.url: only for backend redis"),
+    ("state:\n  backend: redis\n  url: redis://h:1/0\n  prefix: 'a b'\n", "state.prefix"),
+    ("state:\n  backend: redis\n  url: redis://h:1/0\n  reservation_ttl_s: 0\n",
+     "reservation_ttl_s"),
+    ("state:\n  backnd: redis\n", "unknown field 'backnd'"),
+])
+def test_state_section_is_validated(text, message):
+    with pytest.raises(ConfigError, match=message):
+        parse(text)

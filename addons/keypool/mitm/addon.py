@@ -140,6 +140,8 @@ class Keymux:
         if ctx.master.addons.get(FailClosed.name) is None:
             ctx.master.addons.add(FailClosed())
         runtime.active = self
+        if self.runtime is not None:
+            self.runtime.gateway.pool.shared.start()  # keypool.shared: once per process
         self._watch(ctx.options.keymux_config)
         flows.comment_column()
 

@@ -6,6 +6,8 @@ imported modules: keeping the runtime here lets key state survive a script reloa
 from __future__ import annotations
 
 import atexit
+import hashlib
+import socket
 import logging
 import os
 import sys
@@ -49,11 +51,34 @@ def runtime_for(path: str, config: Config, admin_token: str | None = None) -> Ru
         writer = Writer(store, config.logging.retention_days)
         gw.store_status = writer.status
         gw.metrics.watch_store(writer.status)
+        _share(gw, config)
         rt = _runtimes[path] = Runtime(gw, store, writer)
     else:
         rt.gateway.update(config)
         rt.gateway.admin_token = admin_token or None
     return rt
+
+
+def _share(gw: Gateway, config: Config) -> None:
+    """state: {backend: redis}: the pool shares key health and limits (keypool.shared_redis);
+    started by the addon's running(). A changed state section needs a restart."""
+    if config.state.backend != "redis":
+        return
+    from ..shared_redis import RedisState, SharedStateCollector, safe_url
+    origin = hashlib.sha256(f"{socket.gethostname()}|{config.state_dir.resolve()}".encode())
+    gw.pool.shared = shared = RedisState(config.state, gw.pool, gw.ledger, origin.hexdigest()[:12])
+    gw.budgets.shared = shared  # client and key budgets count every process's spend
+
+    def push_spend() -> None:  # on (re)connecting: this process's totals, for the others
+        wall = gw.clock.wall()
+        for name in gw.budgets.keys:
+            gw.budgets.share(name, None, wall)
+        for name in gw.budgets.clients:
+            gw.budgets.share("", name, wall)
+    shared.push_spend = push_spend
+    gw.metrics.registry.register(SharedStateCollector(gw.pool.shared))
+    logger.info("keymux: sharing key state through Redis at %s (prefix %s)",
+                safe_url(config.state.url), config.state.prefix)
 
 
 def _restore(gw: Gateway, store: SQLiteStore) -> None:

@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""What sharing the pool through Redis adds to a request (state: {backend: redis}).
+
+1. In process: the p50/p99 of one shared reservation (the Lua check-and-reserve, one Redis
+   round trip), the only Redis call on the request path.
+2. End to end: sequential requests (keep-alive, one client) through keymux with the default
+   state and with the Redis backend, on a key with an rpm limit (so every attempt reserves),
+   alternated over rounds; the added p50 is the median over rounds of redis p50 - sqlite p50.
+
+Needs Debian's redis-server (started here on a free loopback port, stopped by PID).
+Usage: .venv/bin/python scripts/bench_shared.py [--requests 600] [--rounds 3]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "addons"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchlib import ROOT, free_port, start, stop, wait_up  # noqa: E402
+from tests.redisserver import RedisServer  # noqa: E402
+
+BIN = Path(sys.executable).parent
+BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p * len(xs)))]
+
+
+async def reserve_times(url: str, n: int) -> list[float]:
+    from keypool.clock import SystemClock
+    from keypool.config import Config, KeySpec, StateSpec
+    from keypool.pool import Pool
+    from keypool.providers import PRESETS
+    from keypool.shared_redis import RedisState
+    spec = KeySpec(name="b", provider="openai", secret="sk-bench-00000000", rpm=10**9,
+                   max_in_flight=10**6)
+    pool = Pool(Config(providers=dict(PRESETS), keys=(spec,)), SystemClock())
+    state = RedisState(StateSpec("redis", url, "bench", 30.0), pool)
+    state.ok = True
+    key, out = pool.by_name["b"], []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        slot, _ = await state.reserve(key)
+        out.append(time.perf_counter() - t0)
+        state.release(slot)
+        await state._flush()
+    await state.stop()
+    return out
+
+
+def sequential(port: int, n: int) -> list[float]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        conn.request("POST", "/v1/chat/completions", BODY, {"content-type": "application/json"})
+        r = conn.getresponse()
+        r.read()
+        out.append(time.perf_counter() - t0)
+        assert r.status == 200, r.status
+    conn.close()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--requests", type=int, default=600)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-limit", action="store_true",
+                    help="the key has no rpm: no reservation, only the backend's presence")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="keymux-bench-shared-"))
+    with RedisServer() as redis:
+        times = asyncio.run(reserve_times(redis.url, 2000))
+        print(f"shared reservation (Lua, one round trip): p50 {pct(times, .5) * 1e3:.3f} ms, "
+              f"p99 {pct(times, .99) * 1e3:.3f} ms")
+        mock_port = free_port()
+        rpm = "" if args.no_limit else ", rpm: 1000000"
+        key = f"  - {{name: b, provider: mock, key: sk-bench-key-000000000001{rpm}}}\n"
+        base = f"providers:\n  mock:\n    base_url: http://127.0.0.1:{mock_port}/v1\nkeys:\n{key}"
+        ports, procs = {}, [start([sys.executable, "-m", "keypool.demo.mock_upstream", "--port",
+                                   str(mock_port)], tmp / "mock.log")]
+        for name, extra in (("sqlite", ""), ("redis", f"state: {{backend: redis, url: "
+                                                        f"{redis.url}, prefix: bench}}\n")):
+            (tmp / name).mkdir()
+            (tmp / name / "keys.yaml").write_text(base + extra)
+            ports[name] = free_port()
+            procs.append(start([str(BIN / "mitmdump"), "--listen-host", "127.0.0.1", "-q",
+                                "--mode", f"reverse:http://127.0.0.1:{mock_port}",
+                                "--set", f"confdir={tmp}", "-p", str(ports[name]),
+                                "-s", str(ROOT / "addons/keymux.py"),
+                                "--set", f"keymux_config={tmp / name / 'keys.yaml'}"],
+                               tmp / f"{name}.log"))
+        try:
+            for (name, port), proc in zip(ports.items(), procs[1:]):
+                wait_up(f"http://127.0.0.1:{port}/health", proc)
+                sequential(port, 100)  # warm up
+            p50s = {n: [] for n in ports}
+            for r in range(args.rounds):
+                for name, port in ports.items():
+                    p50s[name].append(statistics.median(sequential(port, args.requests)))
+                print(f"round {r + 1}/{args.rounds}: " + ", ".join(
+                    f"{n} p50 {v[-1] * 1e3:.3f} ms" for n, v in p50s.items()), file=sys.stderr)
+        finally:
+            stop(procs)
+    added = statistics.median(b - a for a, b in zip(p50s["sqlite"], p50s["redis"]))
+    print(f"end to end, sequential: sqlite p50 {statistics.median(p50s['sqlite']) * 1e3:.3f} ms,"
+          f" redis p50 {statistics.median(p50s['redis']) * 1e3:.3f} ms, added p50 "
+          f"{added * 1e3:.3f} ms (median of {args.rounds} alternated rounds)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""The seam keypool.shared: the attempt loop asks for a shared slot, a refused one gives the
+key back untouched and holds it; events from another process apply to this pool."""
+import pytest
+
+from keypool.clock import FakeClock
+from keypool.pool import Pool
+from keypool.poolstate import fingerprint
+from keypool.shared import Event, LocalState, Slot, apply, local_events
+
+from .helpers import config, key
+from .test_reissue import FakeUpstream, make, run
+
+
+class FakeShared(LocalState):
+    """Refuses the slots of the keys in ``full`` (for ``wait`` s), grants the others."""
+
+    def __init__(self, full=(), wait=5.0):
+        self.full, self.wait = set(full), wait
+        self.asked, self.released = [], []
+
+    def needs_slot(self, key):
+        return True
+
+    async def reserve(self, key):
+        self.asked.append(key.name)
+        if key.name in self.full:
+            return None, self.wait
+        return Slot(key.name, f"t{len(self.asked)}"), 0.0
+
+    def release(self, slot):
+        self.released.append(slot.key)
+
+
+def test_a_refused_slot_moves_the_request_to_another_key():
+    gw, clock = make(n=2)
+    gw.pool.shared = FakeShared(full={"k1"})
+    out, _ = run(gw, FakeUpstream(clock))
+    assert out.plan.key.name == "k2" and gw.pool.shared.asked == ["k1", "k2"]
+    k1 = gw.pool.by_name["k1"]
+    assert (k1.in_flight, k1.requests) == (0, 0)  # given back as if never leased
+    assert k1.blocked_until(None, clock.monotonic()) == clock.monotonic() + 5.0
+    assert gw.pool.shared.released == ["k2"]  # the winning attempt's slot, at finish
+
+
+def test_every_key_full_across_processes_answers_429_with_the_wait():
+    gw, clock = make(n=1)
+    gw.pool.shared = FakeShared(full={"k1"}, wait=7.0)
+    out, _ = run(gw, FakeUpstream(clock))
+    assert out.answer.status == 429
+    assert gw.pool.by_name["k1"].requests == 0
+
+
+def test_a_queued_request_takes_the_slot_once_it_frees():
+    gw, clock = make(n=1, queue_s=10)
+    shared = gw.pool.shared = FakeShared(full={"k1"}, wait=2.0)
+    up = FakeUpstream(clock)
+
+    orig = shared.reserve
+
+    async def frees_later(k):
+        if clock.monotonic() >= 1_002.0:
+            shared.full.clear()
+        return await orig(k)
+    shared.reserve = frees_later
+    out, ticket = run(gw, up)
+    assert out.plan.key.name == "k1" and ticket.queued == pytest.approx(2.0)
+    assert up.calls == ["k1"]
+
+
+def test_events_apply_to_a_key_with_the_same_secret_only():
+    clock = FakeClock()
+    pool = Pool(config(keys=[key("a"), key("b")]), clock)
+    other = Pool(config(keys=[key("a"), key("b")]), clock)
+    other.cool_down(other.by_name["a"], "gpt-4o", 20, "rate_limited")
+    other.cool_down(other.by_name["b"], "", 3600, "auth")
+    for ev in local_events(other):
+        assert apply(pool, ev)
+    a, b = pool.by_name["a"], pool.by_name["b"]
+    assert a.cool["gpt-4o"] == pytest.approx(clock.monotonic() + 20) and "gpt-4o" in a.needs_probe
+    assert b.state(clock.monotonic()) == "dead"  # a dead mark keeps its length past max_s
+    assert apply(pool, Event("clear", "b", ev.fp, ("",)))
+    assert b.state(clock.monotonic()) == "ok" and not b.needs_probe
+    assert not apply(pool, Event("cool", "a", "0" * 16, ("",), clock.wall() + 9, "server"))
+    assert not apply(pool, Event("cool", "gone", ev.fp, ("",), clock.wall() + 9, "server"))
+    fp_a = fingerprint(a.spec.secret)
+    assert not apply(pool, Event.from_dict(  # already over
+        {"kind": "cool", "key": "a", "fp": fp_a, "scopes": [""], "end": clock.wall() - 1}))
+    assert apply(pool, Event("cool", "a", fp_a, ("",), clock.wall() + 9999, "server"))
+    assert a.cool[""] == pytest.approx(clock.monotonic() + pool.max_cool)  # capped at max_s
+
+
+def test_a_shorter_remote_cooldown_does_not_shorten_a_dead_mark():
+    clock = FakeClock()
+    pool = Pool(config(keys=[key("a")]), clock)
+    pool.cool_down(pool.by_name["a"], "", 3600, "auth")
+    fp = fingerprint(pool.by_name["a"].spec.secret)
+    apply(pool, Event("cool", "a", fp, ("",), clock.wall() + 30, "rate_limited"))
+    a = pool.by_name["a"]
+    assert a.reason[""] == "auth" and a.state(clock.monotonic()) == "dead"
