@@ -45,7 +45,7 @@ def request(port: int, include_usage: bool) -> bytes:
 
 # -- the processes under test: name -> (command for a port, url checked before a run) --
 
-def targets(tmp: Path, mock_port: int) -> dict:
+def targets(tmp: Path, mock_port: int, base: str | None = None) -> dict:
     mitm = [str(BIN / "mitmdump"), "--listen-host", "127.0.0.1", "-q",
             "--mode", f"reverse:http://127.0.0.1:{mock_port}", "--set", f"confdir={tmp}"]
     config = tmp / "keys.yaml"
@@ -53,13 +53,20 @@ def targets(tmp: Path, mock_port: int) -> dict:
                      for i in range(4))
     config.write_text(f"providers:\n  mock:\n    base_url: http://127.0.0.1:{mock_port}/v1\n"
                       f"keys:\n{keys}\n")
-    keymux = mitm + ["-s", str(ROOT / "addons/keymux.py"), "--set", f"keymux_config={config}"]
-    return {
+
+    def keymux(addons: Path) -> list[str]:
+        return mitm + ["-s", str(addons / "keymux.py"), "--set", f"keymux_config={config}"]
+    found = {
         "plain": lambda port: mitm + ["-p", str(port), "--set", "stream_large_bodies=1"],
-        "keymux": lambda port: keymux + ["-p", str(port)],
+        "keymux": lambda port: keymux(ROOT / "addons") + ["-p", str(port)],
         # Hook: a multi-process keymux (`keymux run --workers 2`) adds its row here; the CPU
         # is summed over the started process's whole tree.
     }
+    if base:  # keymux as another checkout has it (before/after figures in one run)
+        addons = Path(base).resolve() / "addons"  # its keypool first on the path
+        found["base"] = lambda port: (["env", f"PYTHONPATH={addons}"] + keymux(addons)
+                                      + ["-p", str(port)])
+    return found
 
 
 def cpu_seconds(pid: int) -> float:
@@ -159,6 +166,8 @@ def main() -> None:
     ap.add_argument("--include-usage", action="store_true",
                     help="clients ask for usage themselves (keymux then strips nothing)")
     ap.add_argument("--targets", nargs="+", default=["plain", "keymux"])
+    ap.add_argument("--base", metavar="DIR",
+                    help="also run keymux from this checkout (target 'base'), e.g. main's")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="keymux-bench-streams-"))
     behaviors = tmp / "behaviors.json"
@@ -166,7 +175,8 @@ def main() -> None:
     mock_port = free_port()
     procs = [start([sys.executable, "-m", "keypool.demo.mock_upstream", "--port", str(mock_port),
                     "--behaviors", str(behaviors)], tmp / "mock.log")]
-    wanted = {n: c for n, c in targets(tmp, mock_port).items() if n in args.targets}
+    wanted = {n: c for n, c in targets(tmp, mock_port, args.base).items()
+              if n in args.targets or n == "base"}
     ports = {}
     try:
         for name, cmd in wanted.items():
@@ -202,11 +212,13 @@ def report(results: dict, args) -> None:
               f"{m['ttft99']:>7.1f}m {m['gap99']:>7.1f}m {m['cpu%']:>6.1f} "
               f"{m['cpu_us_per_chunk']:>13.1f}")
     for c in args.conc:
-        if ("keymux", c) in results and ("plain", c) in results:
+        for t in sorted({t for t, _ in results if t != "plain"}):
+            if (t, c) not in results or ("plain", c) not in results:
+                continue
             # The ratio of each round's pair, then the median: the pairs ran back to back.
             ratios = [k["cpu_us_per_chunk"] / p["cpu_us_per_chunk"]
-                      for k, p in zip(results[("keymux", c)], results[("plain", c)])]
-            print(f"c={c}: keymux/plain CPU per chunk = {statistics.median(ratios):.3f} "
+                      for k, p in zip(results[(t, c)], results[("plain", c)])]
+            print(f"c={c}: {t}/plain CPU per chunk = {statistics.median(ratios):.3f} "
                   f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
 
 
