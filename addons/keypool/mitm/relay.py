@@ -94,12 +94,20 @@ async def _relay(reply, idle_s: float | None, masker: Masker,
     head.append(b"transfer-encoding: chunked\r\n\r\n")
     writer.write(b"\r\n".join(head))
     masking = masker.stream()
+    feed = masking.feed if masker else None  # no secrets configured: nothing to scan
+    write, transport = writer.write, writer.transport
     try:
+        # Each read is everything aiohttp holds by then (readany), so chunks that arrived
+        # together go out as one write; none waits for another.
         async for chunk in reply.chunks(idle_s):
-            chunk = masking.feed(chunk)
+            if feed is not None:
+                chunk = feed(chunk)
             if chunk:
-                writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                await writer.drain()
+                write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                # Wait only when the socket did not take it all (or mitmproxy went away:
+                # drain raises, the upstream stream is closed): a drain per chunk cost ~1 µs.
+                if transport.get_write_buffer_size() or transport.is_closing():
+                    await writer.drain()
         rest = masking.flush()
         if rest:
             writer.write(b"%x\r\n%s\r\n" % (len(rest), rest))
