@@ -38,6 +38,9 @@ class Masker:
         self.hold = max((len(s) for s in found), default=1) - 1
         self._prefixes = {s[:i] for s in found for i in range(1, len(s))}
         self._firsts = sorted({s[:1] for s in found})
+        # A chunk whose last byte occurs in no secret ends no secret's start (an SSE event
+        # ends in "\n"): ``partial`` answers 0 at once, without searching.
+        self._inner = frozenset(b for s in found for b in s[:-1])
 
     def __bool__(self) -> bool:
         return self._re is not None
@@ -80,6 +83,8 @@ class Masker:
 
     def partial(self, data: bytes) -> int:
         """Length of the longest end of ``data`` that is the start of a secret (0: none)."""
+        if not data or data[-1] not in self._inner:
+            return 0
         start = max(0, len(data) - self.hold)
         best = len(data)
         for first in self._firsts:

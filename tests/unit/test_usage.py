@@ -162,3 +162,49 @@ def test_the_tap_never_raises_and_passes_bytes_on_after_a_bug(monkeypatch, strip
     out = flat(tap(b'ces": []}\n\n'))
     assert out == (b'data: {"choices": []}\n\n' if strip else b'ces": []}\n\n')
     assert tap.blind and flat(tap(b"more")) == b"more" and flat(tap(b"")) == b""
+
+
+def compact(*objs):
+    return [b"data: " + json.dumps(o, separators=(",", ":")).encode() + b"\n\n" for o in objs] \
+        + [b"data: [DONE]\n\n"]
+
+
+@pytest.mark.parametrize("strip", [False, True])
+@pytest.mark.parametrize("form", [compact, sse])
+def test_any_chunking_gives_the_same_bytes_and_usage(strip, form):
+    """The fast path (whole events, no usage in them) and the event-by-event path agree:
+    one event per chunk, all in one chunk, random splits, byte by byte, CRLF events."""
+    import random
+    events = form(chunk("a", usage=None), chunk("b", usage=None),
+                  {"choices": [], "usage": USAGE})
+    for crlf in (False, True):
+        stream = b"".join(events)
+        if crlf:
+            stream = stream.replace(b"\n", b"\r\n")
+        rng = random.Random(12)
+        cuts = sorted(rng.sample(range(1, len(stream)), 9))
+        chunkings = [
+            [e.replace(b"\n", b"\r\n") if crlf else e for e in events],
+            [stream],
+            [stream[a:b] for a, b in zip([0] + cuts, cuts + [len(stream)])],
+            [stream[i:i + 1] for i in range(len(stream))],
+        ]
+        results = set()
+        for chunks in chunkings:
+            tap = SseTap(strip)
+            results.add((b"".join(run(tap, chunks)), tap.usage.input, tap.usage.output))
+        assert len(results) == 1, (strip, form.__name__, crlf)
+        body, inp, out = results.pop()
+        assert (inp, out) == (11, 7)
+        if strip:
+            assert b"usage" not in body and body.count(b"data: ") == 3
+        else:
+            assert body == stream
+
+
+def test_a_chunk_of_whole_events_with_the_usage_event_in_it_is_read():
+    tap = SseTap(strip_injected=True)
+    events = compact(chunk("a", usage=None), {"choices": [], "usage": USAGE})
+    out = flat(tap(b"".join(events)))
+    assert out == events[0].replace(b',"usage":null', b"") + events[-1]
+    assert tap.usage.output == 7

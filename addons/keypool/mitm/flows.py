@@ -261,7 +261,12 @@ class StreamCopy:
 
     def __call__(self, data: bytes):
         out = self.inner(data) if self.inner is not None else data
-        if isinstance(out, (bytes, bytearray)):
+        if type(out) is bytes:  # the common case, inlined: one length test, one append
+            if len(self.buf) + len(out) <= self.cap:
+                self.buf += out
+            else:
+                self._keep(out)
+        elif isinstance(out, (bytes, bytearray)):
             self._keep(out)
         else:
             if not isinstance(out, (list, tuple)):  # a generator is read once: keep it
