@@ -1,0 +1,197 @@
+"""``keymux run --workers N``: N gateway processes behind one port, supervised.
+
+Each worker is the ordinary ``mitmdump -s addons/keymux.py`` command, with its own core.
+They share the port the user named through SO_REUSEPORT (``mitm/reuseport.py``, switched
+on by ``KEYMUX_REUSE_PORT=1``): the kernel hands each new connection to one of them, and
+each worker binds exactly the address the user asked for, so the gateway's own
+protections (open-bind refusal, Host checks, the admin token beyond loopback) see the
+real bind. Why not HAProxy in front (measured, docs/scaling.md): it costs a process and a
+hop per request and every worker would see only loopback peers. ``haproxy_config`` writes
+the config the scaling guide and its test use for M hosts behind one balancer.
+
+A worker that exits while the fleet is running is logged and started again (with a
+growing pause if it keeps dying at start-up); stopping the fleet stops each process by
+its PID, once. Pure of mitmproxy: only ``subprocess`` and signals.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+POLL_S = 0.2            # how often the supervisor looks at its children
+QUICK_DEATH_S = 5.0     # a worker that dies sooner than this after its start ...
+MAX_BACKOFF_S = 30.0    # ... is restarted after a pause doubling up to this
+STOP_WAIT_S = 10.0      # SIGINT, then SIGKILL after this
+
+
+def log(message: str) -> None:
+    print(f"keymux: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Worker:
+    index: int                       # 1-based slot; a restarted worker keeps its slot
+    proc: subprocess.Popen | None = None
+    started: float = 0.0
+    restarts: int = 0
+    backoff: float = 0.0
+    due: float = 0.0                 # when a dead worker may start again
+
+
+@dataclass
+class Fleet:
+    """N copies of ``command`` on one port; ``env`` is shared, each gets its slot number."""
+    command: list[str]
+    count: int
+    env: Mapping[str, str]
+    clock: Callable[[], float] = time.monotonic
+    workers: list[Worker] = field(default_factory=list)
+    stopping: bool = False
+
+    def start(self) -> None:
+        self.workers = [Worker(i + 1) for i in range(self.count)]
+        for w in self.workers:
+            self._spawn(w)
+
+    def _spawn(self, w: Worker) -> None:
+        env = {**self.env, "KEYMUX_WORKER": str(w.index), "KEYMUX_WORKERS": str(self.count)}
+        if self.count > 1:
+            env["KEYMUX_REUSE_PORT"] = "1"
+        # Own session: a terminal's Ctrl-C reaches only `keymux run`, which stops each
+        # worker exactly once (a second SIGINT makes mitmproxy exit 130 mid-shutdown).
+        w.proc = subprocess.Popen(self.command, env=env, start_new_session=True)
+        w.started = self.clock()
+
+    def pids(self) -> list[int]:
+        return [w.proc.pid for w in self.workers if w.proc is not None and w.proc.poll() is None]
+
+    def check(self) -> int | None:
+        """Restart the dead; with one worker, its exit is the fleet's (as before --workers)."""
+        now = self.clock()
+        for w in self.workers:
+            code = w.proc.poll() if w.proc is not None else None
+            if w.proc is not None and code is not None:
+                if self.count == 1:
+                    return code
+                self._buried(w, code, now)
+            if w.proc is None and not self.stopping and now >= w.due:
+                w.restarts += 1
+                self._spawn(w)
+                log(f"worker {w.index} restarted (pid {w.proc.pid}, restart {w.restarts})")
+        return None
+
+    def _buried(self, w: Worker, code: int, now: float) -> None:
+        quick = now - w.started < QUICK_DEATH_S
+        w.backoff = min(MAX_BACKOFF_S, max(1.0, w.backoff * 2)) if quick else 0.0
+        w.due = now + w.backoff
+        log(f"worker {w.index} (pid {w.proc.pid}) exited with code {code}; restarting"
+            + (f" in {w.backoff:.0f} s" if w.backoff else ""))
+        w.proc = None
+
+    def stop(self) -> int:
+        """SIGINT every live worker by PID, wait, SIGKILL what is left; the first exit code."""
+        self.stopping = True
+        procs = [w.proc for w in self.workers if w.proc is not None]
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        deadline = self.clock() + STOP_WAIT_S
+        for p in procs:
+            try:
+                p.wait(max(0.1, deadline - self.clock()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        return procs[0].returncode if procs else 0
+
+
+# -- what is shared between workers -----------------------------------------------------
+
+UNSHARED = ("--workers {n} needs shared state: each worker would keep its own cooldowns, "
+            "rpm/tpm windows, in-flight counts, budgets and round-robin cursor, so a key's "
+            "limits would be enforced N times over and a 429 seen by one worker would not "
+            "cool the key for the others. Add `state: {{backend: redis, url: "
+            "redis://127.0.0.1:6379/0}}` to {config} (docs/scaling.md), or pass "
+            "--unshared-state to run them anyway.")
+
+
+def state_backend(config_path: Path, config: object) -> dict:
+    """The config's ``state:`` section ({} when absent): from the parsed config when it
+    knows the section, else from the YAML itself."""
+    state = getattr(config, "state", None)
+    if state is not None:
+        return {"backend": getattr(state, "backend", None), "url": getattr(state, "url", None)}
+    try:
+        import yaml
+        raw = yaml.safe_load(config_path.read_text()) or {}
+    except (OSError, ValueError, ImportError):
+        return {}
+    section = raw.get("state") if isinstance(raw, dict) else None
+    return section if isinstance(section, dict) else {}
+
+
+def local_redis(url: str | None) -> tuple[str, int] | None:
+    """(host, port) of a redis:// URL on this machine's loopback, else None."""
+    from urllib.parse import urlsplit
+    if not url:
+        return None
+    u = urlsplit(url)
+    if u.scheme not in ("redis", "") or u.hostname not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    return u.hostname, u.port or 6379
+
+
+def start_redis(host: str, port: int, state_dir: Path) -> subprocess.Popen | None:
+    """A ``redis-server`` for a local URL nobody serves, its files in state_dir; None if
+    redis-server is not installed."""
+    import shutil
+    exe = shutil.which("redis-server")
+    if exe is None:
+        return None
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([exe, "--bind", host, "--port", str(port), "--dir", str(state_dir),
+                             "--save", "60 1", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, start_new_session=True)
+
+
+# -- HAProxy in front of M hosts (docs/scaling.md; tests/e2e/test_workers.py) ------------
+
+def haproxy_config(bind_host: str, bind_port: int, servers: list[int] | list[str]) -> str:
+    """A tcp-mode HAProxy config: least connections (streams are long), /health checks,
+    a connection refused by a dead backend re-dispatched to another. ``servers``: ports on
+    127.0.0.1 or ``host:port`` strings."""
+    lines = "\n".join(
+        f"    server w{i + 1} {s if isinstance(s, str) else f'127.0.0.1:{s}'} check"
+        for i, s in enumerate(servers))
+    return HAPROXY.format(bind=f"{bind_host}:{bind_port}", servers=lines)
+
+
+HAPROXY = """\
+global
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+    retries 2
+    option redispatch
+
+frontend keymux
+    bind {bind}
+    default_backend gateways
+
+backend gateways
+    balance leastconn
+    option httpchk
+    http-check send meth GET uri /health ver HTTP/1.1 hdr Host 127.0.0.1
+    http-check expect status 200
+    default-server inter 1s fall 2 rise 1
+{servers}
+"""
