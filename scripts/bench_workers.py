@@ -64,9 +64,9 @@ def main() -> None:
     pids: dict[str, list[int]] = {}   # the processes whose CPU a target's requests cost
 
     def worker(port: int, log: str, reuse: bool = False) -> None:
-        env = {**os.environ, "KEYMUX_REUSE_PORT": "1"} if reuse else None
-        p = subprocess.Popen(kmx + ["-p", str(port)], stdout=open(tmp / log, "wb"),
-                             stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        cmd = [sys.executable, "-m", "keypool.mitm.reuseport", *kmx[1:]] if reuse else kmx
+        p = subprocess.Popen(cmd + ["-p", str(port)], stdout=open(tmp / log, "wb"),
+                             stderr=subprocess.STDOUT, cwd=ROOT)
         procs.append(p)
         pids.setdefault(port, []).append(p.pid)
         wait_post(f"http://127.0.0.1:{port}/v1/chat/completions", p)

@@ -1,8 +1,8 @@
 """``keymux run --workers N``: N gateway processes behind one port, supervised.
 
 Each worker is the ordinary ``mitmdump -s addons/keymux.py`` command, with its own core.
-They share the port the user named through SO_REUSEPORT (``mitm/reuseport.py``, switched
-on by ``KEYMUX_REUSE_PORT=1``): the kernel hands each new connection to one of them, and
+They share the port the user named through SO_REUSEPORT (each runs mitmdump through
+``python -m keypool.mitm.reuseport``): the kernel hands each new connection to one of them, and
 each worker binds exactly the address the user asked for, so the gateway's own
 protections (open-bind refusal, Host checks, the admin token beyond loopback) see the
 real bind. Why not HAProxy in front (measured, docs/scaling.md): it costs a process and a
@@ -27,6 +27,7 @@ from typing import Callable, Mapping
 POLL_S = 0.2            # how often the supervisor looks at its children
 QUICK_DEATH_S = 5.0     # a worker that dies sooner than this after its start ...
 MAX_BACKOFF_S = 30.0    # ... is restarted after a pause doubling up to this
+MAX_QUICK = 5           # ... and after this many in a row the fleet gives up
 STOP_WAIT_S = 10.0      # SIGINT, then SIGKILL after this
 
 
@@ -42,6 +43,7 @@ class Worker:
     restarts: int = 0
     backoff: float = 0.0
     due: float = 0.0                 # when a dead worker may start again
+    quick: int = 0                   # deaths in a row soon after start
 
 
 @dataclass
@@ -61,8 +63,6 @@ class Fleet:
 
     def _spawn(self, w: Worker) -> None:
         env = {**self.env, "KEYMUX_WORKER": str(w.index), "KEYMUX_WORKERS": str(self.count)}
-        if self.count > 1:
-            env["KEYMUX_REUSE_PORT"] = "1"
         # Own session: a terminal's Ctrl-C reaches only `keymux run`, which stops each
         # worker exactly once (a second SIGINT makes mitmproxy exit 130 mid-shutdown).
         w.proc = subprocess.Popen(self.command, env=env, start_new_session=True)
@@ -80,6 +80,9 @@ class Fleet:
                 if self.count == 1:
                     return code
                 self._buried(w, code, now)
+                if w.quick > MAX_QUICK:
+                    log(f"worker {w.index} keeps exiting at start-up; stopping (its log above)")
+                    return code or 1
             if w.proc is None and not self.stopping and now >= w.due:
                 w.restarts += 1
                 self._spawn(w)
@@ -88,6 +91,7 @@ class Fleet:
 
     def _buried(self, w: Worker, code: int, now: float) -> None:
         quick = now - w.started < QUICK_DEATH_S
+        w.quick = w.quick + 1 if quick else 0
         w.backoff = min(MAX_BACKOFF_S, max(1.0, w.backoff * 2)) if quick else 0.0
         w.due = now + w.backoff
         log(f"worker {w.index} (pid {w.proc.pid}) exited with code {code}; restarting"
@@ -195,3 +199,94 @@ backend gateways
     default-server inter 1s fall 2 rise 1
 {servers}
 """
+
+
+# -- `keymux run --workers N` (keypool/cli.py) ------------------------------------------
+
+def preflight(args, fail: Callable[[str], int]) -> int | None:
+    """What --workers N needs beyond one gateway's checks; exit 2 with the reason, or None."""
+    from .config import load_config
+    if args.web:
+        return fail("--web runs one mitmweb process (one flow list); use --workers 1 with it")
+    state = state_backend(Path(args.config), load_config(args.config))
+    if state.get("backend") == "redis":
+        return None
+    if not args.unshared_state:
+        return fail(UNSHARED.format(n=args.workers, config=args.config))
+    log(f"WARNING: {args.workers} WORKERS WITHOUT SHARED STATE (--unshared-state): each keeps "
+        "its own cooldowns, rpm/tpm windows, in-flight counts and budgets; every key's limits "
+        f"are enforced up to {args.workers} times over")
+    return None
+
+
+def ensure_redis(args) -> tuple[subprocess.Popen | None, int | None]:
+    """The config's local Redis, started when nobody serves it: (process or None, exit)."""
+    import socket
+    from .config import load_config
+    config = load_config(args.config)
+    where = local_redis(state_backend(Path(args.config), config).get("url"))
+    if where is None:
+        return None, None
+    try:
+        socket.create_connection(where, timeout=1).close()
+        return None, None
+    except OSError:
+        pass
+    proc = start_redis(*where, Path(config.state_dir) / "redis")
+    if proc is None:
+        log(f"nothing serves Redis on {where[0]}:{where[1]} and redis-server is not installed: "
+            f"apt-get install redis-server, or start it: redis-server --bind {where[0]} "
+            f"--port {where[1]}")
+        return None, 2
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            socket.create_connection(where, timeout=1).close()
+            log(f"started redis-server on {where[0]}:{where[1]} (pid {proc.pid})")
+            return proc, None
+        except OSError:
+            time.sleep(0.1)
+    log(f"redis-server did not start on {where[0]}:{where[1]}")
+    stop_pid(proc)
+    return None, 2
+
+
+def stop_pid(proc: subprocess.Popen | None, sig: int = signal.SIGTERM) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(STOP_WAIT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def run_fleet(args, command: list[str], ui_command: list[str] | None,
+              env: Mapping[str, str]) -> int:
+    """Start redis (if needed), N workers and the UI; supervise until a signal; stop all."""
+    redis, refused = ensure_redis(args)
+    if refused is not None:
+        return refused
+    # mitmdump's own arguments, started through the module that sets SO_REUSEPORT first
+    fleet = Fleet([sys.executable, "-m", "keypool.mitm.reuseport", *command[1:]], args.workers,
+                  env)
+    stopping: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda s, _f: stopping.append(s))
+    ui = None
+    try:
+        fleet.start()
+        log(f"{args.workers} workers share port {args.port} (SO_REUSEPORT), pids "
+            + " ".join(map(str, fleet.pids())))
+        ui = subprocess.Popen(ui_command, env=dict(env), start_new_session=True) \
+            if ui_command else None
+        code = None
+        while not stopping and code is None:
+            code = fleet.check()
+            time.sleep(POLL_S)
+    finally:
+        fleet.stop()
+        stop_pid(ui)
+        stop_pid(redis)
+    return 0 if stopping else (code or 0)

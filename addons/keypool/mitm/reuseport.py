@@ -1,34 +1,45 @@
-"""SO_REUSEPORT for mitmproxy's TCP listener, so that several mitmdump processes share a port.
+"""mitmdump with SO_REUSEPORT on its TCP listener, so that several processes share a port.
+
+    python -m keypool.mitm.reuseport [mitmdump's arguments]
 
 mitmproxy 12.2.3 listens with ``asyncio.start_server(handle_stream, host, port)``
 (``proxy/mode_servers.py``, ``AsyncioServerInstance.listen``) and has no option for
-``reuse_port``. ``keymux run --workers N --balancer reuseport`` sets ``KEYMUX_REUSE_PORT=1``
-in each worker's environment; ``install`` then wraps ``listen`` so that a TCP-only mode
-(reverse proxy) binds with ``reuse_port=True`` and the kernel spreads new connections over
-the workers. Without the variable nothing changes. tests/e2e/test_workers.py pins it.
+``reuse_port``. An addon cannot set it: ``mitmdump -s`` loads scripts in a watcher task
+that runs after the servers are up. So ``keymux run --workers N`` starts each worker
+through this module, which wraps ``listen`` before mitmdump starts: the TCP listener binds
+with ``reuse_port=True`` (mitmproxy's UDP listener for HTTP/3, which mitmproxy_rs binds
+without it, is not started) and the kernel spreads new connections over the workers.
+tests/e2e/test_workers.py pins it.
 """
 from __future__ import annotations
 
 import asyncio
-import os
+import sys
 
 from mitmproxy.proxy import mode_servers
 
-ENV = "KEYMUX_REUSE_PORT"
 _Instance = mode_servers.AsyncioServerInstance
-# getattr: a re-imported module must wrap mitmproxy's method, not its own wrapper
-_original_listen = getattr(_Instance.listen, "keymux_original", _Instance.listen)
+_original_listen = _Instance.listen
 
 
 def install() -> None:
-    if os.environ.get(ENV) == "1":
-        _Instance.listen = _listen_reuse_port
+    _Instance.listen = _listen_reuse_port
 
 
 async def _listen_reuse_port(self, host: str, port: int):
-    if self.mode.transport_protocol != "tcp" or port == 0:
+    if self.mode.transport_protocol == "udp" or port == 0:
         return await _original_listen(self, host, port)
+    # "both" (reverse:https://...) adds a UDP listener for HTTP/3 that could not be shared:
+    # keymux's clients speak HTTP/1.1 and HTTP/2 over TCP, so the workers listen on TCP only.
     return [await asyncio.start_server(self.handle_stream, host, port, reuse_port=True)]
 
 
-_listen_reuse_port.keymux_original = _original_listen
+def main() -> None:
+    from mitmproxy.tools.main import mitmdump
+    install()
+    sys.argv[0] = "mitmdump"
+    mitmdump()
+
+
+if __name__ == "__main__":
+    main()
