@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from mitmproxy import connection, ctx, exceptions, http
 
 from .. import answers
-from . import protocol, reuseport
+from . import protocol
 from .protocol import wire
 
 logger = logging.getLogger("keymux")
@@ -225,7 +225,6 @@ def install(master) -> None:
             return  # mitmproxy's running hook starts the sweeper
         guard.running()
     protocol.install()
-    reuseport.install()  # KEYMUX_REUSE_PORT=1: keymux run --workers N
 
 
 def auto_max_connections() -> int:
