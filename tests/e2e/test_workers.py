@@ -122,6 +122,10 @@ def test_two_workers_share_the_port_restart_and_stop(tmp_path, mock, confdir):
                                                 log_path.read_text()))[1])
         assert "worker 1 (pid %d) exited with code -9; restarting" % first in log_path.read_text()
         assert answering_pids(port, {restarted, second}) == {restarted, second}
+        # both write the one SQLite store (request log, usage) without locking each other out
+        for _ in range(20):
+            status, health = call(port, path="/_keymux/health")
+            assert status == 200 and health["status"] == "ok", health
 
         family = children(proc.pid)  # the workers and the UI
         assert {restarted, second} < family
