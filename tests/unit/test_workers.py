@@ -73,3 +73,32 @@ def test_the_haproxy_config_checks_health_and_balances_by_connections():
     assert "bind 127.0.0.1:8080" in text and "balance leastconn" in text
     assert "server w1 127.0.0.1:8081 check" in text and "server w2 10.0.0.2:8080 check" in text
     assert "uri /health" in text and "option redispatch" in text
+
+
+def test_a_local_redis_nobody_serves_is_started_and_stopped(tmp_path, monkeypatch):
+    import shutil
+    import socket
+    import types
+
+    import pytest
+
+    from keypool import config as config_module
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    state = types.SimpleNamespace(backend="redis", url=f"redis://127.0.0.1:{port}/0")
+    fake = types.SimpleNamespace(state=state, state_dir=tmp_path / "state")
+    monkeypatch.setattr(config_module, "load_config", lambda path: fake)
+    args = types.SimpleNamespace(config=str(tmp_path / "keys.yaml"))
+    proc, refused = workers.ensure_redis(args)
+    try:
+        assert refused is None and proc is not None
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        assert workers.ensure_redis(args) == (None, None)  # it runs now: left alone
+    finally:
+        workers.stop_pid(proc)
+    assert proc.poll() is not None
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert workers.ensure_redis(args) == (None, 2)  # says how instead
