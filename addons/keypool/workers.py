@@ -15,7 +15,6 @@ its PID, once. Pure of mitmproxy: only ``subprocess`` and signals.
 """
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
