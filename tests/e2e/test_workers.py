@@ -91,6 +91,10 @@ def test_workers_without_shared_state_are_refused(tmp_path, mock):
     assert "--workers 2 needs shared state" in r.stderr
     assert "backend: redis" in r.stderr and "--unshared-state" in r.stderr
     assert "Traceback" not in r.stderr
+    r = subprocess.run([str(KEYMUX), "run", "--config", str(cfg), "--workers", "2", "--web",
+                        "--unshared-state", "--port", str(free_port()), "--no-ui"],
+                       capture_output=True, text=True, timeout=30, env=ENV)
+    assert r.returncode == 2 and "--web runs one mitmweb process" in r.stderr
 
 
 def test_two_workers_share_the_port_restart_and_stop(tmp_path, mock, confdir):
