@@ -128,6 +128,8 @@ def state_backend(config_path: Path, config: object) -> dict:
     """The config's ``state:`` section ({} when absent): from the parsed config when it
     knows the section, else from the YAML itself."""
     state = getattr(config, "state", None)
+    if isinstance(state, Mapping):
+        return dict(state)
     if state is not None:
         return {"backend": getattr(state, "backend", None), "url": getattr(state, "url", None)}
     try:

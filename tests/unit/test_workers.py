@@ -59,6 +59,11 @@ def test_the_state_section_is_read_from_the_yaml_when_the_config_does_not_know_i
     assert state_backend(cfg, object())["backend"] == "redis"
     cfg.write_text("keys: []\n")
     assert state_backend(cfg, object()) == {}
+    import types  # a config that knows the section, as an object or a mapping
+    parsed = types.SimpleNamespace(state=types.SimpleNamespace(backend="redis", url="redis://x"))
+    assert state_backend(cfg, parsed) == {"backend": "redis", "url": "redis://x"}
+    assert state_backend(cfg, types.SimpleNamespace(state={"backend": "sqlite"})) == {
+        "backend": "sqlite"}
 
 
 def test_only_a_loopback_redis_is_local():
