@@ -64,7 +64,8 @@ class Fleet:
         env = {**self.env, "KEYMUX_WORKER": str(w.index), "KEYMUX_WORKERS": str(self.count)}
         # Own session: a terminal's Ctrl-C reaches only `keymux run`, which stops each
         # worker exactly once (a second SIGINT makes mitmproxy exit 130 mid-shutdown).
-        w.proc = subprocess.Popen(self.command, env=env, start_new_session=True)
+        w.proc = subprocess.Popen(self.command, env=env, start_new_session=True,
+                                  preexec_fn=die_with_parent)
         w.started = self.clock()
 
     def pids(self) -> list[int]:
@@ -112,6 +113,16 @@ class Fleet:
                 p.kill()
                 p.wait(5)
         return procs[0].returncode if procs else 0
+
+
+def die_with_parent() -> None:
+    """In the child, before exec (Linux): the kernel sends it SIGTERM when `keymux run` dies,
+    even by SIGKILL, so no worker outlives its supervisor (PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: stopping relies on keymux run's own handlers
 
 
 # -- what is shared between workers -----------------------------------------------------
@@ -280,8 +291,8 @@ def run_fleet(args, command: list[str], ui_command: list[str] | None,
         fleet.start()
         log(f"{args.workers} workers share port {args.port} (SO_REUSEPORT), pids "
             + " ".join(map(str, fleet.pids())))
-        ui = subprocess.Popen(ui_command, env=dict(env), start_new_session=True) \
-            if ui_command else None
+        ui = subprocess.Popen(ui_command, env=dict(env), start_new_session=True,
+                              preexec_fn=die_with_parent) if ui_command else None
         code = None
         while not stopping and code is None:
             code = fleet.check()

@@ -107,3 +107,28 @@ def test_a_local_redis_nobody_serves_is_started_and_stopped(tmp_path, monkeypatc
     assert proc.poll() is not None
     monkeypatch.setattr(shutil, "which", lambda name: None)
     assert workers.ensure_redis(args) == (None, 2)  # says how instead
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(tmp_path):
+    """keymux run killed by SIGKILL (no handler runs): the kernel ends its workers."""
+    import subprocess
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import os, sys, time\n"
+         "from keypool.workers import Fleet\n"
+         f"f = Fleet({SLEEPER!r}, 2, dict(os.environ)); f.start()\n"
+         "print(*f.pids(), flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in parent.stdout.readline().split()]
+        assert len(pids) == 2
+    finally:
+        parent.kill()
+        parent.wait(5)
+
+    def gone(pid):
+        try:
+            stat = open(f"/proc/{pid}/stat").read()
+        except OSError:
+            return True
+        return stat.rsplit(")", 1)[1].split()[0] == "Z"
+    wait(lambda: all(gone(p) for p in pids))
