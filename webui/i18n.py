@@ -38,6 +38,8 @@ JS_STRINGS += ("cooling for %(model)s", "serving others", "%(n)s cooling for som
                "%(n)s from %(k)s deleted keys", "%(n)s client requests, last 24 h",
                "held back: the upstream says none left", "held back: rpm limit",
                "held back: tpm limit", "held back: max in flight", "held back: budget reached")
+# dashboard: which worker answered (keymux run --workers N)
+JS_STRINGS += ('Live figures from worker %(i)s of %(n)s (pid %(pid)s): each refresh reaches one worker; without shared state (Redis) each keeps its own counters.',)
 # dashboard: spend (static/spend.js)
 JS_STRINGS += ("Spend", "unknown", "unknown price", "unknown-priced requests: %(n)s",
                "%(n)s min left", "%(n)s h left", "%(n)s d left", "month", "Key", "Client",

@@ -106,7 +106,9 @@ def dashboard(snap: Snapshot, stats: dict | None, gateway_error: str | None,
         "keys": rows,
         "totals": _totals(rows, deleted, store_today, clients or {}),
         "gateway": {"reachable": stats is not None, "error": gateway_error,
-                    "uptime_s": (stats or {}).get("uptime_s"), **_health_view(health)},
+                    "uptime_s": (stats or {}).get("uptime_s"), **_health_view(health),
+                    # which worker answered (keymux run --workers N): {pid, index, of}
+                    "worker": (stats or {}).get("worker")},
         "config": {"error": snap.error, "warnings": list(snap.warnings)},
     }
 

@@ -76,6 +76,8 @@ ZH: dict[str, str] = {
     "The dashboard needs JavaScript for live updates.": "仪表盘需要 JavaScript 才能实时刷新。",
     "Cannot reach the gateway: showing the keys from keys.yaml, live state unknown.":
         "无法连接网关：以下为 keys.yaml 中的密钥，实时状态未知。",
+    'Live figures from worker %(i)s of %(n)s (pid %(pid)s): each refresh reaches one worker; without shared state (Redis) each keeps its own counters.':
+        '实时数据来自第 %(i)s 个工作进程（共 %(n)s 个，pid %(pid)s）：每次刷新只连到一个工作进程；没有共享状态（Redis）时各进程的计数各自独立。',
     "Lost contact with the UI server; retrying.": "与界面服务器失去连接，正在重试。",
     "The gateway rejected the last reload:": "网关拒绝了最近一次重新加载：",
     "The gateway cannot write its state store (request log, usage); rows kept in memory:"

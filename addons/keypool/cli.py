@@ -1,6 +1,7 @@
 """The ``keymux`` command: run the gateway, the demo, the UI, without mitmproxy flags.
 
     keymux run  [--config config/keys.yaml] [--port 8080] [--web] [-- extra mitmproxy args]
+                [--workers N [--unshared-state]]  # N processes on one port (docs/scaling.md)
                 [--host 127.0.0.1 [--allow-open-gateway]]
                 [--ui-port 8787 | --no-ui]  # the web UI beside the gateway
     keymux demo [--config config/keys.yaml] [--mock-port 9100]  # + the built-in mock upstream
@@ -54,6 +55,9 @@ def mitmproxy_command(args: argparse.Namespace) -> list[str]:
 
 def run_gateway(args: argparse.Namespace) -> int:
     refused = preflight(args)
+    if refused is None and args.workers > 1:
+        from . import workers
+        refused = workers.preflight(args, fail)
     if refused is not None:
         return refused
     return launch(args)
@@ -119,6 +123,10 @@ def launch(args: argparse.Namespace) -> int:
     # The UI presents this to the gateway's admin paths when the user set no admin token;
     # it never leaves the two children's environments.
     env = {**os.environ, "KEYMUX_SIDECAR_TOKEN": secrets.token_urlsafe(32)}
+    if getattr(args, "workers", 1) > 1:
+        from .workers import run_fleet
+        return run_fleet(args, mitmproxy_command(args), None if args.no_ui else ui_command(args),
+                         env)
     # Own sessions: a terminal's Ctrl-C reaches only this process, which stops each child
     # exactly once (a second SIGINT makes mitmproxy exit 130 mid-shutdown).
     proc = subprocess.Popen(mitmproxy_command(args), env=env, start_new_session=True)
@@ -275,6 +283,13 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def workers_count(text: str) -> int:
+    n = int(text)
+    if not 1 <= n <= 64:
+        raise argparse.ArgumentTypeError("must be between 1 and 64")
+    return n
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="keymux", description="LLM key-pool gateway (mitmproxy addon)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -291,6 +306,11 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--allow-open-gateway", action="store_true",
                        help="serve a --host beyond loopback without a clients: section"
                             " (anyone who reaches it spends your keys)")
+        if name == "run":
+            s.add_argument("--workers", type=workers_count, default=1,
+                           help="gateway processes sharing the port (default 1; docs/scaling.md)")
+            s.add_argument("--unshared-state", action="store_true",
+                           help="allow --workers N > 1 without a shared (redis) state backend")
         if name == "demo":
             s.add_argument("--mock-port", type=int, default=DEMO_UPSTREAM_PORT,
                            help=f"the demo upstream's port (default {DEMO_UPSTREAM_PORT})")

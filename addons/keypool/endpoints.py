@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import hmac
 from typing import TYPE_CHECKING, Mapping
 
@@ -133,7 +134,15 @@ def stats(gw: "Gateway") -> dict:
     budgets = {"clients": {n: gw.budgets.view("client", n, wall) for n in sorted(gw.budgets.clients)},
                "keys": {n: gw.budgets.view("key", n, wall) for n in sorted(gw.budgets.keys)}}
     return {"uptime_s": round(wall - gw.started_wall, 3), "totals": total, "keys": keys,
-            "providers": gw.pool.providers(), "spend": spend, "budgets": budgets}
+            "providers": gw.pool.providers(), "spend": spend, "budgets": budgets,
+            "worker": worker()}
+
+
+def worker() -> dict:
+    """Which process answered: behind `keymux run --workers N` (docs/scaling.md) one port
+    reaches one worker per connection, and each worker's counters are its own."""
+    return {"pid": os.getpid(), "index": int(os.environ.get("KEYMUX_WORKER", "1")),
+            "of": int(os.environ.get("KEYMUX_WORKERS", "1"))}
 
 
 def model_ids(gw: "Gateway", client: ClientSpec | None,

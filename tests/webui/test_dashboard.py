@@ -249,3 +249,21 @@ def test_why_a_usable_key_is_held_back_reaches_the_dashboard(live_auth, live_cli
     rows = {r["name"]: r for r in live_client.get("/api/stats").json["keys"]}
     assert rows["openai-1"]["held_back"] == held
     assert all(r["held_back"] == [] for n, r in rows.items() if n != "openai-1")
+
+
+def test_the_dashboard_says_which_worker_answered(live_auth, live_client, stub):
+    """keymux run --workers N: one port reaches one worker per connection (docs/scaling.md)."""
+    stub.stats = {**LIVE, "worker": {"pid": 4242, "index": 2, "of": 2}}
+    gw = live_client.get("/api/stats").json["gateway"]
+    assert gw["worker"] == {"pid": 4242, "index": 2, "of": 2}
+    stub.stats = LIVE  # an older gateway says nothing
+    assert live_client.get("/api/stats").json["gateway"]["worker"] is None
+
+
+def test_several_workers_are_named_on_the_first_paint(live_auth, live_client, stub):
+    stub.stats = {**LIVE, "worker": {"pid": 4242, "index": 2, "of": 2}}
+    page = live_client.get("/").get_data(as_text=True)
+    assert "Live figures from worker 2 of 2 (pid 4242)" in page
+    stub.stats = {**LIVE, "worker": {"pid": 4242, "index": 1, "of": 1}}
+    page = live_client.get("/").get_data(as_text=True)  # one worker: the banner stays hidden
+    assert '<div id="worker-banner" class="banner info" role="status" hidden></div>' in page

@@ -128,6 +128,9 @@
     var store = data.gateway.store_error;
     banner("store-banner", store ? t("The gateway cannot write its state store (request log, usage); rows kept in memory: %(pending)s, dropped: %(dropped)s.",
       { pending: store.pending_rows, dropped: store.dropped_rows }) + " " + store.error : null);
+    var w = data.gateway.worker;  // keymux run --workers N (docs/scaling.md)
+    banner("worker-banner", w && w.of > 1 ? t("Live figures from worker %(i)s of %(n)s (pid %(pid)s): each refresh reaches one worker; without shared state (Redis) each keeps its own counters.",
+      { i: w.index, n: w.of, pid: w.pid }) : null);
     banner("config-banner", data.config.error ? t("keys.yaml does not validate; the gateway keeps its previous config:") + " " + data.config.error : null);
     var updated = document.getElementById("updated");
     if (updated) {
