@@ -144,6 +144,49 @@ def test_two_workers_share_the_port_restart_and_stop(tmp_path, mock, confdir):
     assert "Traceback" not in text and "KeyboardInterrupt" not in text
 
 
+@pytest.mark.skipif(shutil.which("redis-server") is None,
+                    reason="redis-server is not installed (apt-get install redis-server; .ci/run does)")
+def test_two_workers_on_a_redis_that_keymux_run_starts(tmp_path, mock, confdir):
+    """The intended set-up: workers share one pool through a local Redis; nobody serves it,
+    so `keymux run` starts it, and every worker reports it connected."""
+    redis_port = free_port()
+    cfg = tmp_path / "keys.yaml"
+    cfg.write_text(pool_yaml(mock.base_url, f"""
+state:
+  backend: redis
+  url: redis://127.0.0.1:{redis_port}/0
+  prefix: kmxtest
+"""))
+    port, ui_port = free_port(), free_port()
+    log_path = tmp_path / "run.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [str(KEYMUX), "run", "--config", str(cfg), "--workers", "2", "--port", str(port),
+             "--ui-port", str(ui_port), "--", "--set", f"confdir={confdir}",
+             "--set", "keymux_model_list_ttl=0"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=ENV)
+    try:
+        text = until(lambda: re.search(r"pids (\d+) (\d+)", log_path.read_text()))
+        pids = {int(text[1]), int(text[2])}
+        assert f"started redis-server on 127.0.0.1:{redis_port}" in log_path.read_text()
+        until(lambda: call(port, path="/health")[0] == 200)
+        assert answering_pids(port, pids) == pids
+
+        def shared_ok() -> bool:  # connected to the one Redis, whichever worker answers
+            return all(call(port, path="/_keymux/health")[1].get("shared_state", {}).get("ok")
+                       for _ in range(20))
+        until(shared_ok)
+        assert all(call(port, "POST", "/v1/chat/completions")[0] == 200 for _ in range(6))
+        family = children(proc.pid)
+        os.kill(proc.pid, signal.SIGINT)
+        assert proc.wait(30) == 0
+        until(lambda: not any(alive(p) for p in family), 15)  # workers, UI and Redis gone
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
 @pytest.mark.skipif(shutil.which("haproxy") is None,
                     reason="haproxy is not installed (apt-get install haproxy; .ci/run does)")
 def test_haproxy_in_front_of_two_gateways(tmp_path, mock, confdir):
