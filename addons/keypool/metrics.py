@@ -14,6 +14,25 @@ from .globs import GlobSet
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 MAX_MODEL_LABELS = 100  # even configured globs must not grow the series without bound
+# keymux's own time per request: tens of microseconds when all is well, milliseconds when not
+OVERHEAD_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025,
+                    0.05, 0.1)
+_PATH_CLASSES = {"/v1/chat/completions": "chat", "/v1/completions": "completions",
+                 "/v1/embeddings": "embeddings", "/v1/models": "models"}
+_PATH_PREFIXES = (("/v1/messages", "messages"), ("/v1/responses", "responses"),
+                  ("/v1/models/", "models"))
+
+
+def path_class(path: str) -> str:
+    """The ``path`` label of keymux_overhead_seconds: a fixed set, whatever a client sends."""
+    path = path.partition("?")[0]
+    found = _PATH_CLASSES.get(path)
+    if found is not None:
+        return found
+    for prefix, name in _PATH_PREFIXES:
+        if path.startswith(prefix):
+            return name
+    return "other"  # admin, health, metrics, unknown paths
 
 
 def status_class(status: int | None) -> str:
@@ -39,6 +58,10 @@ class Metrics:
         self.ttfb = Histogram("keymux_time_to_first_byte_seconds",
                               "Time from sending upstream to the response headers",
                               ["provider", "key"], buckets=LATENCY_BUCKETS, registry=r)
+        self.overhead_s = Histogram(
+            "keymux_overhead_seconds", "Each request's time inside keymux: its time in the "
+            "gateway minus the time spent waiting for the upstream or for a free key",
+            ["path", "outcome"], buckets=OVERHEAD_BUCKETS, registry=r)
         self.reloads = Counter("keymux_config_reload", "Config reloads by result (ok, error)",
                                ["result"], registry=r)
         for result in ("ok", "error"):  # both series exist from the start: rate() and alerts see 0
@@ -64,6 +87,7 @@ class Metrics:
         # prometheus_client's labels() costs microseconds per call: resolve each child once.
         self._children: dict[tuple, object] = {}
         self._spend_children: dict[tuple, object] = {}  # (provider, model, key, client) -> child
+        self._overhead_children: dict[tuple, object] = {}  # (path class, outcome) -> child
 
     def reloaded(self, ok: bool) -> None:
         self.reloads.labels("ok" if ok else "error").inc()
@@ -110,6 +134,15 @@ class Metrics:
             m = self.model_label(model)
             self._child(self.tokens, provider, key, m, "input").inc(tokens_in)
             self._child(self.tokens, provider, key, m, "output").inc(tokens_out)
+
+    def overhead(self, path: str, outcome: str, seconds: float) -> None:
+        """``outcome``: routed (an upstream's answer or stream) or gateway (keymux answered
+        itself: a refusal, health, the model list, an admin path)."""
+        k = (path_class(path), outcome)  # a client's raw path never keys anything
+        child = self._overhead_children.get(k)
+        if child is None:
+            child = self._overhead_children[k] = self.overhead_s.labels(*k)
+        child.observe(seconds if seconds > 0 else 0.0)
 
     def spend(self, provider: str, model: str | None, key: str, client: str, usd: float) -> None:
         """``client``: a configured client's name, or "-" on an open gateway."""

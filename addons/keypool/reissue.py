@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Awaitable, Callable, Mapping, Protocol
 
 from .answers import Answer
@@ -65,10 +66,12 @@ async def serve(gw: Gateway, ticket: Ticket, send: Sender, *,
             provider = ticket.route.provider.name
             gw.waiting[provider] = gw.waiting.get(provider, 0) + 1
             ticket.queued += wait
+            began = perf_counter()
             try:
                 await sleep(wait)
             finally:
                 gw.waiting[provider] -= 1
+                ticket.waited += perf_counter() - began
             continue
         if ticket.attempts:  # this attempt re-issues a failed one: count why that failed
             gw.metrics.reissued(ticket.route.provider.name, ticket.attempts[-1]["outcome"])
@@ -110,10 +113,17 @@ async def _attempt(gw: Gateway, plan: Plan, send: Sender,
     reply = None
     try:
         try:
-            async with asyncio.timeout_at(_loop_deadline(gw, ticket)):
-                reply = await send(plan)
-                gw.first_byte(plan)
-                body = await reply.read() if reply.status >= 400 or not ticket.stream else None
+            # Waiting for the upstream, not keymux's own time (keymux_overhead_seconds):
+            # from handing the attempt to the sender to its response headers, and the body
+            # read unless it is a stream the caller relays.
+            began = perf_counter()
+            try:
+                async with asyncio.timeout_at(_loop_deadline(gw, ticket)):
+                    reply = await send(plan)
+                    gw.first_byte(plan)
+                    body = await reply.read() if reply.status >= 400 or not ticket.stream else None
+            finally:
+                ticket.waited += perf_counter() - began
         except TimeoutError:
             gw.judge(plan, None, {}, None, error="timeout", answered=_status(reply))
             if on_failed is not None:
