@@ -20,6 +20,7 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 
 from .. import exposure, keylog, reissue
 from ..answers import Answer
+from ..canon import HeaderMap
 from ..config import Config, load_config
 from ..errors import ConfigError
 from ..gateway import Gateway
@@ -220,7 +221,7 @@ class Keymux:
         req = flow.request
         # The raw body: the gateway inflates it only after the client token is checked.
         # The flow holds the client's token masked (clientauth): authenticate with it as sent.
-        headers = self.clientauth.take(flow) or req.headers
+        headers = HeaderMap(self.clientauth.take_fields(flow) or req.headers.fields)
         ticket = self.gateway.admit(req.method, req.path, headers, req.raw_content)
         waited = 0.0
         if isinstance(ticket, keytest.KeyTest):  # an admin's test: one attempt, a summary back
