@@ -37,7 +37,7 @@ def test_observations_land_by_class_and_outcome_and_never_below_zero():
     assert sample(m, "chat", "routed", "sum") == pytest.approx(1e-4)
     assert sample(m, "other", "gateway", "count") == 51
     assert sample(m, "other", "gateway", "sum") == pytest.approx(5e-4)
-    assert len(m._overhead_children) == 2
+    assert len(m.overhead_s.series) == 2
     assert sample(m, "chat", "routed", "bucket") is None  # buckets carry le
     assert m.registry.get_sample_value("keymux_overhead_seconds_bucket",
                                        {"path": "chat", "outcome": "routed", "le": "5e-05"}) == 1
@@ -59,3 +59,21 @@ def test_the_attempt_loop_counts_upstream_and_queue_waits_as_waited():
     out = asyncio.run(serve(gw, ticket, send))
     assert out.plan is not None
     assert 0.05 <= ticket.waited < 1.0
+
+
+def test_the_scrape_matches_prometheus_clients_own_histogram():
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from keypool.metrics import OVERHEAD_BUCKETS
+    ref = Histogram("keymux_overhead_seconds", "ref", ["path", "outcome"],
+                    buckets=OVERHEAD_BUCKETS, registry=CollectorRegistry())
+    m = Metrics(lambda: [], lambda: 0.0)
+    for v in (0.0, 1e-5, 1.1e-5, 1e-4, 3e-4, 0.05, 0.1, 0.2, 7.0):
+        m.overhead("/v1/embeddings", "routed", v)
+        ref.labels("embeddings", "routed").observe(v)
+    theirs = {(s.name, tuple(sorted(s.labels.items()))): s.value
+              for s in ref.collect()[0].samples if not s.name.endswith("_created")}
+    ours = {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in m.registry.collect() if f.name == "keymux_overhead_seconds"
+            for s in f.samples}
+    assert ours == pytest.approx(theirs)
