@@ -46,22 +46,25 @@ class Metrics:
                  providers: Callable[[], dict[str, dict]] | None = None):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("keymux_requests", "Upstream answers by key and status class",
-                                ["provider", "key", "status_class"], registry=r)
+        # The series every request updates: plain dicts and lists (see _FastCounter).
+        self.requests = _FastCounter("keymux_requests", "Upstream answers by key and status class",
+                                     ["provider", "key", "status_class"], registry=r)
         self.gateway_answers = Counter("keymux_gateway_answers",
                                        "Answers the gateway gave itself, by status and code",
                                        ["status", "code"], registry=r)
         self.refusals_dropped = Counter("keymux_request_log_refusals_dropped",
                                         "Refusals not written to the request log (over its "
                                         "rate bound)", registry=r)
-        self.latency = Histogram("keymux_request_duration_seconds",
-                                 "Time from sending upstream to the last byte",
-                                 ["provider", "key"], buckets=LATENCY_BUCKETS, registry=r)
-        self.ttfb = Histogram("keymux_time_to_first_byte_seconds",
-                              "Time from sending upstream to the response headers",
-                              ["provider", "key"], buckets=LATENCY_BUCKETS, registry=r)
-        self.overhead_s = _Overhead()
-        r.register(self.overhead_s)
+        self.latency = _FastHistogram("keymux_request_duration_seconds",
+                                      "Time from sending upstream to the last byte",
+                                      ["provider", "key"], LATENCY_BUCKETS, registry=r)
+        self.ttfb = _FastHistogram("keymux_time_to_first_byte_seconds",
+                                   "Time from sending upstream to the response headers",
+                                   ["provider", "key"], LATENCY_BUCKETS, registry=r)
+        self.overhead_s = _FastHistogram(
+            "keymux_overhead_seconds", "Each request's time inside keymux: its time in the "
+            "gateway minus the time spent waiting for the upstream or for a free key",
+            ["path", "outcome"], OVERHEAD_BUCKETS, registry=r)
         self.reloads = Counter("keymux_config_reload", "Config reloads by result (ok, error)",
                                ["result"], registry=r)
         for result in ("ok", "error"):  # both series exist from the start: rate() and alerts see 0
@@ -74,8 +77,8 @@ class Metrics:
         self.reissues = Counter("keymux_reissues", "Upstream attempts that re-issue a failed "
                                 "one, by why that one failed",
                                 ["provider", "outcome"], registry=r)
-        self.tokens = Counter("keymux_tokens", "Tokens reported by the upstream",
-                              ["provider", "key", "model", "direction"], registry=r)
+        self.tokens = _FastCounter("keymux_tokens", "Tokens reported by the upstream",
+                                   ["provider", "key", "model", "direction"], registry=r)
         self.spend_usd = Counter("keymux_spend_usd", "What answers cost in USD (keypool.prices;"
                                  " requests of unknown price are not in it)",
                                  ["provider", "model", "key", "client"], registry=r)
@@ -125,14 +128,15 @@ class Metrics:
 
     def observe(self, provider: str, key: str, status: int | None, latency: float,
                 ttfb: float | None, model: str | None, tokens_in: int, tokens_out: int) -> None:
-        self._child(self.requests, provider, key, status_class(status)).inc()
-        self._child(self.latency, provider, key).observe(latency)
+        self.requests.inc((provider, key, status_class(status)))
+        pk = (provider, key)
+        self.latency.observe(pk, latency)
         if ttfb is not None:
-            self._child(self.ttfb, provider, key).observe(ttfb)
+            self.ttfb.observe(pk, ttfb)
         if tokens_in or tokens_out:
             m = self.model_label(model)
-            self._child(self.tokens, provider, key, m, "input").inc(tokens_in)
-            self._child(self.tokens, provider, key, m, "output").inc(tokens_out)
+            self.tokens.inc((provider, key, m, "input"), tokens_in)
+            self.tokens.inc((provider, key, m, "output"), tokens_out)
 
     def overhead(self, path: str, outcome: str, seconds: float) -> None:
         """``outcome``: routed (an upstream's answer or stream) or gateway (keymux answered
@@ -155,38 +159,58 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class _Overhead:
-    """keymux_overhead_seconds without prometheus_client's lock per observation (~2 µs, on
-    every request): bucket counts in plain lists, observed on the event loop only, turned
-    into cumulative buckets at scrape."""
+class _FastHistogram:
+    """A histogram family without prometheus_client's lock and child lookup per observation
+    (~2 µs each, several on every request): bucket counts in plain lists, updated on the
+    event loop only, turned into cumulative buckets at scrape. The scrape is the same as
+    ``Histogram``'s but for its ``_created`` samples (tests/unit/test_overhead_metric.py)."""
 
-    LE = (*map(floatToGoString, OVERHEAD_BUCKETS), "+Inf")
+    def __init__(self, name: str, doc: str, labels: list[str], buckets: tuple, registry):
+        self.name, self.doc, self.labels, self.buckets = name, doc, labels, buckets
+        self.le = (*map(floatToGoString, buckets), "+Inf")
+        self.series: dict[tuple, list] = {}  # label values -> counts per bucket + [sum]
+        registry.register(self)
 
-    def __init__(self) -> None:
-        self.series: dict[tuple[str, str], list] = {}  # (path class, outcome) -> counts + [sum]
-
-    def observe(self, labels: tuple[str, str], seconds: float) -> None:
+    def observe(self, labels: tuple, value: float) -> None:
         s = self.series.get(labels)
         if s is None:
-            s = self.series[labels] = [0] * len(self.LE) + [0.0]
-        s[bisect_left(OVERHEAD_BUCKETS, seconds)] += 1  # le: the first bound >= the value
-        s[-1] += seconds
+            s = self.series[labels] = [0] * len(self.le) + [0.0]
+        s[bisect_left(self.buckets, value)] += 1  # le: the first bound >= the value
+        s[-1] += value
 
     def describe(self):
         return []
 
     def collect(self):
-        h = HistogramMetricFamily(
-            "keymux_overhead_seconds", "Each request's time inside keymux: its time in the "
-            "gateway minus the time spent waiting for the upstream or for a free key",
-            labels=["path", "outcome"])
+        h = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
         for labels, s in list(self.series.items()):
             total, buckets = 0, []
-            for le, n in zip(self.LE, s):
+            for le, n in zip(self.le, s):
                 total += n
                 buckets.append((le, total))
             h.add_metric(list(labels), buckets, s[-1])
         yield h
+
+
+class _FastCounter:
+    """A counter family kept in a plain dict (see _FastHistogram)."""
+
+    def __init__(self, name: str, doc: str, labels: list[str], registry):
+        self.name, self.doc, self.labels = name, doc, labels
+        self.values: dict[tuple, float] = {}
+        registry.register(self)
+
+    def inc(self, labels: tuple, amount: float = 1) -> None:
+        self.values[labels] = self.values.get(labels, 0) + amount
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        c = CounterMetricFamily(self.name, self.doc, labels=self.labels)
+        for labels, value in list(self.values.items()):
+            c.add_metric(list(labels), value)
+        yield c
 
 
 class _PoolCollector:

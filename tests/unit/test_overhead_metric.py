@@ -77,3 +77,23 @@ def test_the_scrape_matches_prometheus_clients_own_histogram():
             for f in m.registry.collect() if f.name == "keymux_overhead_seconds"
             for s in f.samples}
     assert ours == pytest.approx(theirs)
+
+
+def test_per_request_series_scrape_as_before():
+    m = Metrics(lambda: [], lambda: 0.0)
+    from keypool.globs import GlobSet
+    m.set_model_globs(GlobSet(["gpt-*"]))
+    m.observe("mock", "k1", 200, 0.3, 0.1, "gpt-4o", 5, 3)
+    m.observe("mock", "k1", 429, 0.02, None, "made-up", 0, 0)
+    m.observe("mock", "k1", None, 1.0, None, None, 0, 0)
+    text = m.render().decode()
+    for line in ('keymux_requests_total{key="k1",provider="mock",status_class="2xx"} 1.0',
+                 'keymux_requests_total{key="k1",provider="mock",status_class="error"} 1.0',
+                 'keymux_tokens_total{direction="input",key="k1",model="gpt-4o",provider="mock"} 5.0',
+                 'keymux_tokens_total{direction="output",key="k1",model="gpt-4o",provider="mock"} 3.0',
+                 'keymux_request_duration_seconds_bucket{key="k1",le="0.025",provider="mock"} 1.0',
+                 'keymux_request_duration_seconds_count{key="k1",provider="mock"} 3.0',
+                 'keymux_time_to_first_byte_seconds_bucket{key="k1",le="0.1",provider="mock"} 1.0',
+                 '# TYPE keymux_requests_total counter',
+                 '# TYPE keymux_request_duration_seconds histogram'):
+        assert line in text, line
