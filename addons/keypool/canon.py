@@ -267,3 +267,22 @@ def model_problem(model) -> str | None:
         return "'model' holds a control character or an unpaired surrogate"
     return None
 
+
+
+class HeaderMap(dict):
+    """A request's header fields as the gateway reads them, built in one pass: lower-case
+    names, a repeated field folded with ", " as mitmproxy's ``Headers.get`` folds it, values
+    decoded as it decodes them (UTF-8, surrogateescape). A ``Headers.get`` costs a few µs
+    (a miss too) and admission asks eight or so; this costs about that once. ``fields``
+    keeps the raw fields for a reader that wants them (exposure's Host/Origin pass)."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields) -> None:
+        super().__init__()
+        self.fields = fields
+        for name, value in fields:
+            key = name.lower().decode("utf-8", "surrogateescape")
+            text = value.decode("utf-8", "surrogateescape")
+            seen = self.get(key)
+            self[key] = text if seen is None else f"{seen}, {text}"

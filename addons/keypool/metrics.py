@@ -5,15 +5,36 @@ classes, model globs); a model a client invents is counted as ``other``.
 """
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from .globs import GlobSet
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 MAX_MODEL_LABELS = 100  # even configured globs must not grow the series without bound
+# keymux's own time per request: tens of microseconds when all is well, milliseconds when not
+OVERHEAD_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025,
+                    0.05, 0.1)
+_PATH_CLASSES = {"/v1/chat/completions": "chat", "/v1/completions": "completions",
+                 "/v1/embeddings": "embeddings", "/v1/models": "models"}
+_PATH_PREFIXES = (("/v1/messages", "messages"), ("/v1/responses", "responses"),
+                  ("/v1/models/", "models"))
+
+
+def path_class(path: str) -> str:
+    """The ``path`` label of keymux_overhead_seconds: a fixed set, whatever a client sends."""
+    path = path.partition("?")[0]
+    found = _PATH_CLASSES.get(path)
+    if found is not None:
+        return found
+    for prefix, name in _PATH_PREFIXES:
+        if path.startswith(prefix):
+            return name
+    return "other"  # admin, health, metrics, unknown paths
 
 
 def status_class(status: int | None) -> str:
@@ -25,20 +46,25 @@ class Metrics:
                  providers: Callable[[], dict[str, dict]] | None = None):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("keymux_requests", "Upstream answers by key and status class",
-                                ["provider", "key", "status_class"], registry=r)
+        # The series every request updates: plain dicts and lists (see _FastCounter).
+        self.requests = _FastCounter("keymux_requests", "Upstream answers by key and status class",
+                                     ["provider", "key", "status_class"], registry=r)
         self.gateway_answers = Counter("keymux_gateway_answers",
                                        "Answers the gateway gave itself, by status and code",
                                        ["status", "code"], registry=r)
         self.refusals_dropped = Counter("keymux_request_log_refusals_dropped",
                                         "Refusals not written to the request log (over its "
                                         "rate bound)", registry=r)
-        self.latency = Histogram("keymux_request_duration_seconds",
-                                 "Time from sending upstream to the last byte",
-                                 ["provider", "key"], buckets=LATENCY_BUCKETS, registry=r)
-        self.ttfb = Histogram("keymux_time_to_first_byte_seconds",
-                              "Time from sending upstream to the response headers",
-                              ["provider", "key"], buckets=LATENCY_BUCKETS, registry=r)
+        self.latency = _FastHistogram("keymux_request_duration_seconds",
+                                      "Time from sending upstream to the last byte",
+                                      ["provider", "key"], LATENCY_BUCKETS, registry=r)
+        self.ttfb = _FastHistogram("keymux_time_to_first_byte_seconds",
+                                   "Time from sending upstream to the response headers",
+                                   ["provider", "key"], LATENCY_BUCKETS, registry=r)
+        self.overhead_s = _FastHistogram(
+            "keymux_overhead_seconds", "Each request's time inside keymux: its time in the "
+            "gateway minus the time spent waiting for the upstream or for a free key",
+            ["path", "outcome"], OVERHEAD_BUCKETS, registry=r)
         self.reloads = Counter("keymux_config_reload", "Config reloads by result (ok, error)",
                                ["result"], registry=r)
         for result in ("ok", "error"):  # both series exist from the start: rate() and alerts see 0
@@ -51,8 +77,8 @@ class Metrics:
         self.reissues = Counter("keymux_reissues", "Upstream attempts that re-issue a failed "
                                 "one, by why that one failed",
                                 ["provider", "outcome"], registry=r)
-        self.tokens = Counter("keymux_tokens", "Tokens reported by the upstream",
-                              ["provider", "key", "model", "direction"], registry=r)
+        self.tokens = _FastCounter("keymux_tokens", "Tokens reported by the upstream",
+                                   ["provider", "key", "model", "direction"], registry=r)
         self.spend_usd = Counter("keymux_spend_usd", "What answers cost in USD (keypool.prices;"
                                  " requests of unknown price are not in it)",
                                  ["provider", "model", "key", "client"], registry=r)
@@ -102,14 +128,21 @@ class Metrics:
 
     def observe(self, provider: str, key: str, status: int | None, latency: float,
                 ttfb: float | None, model: str | None, tokens_in: int, tokens_out: int) -> None:
-        self._child(self.requests, provider, key, status_class(status)).inc()
-        self._child(self.latency, provider, key).observe(latency)
+        self.requests.inc((provider, key, status_class(status)))
+        pk = (provider, key)
+        self.latency.observe(pk, latency)
         if ttfb is not None:
-            self._child(self.ttfb, provider, key).observe(ttfb)
+            self.ttfb.observe(pk, ttfb)
         if tokens_in or tokens_out:
             m = self.model_label(model)
-            self._child(self.tokens, provider, key, m, "input").inc(tokens_in)
-            self._child(self.tokens, provider, key, m, "output").inc(tokens_out)
+            self.tokens.inc((provider, key, m, "input"), tokens_in)
+            self.tokens.inc((provider, key, m, "output"), tokens_out)
+
+    def overhead(self, path: str, outcome: str, seconds: float) -> None:
+        """``outcome``: routed (an upstream's answer or stream) or gateway (keymux answered
+        itself: a refusal, health, the model list, an admin path)."""
+        # a client's raw path never keys anything: only its class
+        self.overhead_s.observe((path_class(path), outcome), seconds if seconds > 0 else 0.0)
 
     def spend(self, provider: str, model: str | None, key: str, client: str, usd: float) -> None:
         """``client``: a configured client's name, or "-" on an open gateway."""
@@ -124,6 +157,60 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _FastHistogram:
+    """A histogram family without prometheus_client's lock and child lookup per observation
+    (~2 µs each, several on every request): bucket counts in plain lists, updated on the
+    event loop only, turned into cumulative buckets at scrape. The scrape is the same as
+    ``Histogram``'s but for its ``_created`` samples (tests/unit/test_overhead_metric.py)."""
+
+    def __init__(self, name: str, doc: str, labels: list[str], buckets: tuple, registry):
+        self.name, self.doc, self.labels, self.buckets = name, doc, labels, buckets
+        self.le = (*map(floatToGoString, buckets), "+Inf")
+        self.series: dict[tuple, list] = {}  # label values -> counts per bucket + [sum]
+        registry.register(self)
+
+    def observe(self, labels: tuple, value: float) -> None:
+        s = self.series.get(labels)
+        if s is None:
+            s = self.series[labels] = [0] * len(self.le) + [0.0]
+        s[bisect_left(self.buckets, value)] += 1  # le: the first bound >= the value
+        s[-1] += value
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        h = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
+        for labels, s in list(self.series.items()):
+            total, buckets = 0, []
+            for le, n in zip(self.le, s):
+                total += n
+                buckets.append((le, total))
+            h.add_metric(list(labels), buckets, s[-1])
+        yield h
+
+
+class _FastCounter:
+    """A counter family kept in a plain dict (see _FastHistogram)."""
+
+    def __init__(self, name: str, doc: str, labels: list[str], registry):
+        self.name, self.doc, self.labels = name, doc, labels
+        self.values: dict[tuple, float] = {}
+        registry.register(self)
+
+    def inc(self, labels: tuple, amount: float = 1) -> None:
+        self.values[labels] = self.values.get(labels, 0) + amount
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        c = CounterMetricFamily(self.name, self.doc, labels=self.labels)
+        for labels, value in list(self.values.items()):
+            c.add_metric(list(labels), value)
+        yield c
 
 
 class _PoolCollector:

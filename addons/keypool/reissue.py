@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Awaitable, Callable, Mapping, Protocol
 
 from .answers import Answer
@@ -65,10 +66,12 @@ async def serve(gw: Gateway, ticket: Ticket, send: Sender, *,
             provider = ticket.route.provider.name
             gw.waiting[provider] = gw.waiting.get(provider, 0) + 1
             ticket.queued += wait
+            began = perf_counter()
             try:
                 await sleep(wait)
             finally:
                 gw.waiting[provider] -= 1
+                ticket.waited += perf_counter() - began
             continue
         if gw.pool.shared.needs_slot(plan.key) and not await _shared_slot(gw, plan):
             continue  # another process holds the key's last slot: it is held back, pick again
@@ -128,10 +131,17 @@ async def _attempt(gw: Gateway, plan: Plan, send: Sender,
     reply = None
     try:
         try:
-            async with asyncio.timeout_at(_loop_deadline(gw, ticket)):
-                reply = await send(plan)
-                gw.first_byte(plan)
-                body = await reply.read() if reply.status >= 400 or not ticket.stream else None
+            # Waiting for the upstream, not keymux's own time (keymux_overhead_seconds):
+            # from handing the attempt to the sender to its response headers, and the body
+            # read unless it is a stream the caller relays.
+            began = perf_counter()
+            try:
+                async with asyncio.timeout_at(_loop_deadline(gw, ticket)):
+                    reply = await send(plan)
+                    gw.first_byte(plan)
+                    body = await reply.read() if reply.status >= 400 or not ticket.stream else None
+            finally:
+                ticket.waited += perf_counter() - began
         except TimeoutError:
             gw.judge(plan, None, {}, None, error="timeout", answered=_status(reply))
             if on_failed is not None:

@@ -42,6 +42,8 @@ class Ticket:
     deadline: float                # monotonic: timeout_s after arrival
     arrived_wall: float = 0.0      # Unix time, for the request log
     queued: float = 0.0            # seconds spent waiting for a free key (at most queue_s)
+    waited: float = 0.0            # measured (perf_counter): upstream + free-key waits, for
+                                   # keymux_overhead_seconds (reissue.py says what counts)
     attempts: list[dict] = field(default_factory=list)
     hold: object = None            # keypool.spend.Hold: a budget's estimate, until close()
 

@@ -190,7 +190,7 @@ def test_dashboard_names_only_real_series(scrape):
                  "keymux_key_state", "keymux_spend_usd_total", "keymux_budget_used_ratio",
                  "keymux_config_reload_total", "keymux_provider_outage", "keymux_tokens_total",
                  "keymux_gateway_answers_total", "keymux_key_in_flight",
-                 "keymux_reissues_total"):
+                 "keymux_reissues_total", "keymux_overhead_seconds_bucket"):
         assert must in used, must
 
 

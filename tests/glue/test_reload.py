@@ -153,3 +153,18 @@ async def test_a_broken_reload_keeps_the_old_config_serving(glue_config, glue_up
         assert gw.reload_error is None and reloads(addon, "ok") == 1
         assert [k.name for k in gw.config.keys] == ["k1", "k2", "k3"]
         assert GLUE_K2 in {k.secret for k in gw.config.keys}  # the old keys carried over
+
+
+async def test_reading_the_file_is_no_change_to_react_to(glue_config, monkeypatch):
+    """inotify reports opens: the watcher's own read must not start another read, and so on
+    (it did: a timer thread and a read of keys.yaml every 0.15 s, for ever)."""
+    monkeypatch.setattr(reload_mod, "POLL_S", 60.0)  # only the first kick of the poll thread
+    watcher, probe = await watching(glue_config)
+    try:
+        async with asyncio.timeout(WAIT_S):
+            await probe.runs.get()  # the poll's first kick: one read of the file
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await probe.runs.get()
+    finally:
+        watcher.stop()

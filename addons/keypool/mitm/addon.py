@@ -12,6 +12,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from time import perf_counter
 from weakref import WeakKeyDictionary
 
 from mitmproxy import ctx, exceptions, http
@@ -19,6 +20,7 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 
 from .. import exposure, keylog, reissue
 from ..answers import Answer
+from ..canon import HeaderMap
 from ..config import Config, load_config
 from ..errors import ConfigError
 from ..gateway import Gateway
@@ -210,22 +212,27 @@ class Keymux:
             boundary.answer_not_loaded(flow)
             return
         try:
-            await self._request(flow)
+            await self._request(flow, perf_counter())
         except Exception as e:
             self._failed("request", e)
             if flow.live:
                 boundary.answer_failure(flow)
 
-    async def _request(self, flow: http.HTTPFlow) -> None:
+    async def _request(self, flow: http.HTTPFlow, began: float) -> None:
+        """``began``: when the request hook started (keymux_overhead_seconds counts from it)."""
         req = flow.request
         # The raw body: the gateway inflates it only after the client token is checked.
         # The flow holds the client's token masked (clientauth): authenticate with it as sent.
-        headers = self.clientauth.take(flow) or req.headers
+        headers = HeaderMap(self.clientauth.take_fields(flow) or req.headers.fields)
         ticket = self.gateway.admit(req.method, req.path, headers, req.raw_content)
+        waited = 0.0
         if isinstance(ticket, keytest.KeyTest):  # an admin's test: one attempt, a summary back
+            sent = perf_counter()
             ticket = await keytest.run(self.gateway, self.upstream, ticket)
+            waited = perf_counter() - sent
         if isinstance(ticket, Answer):
             flows.answered(flow, ticket, self.gateway._secrets)
+            self._overhead(req.path, "gateway", began, waited)
             return
         fields, method, cap = req.headers.fields, req.method, self.gateway.max_response_bytes
         out = None
@@ -248,6 +255,7 @@ class Keymux:
                 self._deliver(flow, out)
             else:
                 await self._relay(flow, out, shown)
+            self._overhead(req.path, "gateway" if out.answer else "routed", began, ticket.waited)
         except BaseException:
             # Whatever held a key gives it back; the attempt says nothing about the key.
             self.gateway.close(ticket)  # and a budget's estimate, whatever happened
@@ -256,6 +264,11 @@ class Keymux:
                 out.reply.close()
             self._unroute(flow)
             raise
+
+    def _overhead(self, path: str, outcome: str, began: float, waited: float) -> None:
+        """The request's time in keymux's hook minus its upstream and free-key waits (a
+        stream's counts until it is handed to the relay; its chunks are mitmproxy's)."""
+        self.gateway.metrics.overhead(path, outcome, perf_counter() - began - waited)
 
     def _deliver(self, flow: http.HTTPFlow, out: reissue.Outcome) -> None:
         reply, masker = out.reply, self.gateway.masker  # an upstream may echo a key: mask it

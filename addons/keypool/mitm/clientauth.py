@@ -67,10 +67,15 @@ class ClientAuth:
     def take(self, flow: http.HTTPFlow) -> http.Headers | None:
         """A copy of the flow's headers with the client's credentials, which are then
         forgotten; None when the flow held none (its own headers serve as they are)."""
+        fields = self.take_fields(flow)
+        return None if fields is None else http.Headers(fields)
+
+    def take_fields(self, flow: http.HTTPFlow) -> Fields | None:
+        """``take`` as raw header fields (no ``Headers`` built: the hot path reads them)."""
         held = self._held.pop(flow, None)
         if held is None:
             return None
-        return http.Headers(_restored(flow.request.headers.fields, held))
+        return _restored(flow.request.headers.fields, held)
 
     def holds(self, flow: http.HTTPFlow) -> bool:
         return flow in self._held

@@ -25,6 +25,10 @@ DEBOUNCE_S = 0.15
 POLL_S = 2.0  # a safety net where inotify misses events (network mounts, a watch set late)
 
 
+# Events of a mere read (inotify reports opens too): digest() itself causes them.
+_READS = frozenset({"opened", "closed_no_write"})
+
+
 class ConfigWatcher(FileSystemEventHandler):
     def __init__(self, path: str | Path, loop: asyncio.AbstractEventLoop,
                  apply: Callable[[Config | None, str | None], None],
@@ -61,6 +65,8 @@ class ConfigWatcher(FileSystemEventHandler):
             self._kick()
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in _READS:  # our own digest() opening the file: no change, and
+            return                       # a kick would read it again, for ever (a timer a turn)
         names = {os.path.basename(p) for p in (event.src_path, getattr(event, "dest_path", ""))
                  if p}
         # The file, its .env, or a ConfigMap's ..data swap; not logs or our state store.

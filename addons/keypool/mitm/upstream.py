@@ -44,6 +44,7 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
     "upgrade", "host", "content-length", "content-encoding",
 })
+_HOP_BYTES = frozenset(h.encode() for h in HOP_BY_HOP)  # bytes.lower(): no decode to compare
 _now = time.time
 
 
@@ -59,7 +60,7 @@ class AiohttpReply:
         self.headers = {k.lower(): v for k, v in resp.headers.items()}
         # aiohttp decompresses, so encoding and length no longer describe the body.
         self.fields = [(k, v) for k, v in resp.raw_headers
-                       if k.decode("latin-1").lower() not in HOP_BY_HOP]
+                       if k.lower() not in _HOP_BYTES]
         self.conn = conn or ConnInfo(("", 0))
         self._on_done = on_done  # once: the session's in-flight count
 
@@ -254,7 +255,7 @@ class Upstream:
                    cap: int = DEFAULT_CAP) -> AiohttpReply:
         """Send one attempt; ``cap``: the most bytes of its body ``read`` accepts."""
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in plan.rewrite_fields(fields)
-                   if k.decode("latin-1").lower() not in HOP_BY_HOP]
+                   if k.lower() not in _HOP_BYTES]
         session = self._open()
         p = plan.provider
         route = self.opts.route(p)
