@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from test_browser import ARGS, CHROMIUM, UIServer, shot, sync_playwright
+from test_browser import CHROMIUM, UIServer, browser, shot  # noqa: F401 (browser: a fixture)
 from uihelpers import ADMIN_TOKEN, CONFIG, UNREACHABLE
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's /usr/bin/chromium")
 PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True,
          "has_touch": True}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import time
 import pytest
 
 import ui_seed
-from test_browser import ARGS, CHROMIUM, DOCS, UIServer, sync_playwright
+from test_browser import CHROMIUM, DOCS, UIServer, browser  # noqa: F401 (browser: a fixture)
 from ui_stub_gateway import StubGateway
 from uihelpers import ADMIN_TOKEN, CONFIG, KEY_ANTHROPIC
 from webui import spend  # noqa: E402
@@ -21,14 +21,6 @@ from webui.store import Store  # noqa: E402
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's /usr/bin/chromium")
 WAIT_MS = 15_000
 KEYS = [("openai-1", "openai"), ("claude-1", "anthropic")]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield b
-        b.close()
 
 
 def stats_from(db, now: float) -> dict:
