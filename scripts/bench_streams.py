@@ -45,6 +45,26 @@ def request(port: int, include_usage: bool) -> bytes:
 
 # -- the processes under test: name -> (command for a port, url checked before a run) --
 
+# Starts the command twice and forwards SIGINT/SIGTERM to both (stopped by the launcher's PID).
+TWO_WORKERS = """
+import signal, subprocess, sys
+procs = [subprocess.Popen(sys.argv[1:]) for _ in range(2)]
+def stop(*_):
+    for p in procs:
+        p.send_signal(signal.SIGINT)
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    sys.exit(0)
+signal.signal(signal.SIGINT, stop)
+signal.signal(signal.SIGTERM, stop)
+for p in procs:
+    p.wait()
+"""
+
+
 def targets(tmp: Path, mock_port: int, base: str | None = None) -> dict:
     mitm = [str(BIN / "mitmdump"), "--listen-host", "127.0.0.1", "-q",
             "--mode", f"reverse:http://127.0.0.1:{mock_port}", "--set", f"confdir={tmp}"]
@@ -59,8 +79,11 @@ def targets(tmp: Path, mock_port: int, base: str | None = None) -> dict:
     found = {
         "plain": lambda port: mitm + ["-p", str(port), "--set", "stream_large_bodies=1"],
         "keymux": lambda port: keymux(ROOT / "addons") + ["-p", str(port)],
-        # Hook: a multi-process keymux (`keymux run --workers 2`) adds its row here; the CPU
-        # is summed over the started process's whole tree.
+        # Two workers on one port, as `keymux run --workers 2` starts them (SO_REUSEPORT);
+        # the CPU is summed over the launcher's whole process tree.
+        "keymux-2w": lambda port: [sys.executable, "-c", TWO_WORKERS, sys.executable, "-m",
+                                   "keypool.mitm.reuseport", *keymux(ROOT / "addons")[1:],
+                                   "-p", str(port)],
     }
     if base:  # keymux as another checkout has it (before/after figures in one run)
         addons = Path(base).resolve() / "addons"  # its keypool first on the path
