@@ -118,6 +118,14 @@ def login(page, ui) -> None:
     page.wait_for_url(ui.url + "/")
 
 
+def page_errors(page) -> list[str]:
+    """The page's script errors and console errors, collected as they happen."""
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    return errors
+
+
 def row(page, name: str, state: str):
     return page.wait_for_selector(f'#keys-body tr[data-key="{name}"][data-state="{state}"]',
                                   timeout=WAIT_MS)

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from uihelpers import ADMIN_TOKEN, CONFIG, SECRETS, UNREACHABLE, ROOT
+from uihelpers import CONFIG, SECRETS, UNREACHABLE, ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's /usr/bin/chromium")
 sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-from test_browser import ARGS, UIServer, shot  # noqa: E402
+from test_browser import ARGS, UIServer, login, page_errors, shot  # noqa: E402
 
 WAIT_MS = 15_000
 
@@ -28,13 +28,8 @@ def test_changes_made_in_the_browser_show_on_the_audit_page(tmp_path, monkeypatc
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:
             page = browser.new_page(viewport={"width": 1360, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.goto(ui.url + "/login")
-            page.fill("input[name=secret]", ADMIN_TOKEN)
-            page.click("button.primary")
-            page.wait_for_url(ui.url + "/")
+            errors = page_errors(page)
+            login(page, ui)
             page.goto(ui.url + "/keys/")
             page.once("dialog", lambda d: d.accept())  # a confirm() before a change, if any
             page.click('tr[data-key="openai-1"] >> text=Disable', timeout=WAIT_MS)

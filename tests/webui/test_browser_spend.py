@@ -12,9 +12,9 @@ import time
 import pytest
 
 import ui_seed
-from test_browser import CHROMIUM, DOCS, UIServer, browser  # noqa: F401 (browser: a fixture)
+from test_browser import CHROMIUM, DOCS, UIServer, browser, login, page_errors  # noqa: F401 (browser: a fixture)
 from ui_stub_gateway import StubGateway
-from uihelpers import ADMIN_TOKEN, CONFIG, KEY_ANTHROPIC
+from uihelpers import CONFIG, KEY_ANTHROPIC
 from webui import spend  # noqa: E402
 from webui.store import Store  # noqa: E402
 
@@ -43,13 +43,8 @@ def test_the_dashboard_shows_spend_and_draws_the_chart(browser, tmp_path):
     ui_seed.synthetic_spend(db, now, KEYS)
     with StubGateway(stats_from(db, now)) as stub, UIServer(config, stub.url) as ui:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.goto(ui.url + "/login")
-        page.fill("input[name=secret]", ADMIN_TOKEN)
-        page.click("button.primary")
-        page.wait_for_url(ui.url + "/")
+        errors = page_errors(page)
+        login(page, ui)
 
         today = stub.stats["spend"]["today"]["total"]
         page.wait_for_function("document.getElementById('s-today').textContent.startsWith('$')",
