@@ -45,25 +45,20 @@ def request(port: int, include_usage: bool) -> bytes:
 
 # -- the processes under test: name -> (command for a port, url checked before a run) --
 
-# Starts the command twice and forwards SIGINT/SIGTERM to both (stopped by the launcher's PID).
+# Starts the command twice; SIGINT/SIGTERM stop both with benchlib.stop (argv[1]: scripts/).
 TWO_WORKERS = """
 import signal, subprocess, sys
-procs = [subprocess.Popen(sys.argv[1:]) for _ in range(2)]
-def stop(*_):
-    for p in procs:
-        p.send_signal(signal.SIGINT)
-    for p in procs:
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
+sys.path.insert(0, sys.argv[1])
+from benchlib import stop
+procs = [subprocess.Popen(sys.argv[2:]) for _ in range(2)]
+def end(*_):
+    stop(procs)
     sys.exit(0)
-signal.signal(signal.SIGINT, stop)
-signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGINT, end)
+signal.signal(signal.SIGTERM, end)
 for p in procs:
     p.wait()
 """
-
 
 def targets(tmp: Path, mock_port: int, base: str | None = None) -> dict:
     mitm = [str(BIN / "mitmdump"), "--listen-host", "127.0.0.1", "-q",
@@ -81,7 +76,8 @@ def targets(tmp: Path, mock_port: int, base: str | None = None) -> dict:
         "keymux": lambda port: keymux(ROOT / "addons") + ["-p", str(port)],
         # Two workers on one port, as `keymux run --workers 2` starts them (SO_REUSEPORT);
         # the CPU is summed over the launcher's whole process tree.
-        "keymux-2w": lambda port: [sys.executable, "-c", TWO_WORKERS, sys.executable, "-m",
+        "keymux-2w": lambda port: [sys.executable, "-c", TWO_WORKERS, str(ROOT / "scripts"),
+                                   sys.executable, "-m",
                                    "keypool.mitm.reuseport", *keymux(ROOT / "addons")[1:],
                                    "-p", str(port)],
     }
