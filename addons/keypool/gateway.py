@@ -24,6 +24,7 @@ from .config import Config
 from .echo import Masker
 from .globs import GlobSet
 from .limits import ClientRate, estimate_tokens
+from .shared_ask import ask_for
 from .metrics import Metrics
 from .pool import WHOLE_KEY, NoKeyAvailable, Pool, ProviderOutage
 from .prices import Pricer
@@ -198,6 +199,8 @@ class Gateway:
         if self.budgets.active:  # no await from the check above to here: one step
             ticket.hold = self.budgets.hold(ticket.client, route.provider.name, route.model,
                                             data, len(body or b""), ticket.arrived_wall)
+        if client is not None and self.pool.shared.shares_limits:  # and across processes
+            ticket.ask = ask_for(client, ticket.hold, self.budgets, ticket.arrived_wall, anthropic)
         return ticket
 
     def _read_body(self, route_path: str, headers: Mapping[str, str],
@@ -342,6 +345,9 @@ class Gateway:
         """The request is over: its budget estimate is released (idempotent)."""
         if ticket.hold is not None:
             self.ledger.release(ticket.hold)
+        if ticket.shared_hold is not None:  # its hold in Redis (keypool.shared_lua)
+            self.pool.shared.release_hold(ticket.shared_hold)
+            ticket.shared_hold = None
 
     def finish(self, plan: Plan, status: int | None, usage: Usage | None = None,
                outcome: str | None = None, final: bool = True) -> None:

@@ -282,8 +282,9 @@ class Pool:
         """End a lease: ``outcome`` is a policy outcome ("ok", "rate_limited", ...)."""
         key = lease.key
         key.in_flight -= 1  # the slots first: nothing below may keep them if it fails
-        if lease.slot is not None:
-            self.shared.release(lease.slot)
+        if lease.slot is not None:  # settles its shared tpm reservation as the local one
+            self.shared.release(lease.slot, tokens_in + tokens_out
+                                if outcome in ("ok", "client_error") else None)
             lease.slot = None
         key.probing.difference_update(lease.probes)
         if lease.provider_probe:

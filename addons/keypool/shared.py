@@ -58,14 +58,15 @@ class LocalState:
     def cleared(self, key, scopes: tuple[str, ...]) -> None:
         pass
 
-    def needs_slot(self, key) -> bool:
+    def needs_slot(self, key, ask=None) -> bool:
         return False
 
-    async def reserve(self, key) -> tuple[Slot | None, float]:
-        """(slot, 0.0) when the key may take the attempt, (None, seconds to wait) if not."""
+    async def reserve(self, key, est_tokens: int = 0, ask=None) -> tuple[Slot | None, float]:
+        """(slot, 0.0) when the key may take the attempt, (None, seconds to wait) if not;
+        ``ask``: the client's admission too (keypool.shared_ask), refused as (None, Answer)."""
         return None, 0.0
 
-    def release(self, slot: Slot | None) -> None:
+    def release(self, slot: Slot | None, tokens: int | None = None) -> None:
         pass
 
     def status(self) -> dict | None:

@@ -18,16 +18,16 @@ class FakeShared(LocalState):
         self.full, self.wait = set(full), wait
         self.asked, self.released = [], []
 
-    def needs_slot(self, key):
+    def needs_slot(self, key, ask=None):
         return True
 
-    async def reserve(self, key):
+    async def reserve(self, key, est_tokens=0, ask=None):
         self.asked.append(key.name)
         if key.name in self.full:
             return None, self.wait
         return Slot(key.name, f"t{len(self.asked)}"), 0.0
 
-    def release(self, slot):
+    def release(self, slot, tokens=None):
         self.released.append(slot.key)
 
 
@@ -57,10 +57,10 @@ def test_a_queued_request_takes_the_slot_once_it_frees():
 
     orig = shared.reserve
 
-    async def frees_later(k):
+    async def frees_later(k, *rest):
         if clock.monotonic() >= 1_002.0:
             shared.full.clear()
-        return await orig(k)
+        return await orig(k, *rest)
     shared.reserve = frees_later
     out, ticket = run(gw, up)
     assert out.plan.key.name == "k1" and ticket.queued == pytest.approx(2.0)
