@@ -37,23 +37,35 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(p * len(xs)))]
 
 
-async def reserve_times(url: str, n: int) -> list[float]:
+async def reserve_times(url: str, n: int, full: bool = False) -> list[float]:
+    """``full``: the biggest call: the key's rpm, in-flight and tpm, and the client's rpm
+    and budget hold (the first attempt of a client with both, keypool.shared_lua)."""
+    from keypool.budgets import Budgets
     from keypool.clock import SystemClock
-    from keypool.config import Config, KeySpec, StateSpec
+    from keypool.config import ClientSpec, Config, KeySpec, StateSpec
+    from keypool.config_money import Budget
     from keypool.pool import Pool
     from keypool.providers import PRESETS
+    from keypool.shared_ask import ask_for
     from keypool.shared_redis import RedisState
+    from keypool.spend import Hold, Ledger
     spec = KeySpec(name="b", provider="openai", secret="sk-bench-00000000", rpm=10**9,
-                   max_in_flight=10**6)
+                   max_in_flight=10**6, tpm=10**12 if full else None)
     pool = Pool(Config(providers=dict(PRESETS), keys=(spec,)), SystemClock())
-    state = RedisState(StateSpec("redis", url, "bench", 30.0), pool)
+    state = RedisState(StateSpec("redis", url, "bench", 30.0), pool, Ledger())
     state.ok = True
+    client = ClientSpec("c", "t", rpm=10**9, budget=Budget(daily_usd=1e9, daily_tokens=10**12))
+    budgets = Budgets(state.ledger, SystemClock())
     key, out = pool.by_name["b"], []
     for _ in range(n):
+        ask = ask_for(client, Hold(None, "c", 0.0012, tokens=300), budgets, time.time(),
+                      False) if full else None
         t0 = time.perf_counter()
-        slot, _ = await state.reserve(key)
+        slot, _ = await state.reserve(key, 300, ask)
         out.append(time.perf_counter() - t0)
-        state.release(slot)
+        state.release(slot, 200)
+        if ask is not None:
+            state.release_hold(slot.token)
         await state._flush()
     await state.stop()
     return out
@@ -82,9 +94,12 @@ def main() -> None:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="keymux-bench-shared-"))
     with RedisServer() as redis:
-        times = asyncio.run(reserve_times(redis.url, 2000))
-        print(f"shared reservation (Lua, one round trip): p50 {pct(times, .5) * 1e3:.3f} ms, "
-              f"p99 {pct(times, .99) * 1e3:.3f} ms")
+        for full in (False, True):
+            times = asyncio.run(reserve_times(redis.url, 2000, full))
+            what = ("key rpm+in-flight+tpm, client rpm+budget hold" if full
+                    else "key rpm+in-flight")
+            print(f"shared reservation (Lua, one round trip; {what}): p50 "
+                  f"{pct(times, .5) * 1e3:.3f} ms, p99 {pct(times, .99) * 1e3:.3f} ms")
         mock_port = free_port()
         rpm = "" if args.no_limit else ", rpm: 1000000"
         key = f"  - {{name: b, provider: mock, key: sk-bench-key-000000000001{rpm}}}\n"

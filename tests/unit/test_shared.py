@@ -42,6 +42,23 @@ def test_a_refused_slot_moves_the_request_to_another_key():
     assert gw.pool.shared.released == ["k2"]  # the winning attempt's slot, at finish
 
 
+def test_a_client_refused_across_processes_gets_the_answer_and_the_key_back():
+    from keypool import answers
+    gw, clock = make(n=1)
+    refusal = answers.error(429, "client 'c' is over its 2 requests per minute",
+                            "client_rate_limited", retry_after=3.0)
+
+    class Refusing(FakeShared):
+        async def reserve(self, key, est_tokens=0, ask=None):
+            self.asked.append(key.name)
+            return None, refusal
+    gw.pool.shared = Refusing()
+    out, ticket = run(gw, FakeUpstream(clock))
+    assert out.answer is refusal and ticket.ask is None
+    k1 = gw.pool.by_name["k1"]
+    assert (k1.in_flight, k1.requests) == (0, 0)  # the key's slot was not taken
+
+
 def test_every_key_full_across_processes_answers_429_with_the_wait():
     gw, clock = make(n=1)
     gw.pool.shared = FakeShared(full={"k1"}, wait=7.0)
