@@ -2,7 +2,8 @@
 """What sharing the pool through Redis adds to a request (state: {backend: redis}).
 
 1. In process: the p50/p99 of one shared reservation (the Lua check-and-reserve, one Redis
-   round trip), the only Redis call on the request path.
+   round trip), the only Redis call on the request path: a key with rpm and in-flight, and
+   the biggest call (the key's tpm too, and a client's rpm and budget hold).
 2. End to end: sequential requests (keep-alive, one client) through keymux with the default
    state and with the Redis backend, on a key with an rpm limit (so every attempt reserves),
    alternated over rounds; the added p50 is the median over rounds of redis p50 - sqlite p50.

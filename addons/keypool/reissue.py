@@ -80,6 +80,8 @@ async def serve(gw: Gateway, ticket: Ticket, send: Sender, *,
             if got is not True:  # the client is over its rpm or budget, across processes
                 gw.count_answer(got)
                 return Outcome(answer=got)
+        elif ticket.ask is not None:  # Redis is away: the admission's local checks stood
+            ticket.ask = None
         if ticket.attempts:  # this attempt re-issues a failed one: count why that failed
             gw.metrics.reissued(ticket.route.provider.name, ticket.attempts[-1]["outcome"])
         outcome = await _attempt(gw, plan, send, on_failed)

@@ -114,3 +114,53 @@ def test_a_shorter_remote_cooldown_does_not_shorten_a_dead_mark():
     apply(pool, Event("cool", "a", fp, ("",), clock.wall() + 30, "rate_limited"))
     a = pool.by_name["a"]
     assert a.reason[""] == "auth" and a.state(clock.monotonic()) == "dead"
+
+
+def _gateway_with_client(**client_kw):
+    import random
+    from keypool.config import ClientSpec
+    from keypool.gateway import Gateway
+    from .test_reissue import BODY
+    spec = ClientSpec(name="team", token="kmx-team-token-000000001", **client_kw)
+    gw = Gateway(config(keys=[key("k1")], clients=(spec,)), FakeClock(), random.Random(0))
+    headers = {"content-type": "application/json",
+               "authorization": "Bearer kmx-team-token-000000001"}
+    return gw, lambda: gw.admit("POST", "/v1/chat/completions", headers, BODY)
+
+
+def test_the_default_state_asks_nothing_of_another_process():
+    from keypool.config_money import Budget
+    gw, admit = _gateway_with_client(rpm=5, budget=Budget(daily_tokens=10_000))
+    ticket = admit()
+    assert ticket.ask is None and ticket.hold is not None  # the local hold, as ever
+
+
+def test_shared_limits_carry_the_clients_rpm_and_hold_to_the_first_reservation():
+    from keypool.config_money import Budget
+    gw, admit = _gateway_with_client(rpm=5, budget=Budget(daily_tokens=10_000))
+    shared = gw.pool.shared = FakeShared()
+    shared.shares_limits = True
+    seen = []
+    orig = shared.reserve
+
+    async def spy(k, est_tokens=0, ask=None):
+        seen.append(ask)
+        return await orig(k, est_tokens, ask)
+    shared.reserve = spy
+    shared.release_hold = lambda token: seen.append(("released", token))
+    out, ticket = run_ticket(gw, admit())
+    ask = seen[0]
+    assert ask.client == "team" and ask.rpm == 5 and ask.held and ask.limits == (0, 0, 10_000)
+    assert ask.tokens == ticket.hold.tokens and ticket.ask is None
+    gw.finish(out.plan, 200)  # the request is over: its shared hold goes too
+    assert seen[-1] == ("released", "t1") and ticket.shared_hold is None
+
+
+def run_ticket(gw, ticket):
+    import asyncio
+    from keypool.reissue import serve
+    from .test_reissue import FakeUpstream
+
+    async def sleeper(s):
+        gw.clock.advance(s)
+    return asyncio.run(serve(gw, ticket, FakeUpstream(gw.clock), sleep=sleeper)), ticket

@@ -165,3 +165,14 @@ def test_held_holds_are_refreshed_while_in_flight(redis_url):
         finally:
             await stop(a, b)
     asyncio.run(main())
+
+
+def test_unreachable_redis_leaves_the_client_to_the_local_checks():
+    async def main():
+        a = make("redis://127.0.0.1:1/0", "down", [key("k", tpm=100)])
+        c = ClientSpec("team", "tok", rpm=1, budget=Budget(daily_tokens=10))
+        assert await a.shared.reserve(a.by_name["k"], 50, ask(c, tokens=5)) == (None, 0.0)
+        assert a.shared.status()["ok"] is False
+        assert not a.shared.needs_slot(a.by_name["k"], ask(c))  # no round trip while down
+        await stop(a)
+    asyncio.run(main())
