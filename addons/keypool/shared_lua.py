@@ -4,7 +4,7 @@ Before an attempt, ``reserve`` checks and takes, atomically on Redis's clock, wh
 the attempt needs that other processes could also want (so two never both take the last):
 
 - the key's ``rpm`` window, ``max_in_flight`` slots and ``tpm`` tokens (the estimate; the
-  real count settles it afterwards, queued on the write task, off the hot path);
+  real count settles it afterwards, off the hot path: batched per key every 0.2 s);
 - on a request's first reserve call, its client's admission (``keypool.shared_ask``):
   the client's ``rpm`` window, and its budget's hold (the estimate, counted with every
   process's spend and every hold in flight). A client refused takes nothing of the key.
@@ -20,7 +20,8 @@ Redis keys (``P`` = ``state.prefix``; K = key name, C = client name, L = a day o
     P:hold:C    zset  token -> expiry ms client budget holds in flight (refreshed)
     P:holdn:C   hash  token -> "usd tokens", _u, _t   their amounts and running sums
     P:cspent:L:C hash origin -> "usd tokens"   each process's spend of the client in L
-Held things (in-flight slots, budget holds) carry an expiry pushed every third of
+Every call's token is ORIGIN:SEQ (this process, a counter). Held things (in-flight slots,
+budget holds) carry an expiry pushed every third of
 ``reservation_ttl_s`` while held: a dead process's lapse after at most that long.
 """
 from __future__ import annotations
@@ -290,7 +291,7 @@ class SharedSlots:
     async def reserve(self, key, est_tokens: int = 0, ask=None):
         """(slot, 0.0) taken; (None, seconds) the key is full; (None, 0.0) Redis is out of
         reach (local limits decide); ``ask`` (keypool.shared_ask.Ask): the client's
-        admission too, refused as (None, ask.Refused)."""
+        admission too, refused as (None, Answer): 429 client_rate_limited/budget_exceeded."""
         self._seq += 1
         token = f"{self.origin}:{self._seq}"
         name, s = key.name, key.spec
@@ -341,7 +342,7 @@ class SharedSlots:
             self._queue(("rel", slot.key, slot.token))
         if slot.token in self._tpm:
             self._tpm.discard(slot.token)
-            if tokens is not None and len(self._settles) < 10_000:
+            if tokens is not None:  # bounded: only slots Redis granted are in _tpm
                 self._settles.setdefault(slot.key, []).extend((slot.token, max(0, int(tokens))))
 
     def release_hold(self, token: str) -> None:
