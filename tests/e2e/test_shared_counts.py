@@ -105,7 +105,7 @@ def parallel(calls) -> list[tuple[int, str]]:
 
 def test_a_keys_tpm_holds_across_both_processes(pair, mock):
     a, b = pair
-    mock.set_behavior(T1, delay_ms=1500)  # none settles before every request reserved
+    mock.set_behavior(T1, delay_ms=3000)  # none settles before every request reserved
     got = parallel([(gw, "tpm-1", APP) for _ in range(5) for gw in (a, b)])
     # 4 estimates fit the tpm, 5 do not: 4 reach upstream, though each process alone has
     # room for 4 (without sharing, 8 would)
@@ -124,7 +124,7 @@ def test_a_clients_rpm_holds_across_both_processes(pair, mock):
 
 def test_parallel_requests_on_both_admit_exactly_what_the_budget_allows(pair, mock):
     a, b = pair
-    mock.set_behavior(H1, delay_ms=1500)  # every request is admitted or refused while held
+    mock.set_behavior(H1, delay_ms=3000)  # every request is admitted or refused while held
     got = parallel([(gw, "hold-1", BURST) for _ in range(10) for gw in (a, b)])
     # committed (holds) < 5 estimates admits a 5th, not a 6th, whichever process asks
     assert got.count((200, "")) == 5, got
