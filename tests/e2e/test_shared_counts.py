@@ -112,6 +112,7 @@ def test_a_keys_tpm_holds_across_both_processes(pair, mock):
     assert mock.count(T1) == 4
     assert sorted(got).count((200, "")) == 4
     assert all(g == (429, "all_keys_busy") for g in got if g[0] != 200)
+    mock.set_behavior(T1)
 
 
 def test_a_clients_rpm_holds_across_both_processes(pair, mock):
@@ -130,6 +131,7 @@ def test_parallel_requests_on_both_admit_exactly_what_the_budget_allows(pair, mo
     assert got.count((200, "")) == 5, got
     assert got.count((429, "budget_exceeded")) == 15
     assert mock.count(H1) == 5
+    mock.set_behavior(H1)
 
 
 def test_a_killed_process_budget_holds_lapse(pair, mock):
