@@ -47,6 +47,7 @@ class Gateway:
         self.started_wall = self.clock.wall()
         self.reload_error: str | None = None
         self.store_status: Callable[[], dict] | None = None  # the store writer's, when there is one
+        self.fleet_log = None  # store.fleetlog.FleetLog: the fleet's request log in Redis
         self.pool = Pool(config, self.clock, self.rng)
         self.client_rate = ClientRate()
         self.waiting: dict[str, int] = {}  # provider -> requests queued for a key

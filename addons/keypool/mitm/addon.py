@@ -383,6 +383,8 @@ class Keymux:
         if self.runtime is not None:  # shutdown or script reload: persist what we have
             self.runtime.flush()
             self.runtime.writer.flush(timeout=2.0)
+            if self.runtime.fleetlog is not None:  # the fleet's Redis stream too
+                self.runtime.fleetlog.flush(timeout=1.0)
             unwritten = self.runtime.writer.status().get("pending_rows", 0)
             if unwritten:
                 logger.warning("keymux: %d request-log rows could not be written to the state "

@@ -1,0 +1,122 @@
+"""keypool.store.fleetlog against a real redis-server: rows and usage mirrored in one
+pipeline, the stream capped, the fleet's day totals read back, and Redis away: bounded,
+counted, never blocking, recovered."""
+import json
+import time
+
+import pytest
+import redis
+
+from keypool.store import Batch
+from keypool.store.fleetlog import CLIENT_BUCKET_S, FleetLog, client_sums, names
+
+from tests.redisserver import RedisServer, needs_redis
+
+pytestmark = needs_redis
+
+
+@pytest.fixture(scope="module")
+def server():
+    with RedisServer() as s:
+        yield s
+
+
+def row(ts, client="app", key="k1", status=200, **kw):
+    return {"ts": ts, "client": client, "key": key, "provider": "openai", "model": "gpt-4o",
+            "status": status, "attempts": [{"key": key, "status": status}], "latency_s": 0.5,
+            "tokens_in": 3, "tokens_out": 4, "stream": 0, **kw}
+
+
+def until(cond, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_rows_usage_and_fleet_totals(server):
+    r = redis.Redis.from_url(server.url)
+    log = FleetLog(redis.Redis.from_url(server.url), "t1", 1000, "hostA:42")
+    now = time.time()
+    minute = int(now // 60)
+    usage = {("k1", minute): {"provider": "openai", "requests": 2, "successes": 1,
+                              "rate_limited": 1, "tokens_in": 6, "tokens_out": 8,
+                              "latency_sum": 1.25}}
+    log.submit(Batch([row(now), row(now, client=None, status=429)], usage))
+    assert log.flush()
+    k = names("t1")
+    entries = r.xrange(k["requests"])
+    got = [json.loads(fields[b"r"]) for _, fields in entries]
+    assert [g["status"] for g in got] == [200, 429]
+    assert all(g["gateway"] == "hostA:42" for g in got)
+    h = r.hgetall(f"{k['key']}{minute // 60}")
+    assert h[f"{minute}|k1|requests".encode()] == b"2"
+    assert float(h[f"{minute}|k1|latency_sum".encode()]) == 1.25
+    assert h[f"{minute}|k1|provider".encode()] == b"openai"
+    assert 0 < r.ttl(f"{k['key']}{minute // 60}") <= 26 * 3600
+    bucket = int(now // CLIENT_BUCKET_S)
+    c = r.hgetall(f"{k['client']}{bucket * CLIENT_BUCKET_S // 3600}")
+    assert c[f"{bucket}|app|ok".encode()] == b"1"
+    assert c[f"{bucket}|-|client_errors".encode()] == b"1"
+    # a second process adds to the same counters: the day totals are the fleet's
+    other = FleetLog(redis.Redis.from_url(server.url), "t1", 1000, "hostB:7")
+    other.submit(Batch([row(now)], {("k1", minute): {"provider": "openai", "requests": 1}}))
+    assert other.flush()
+    assert until(lambda: (other.flush() and other.fleet.get("keys", {}).get("k1", {})
+                          .get("requests") == 3) or _reread(other))
+    assert log.status()["ok"] and log.status()["mirrored_rows"] == 2
+    log.close()
+    other.close()
+
+
+def _reread(log):
+    log._fleet_read = 0.0  # the next flush reads the totals again
+    return False
+
+
+def test_stream_is_capped(server):
+    r = redis.Redis.from_url(server.url)
+    log = FleetLog(redis.Redis.from_url(server.url), "t2", 100, "h:1")
+    now = time.time()
+    for _ in range(10):
+        log.submit(Batch([row(now) for _ in range(100)]))
+    assert log.flush()
+    n = r.xlen(names("t2")["requests"])
+    assert 100 <= n < 400  # MAXLEN ~: trimmed by whole macro nodes, never unbounded
+    log.close()
+
+
+def test_redis_away_drops_with_a_counter_and_recovers(monkeypatch):
+    import keypool.store.fleetlog as fl
+    monkeypatch.setattr(fl, "MAX_PENDING_ROWS", 50)
+    server = RedisServer().start()
+    try:
+        log = FleetLog(redis.Redis.from_url(server.url, socket_timeout=0.5,
+                                            socket_connect_timeout=0.5), "t3", 1000, "h:1")
+        port = server.port
+        server.stop()
+        now = time.time()
+        started = time.monotonic()
+        for _ in range(3):
+            log.submit(Batch([row(now) for _ in range(40)]))  # returns at once: no I/O
+        assert time.monotonic() - started < 0.1
+        assert log.flush(10)
+        st = log.status()
+        assert not st["ok"] and st["error"]
+        assert st["pending_rows"] == 50 and st["dropped_rows"] == 70
+        server = RedisServer(port).start()
+        assert until(lambda: log.status()["ok"], 10)  # retried every second
+        r = redis.Redis.from_url(server.url)
+        assert r.xlen(names("t3")["requests"]) == 50
+        assert log.status()["pending_rows"] == 0 and log.status()["dropped_rows"] == 70
+        log.close()
+    finally:
+        server.stop()
+
+
+def test_client_sums():
+    sums = client_sums([row(1200.0), row(1201.0, status=502), row(1900.0, client=None)])
+    assert sums[(2, "app")]["requests"] == 2 and sums[(2, "app")]["server_errors"] == 1
+    assert sums[(3, "-")]["ok"] == 1
