@@ -14,10 +14,11 @@ USAGE_FIELDS = ("requests", "successes", "rate_limited", "auth_errors", "server_
                 "client_errors", "tokens_in", "tokens_out", "latency_sum")
 REQUEST_FIELDS = ("ts", "client", "key", "provider", "model", "status", "attempts",
                   "latency_s", "ttfb_s", "tokens_in", "tokens_out", "stream",
-                  "request_body", "response_body", "error_code", "error", "path", "cost_usd")
+                  "request_body", "response_body", "error_code", "error", "path", "cost_usd",
+                  "gateway")
 # Columns added after the first release: (name, type) added to an older database at open.
 ADDED_COLUMNS = (("error_code", "TEXT"), ("error", "TEXT"), ("path", "TEXT"),
-                 ("cost_usd", "REAL"))
+                 ("cost_usd", "REAL"), ("gateway", "TEXT"))
 SPEND_KEY = ("day", "key", "client", "provider", "model")
 SPEND_FIELDS = ("usd", "requests", "unknown", "tokens_in", "tokens_out", "cache_read",
                 "cache_write")
