@@ -120,3 +120,34 @@ def test_client_sums():
     sums = client_sums([row(1200.0), row(1201.0, status=502), row(1900.0, client=None)])
     assert sums[(2, "app")]["requests"] == 2 and sums[(2, "app")]["server_errors"] == 1
     assert sums[(3, "-")]["ok"] == 1
+
+
+class _Down:
+    fleet = {"day": "2026-11-30", "as_of": 1.0, "keys": {"k1": {"requests": 9}}}
+
+    def status(self):
+        return {"ok": False, "error": "ConnectionError: refused", "dropped_rows": 3}
+
+
+def test_health_says_degraded_and_stats_show_the_fleet():
+    from keypool import endpoints
+    from keypool.gateway import Gateway
+    from .helpers import config, key
+    gw = Gateway(config(keys=[key("k1")]))
+    body = json.loads(endpoints.readiness(gw).body)
+    assert "fleet_log" not in body and "fleet" not in endpoints.stats(gw)  # the default
+    gw.fleet_log = _Down()
+    body = json.loads(endpoints.readiness(gw).body)
+    assert body["status"] == "degraded" and body["fleet_log"]["dropped_rows"] == 3
+    assert endpoints.stats(gw)["fleet"]["keys"]["k1"]["requests"] == 9
+
+
+def test_metrics(server):
+    from prometheus_client import CollectorRegistry, generate_latest
+    from keypool.store.fleetlog import FleetLogCollector
+    log = FleetLog(redis.Redis.from_url(server.url), "t4", 10, "h:1")
+    registry = CollectorRegistry()
+    registry.register(FleetLogCollector(log))
+    text = generate_latest(registry).decode()
+    assert "keymux_fleet_log_up 1.0" in text and "keymux_fleet_log_dropped_rows_total 0.0" in text
+    log.close()
