@@ -31,7 +31,8 @@ from .store import Store
 logger = logging.getLogger("keymux.ui")
 REFRESH_S = 1.0
 READ_COUNT = 5000     # stream entries read per call
-FLEET_TABLES = re.compile(r"\b(requests|usage_minute|audit)\b")
+# what the fleet's copy holds; spend_day has a "requests" column: match the table only
+FLEET_TABLES = re.compile(r"\bFROM\s+(requests|usage_minute|audit)\b|table_info\((requests|audit)\)")
 EXTRA_SCHEMA = f"""
 ALTER TABLE requests ADD COLUMN sid INTEGER;
 CREATE INDEX requests_sid ON requests (sid);
@@ -228,7 +229,12 @@ class FleetAuditLog(AuditLog):
         self.note: str | None = None
 
     def write(self, action, target, detail, session, address, retention_days) -> None:
-        super().write(action, target, detail, session, address, retention_days)
+        try:
+            super().write(action, target, detail, session, address, retention_days)
+        finally:  # a full local disk still leaves the fleet's record
+            self._mirror(action, target, detail, session, address)
+
+    def _mirror(self, action, target, detail, session, address) -> None:
         row = {"ts": self.clock(), "action": action, "target": target[:300],
                "detail": detail[:300], "session": session, "address": address,
                "writer": self.writer}

@@ -96,3 +96,18 @@ def test_audit_log_is_the_fleets(server, app, client, signed_in):
     import sqlite3
     db = sqlite3.connect(app.extensions["keymux"].config.path.parent / "state" / "audit.db")
     assert [t for (t,) in db.execute("SELECT target FROM audit")] == ["openai-1"]
+
+
+def test_spend_and_key_state_stay_local(server, app, config_path):
+    from webui.fleet import FleetStore
+    local = SQLiteStore(config_path.parent / "state" / "keymux.db")
+    local.write(Batch(spend={("2026-11-30", "openai-1", "app", "openai", "gpt-4o"): {
+        "usd": 1.5, "requests": 4}}))
+    local.close()
+    with app.test_request_context():
+        from webui import deps
+        store = deps.store()
+        assert isinstance(store, FleetStore)
+        assert store.query("SELECT SUM(requests) FROM spend_day") == [(4,)]
+        assert store.query("SELECT COUNT(*) FROM requests") == [(0,)]  # the fleet's: none yet
+        assert "gateway" in {r[1] for r in store.query("PRAGMA table_info(requests)")}
