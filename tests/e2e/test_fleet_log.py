@@ -12,7 +12,7 @@ import redis
 
 from tests.redisserver import RedisServer, needs_redis
 
-from .harness import SIDECAR_TOKEN, GatewayProcess, health, wait_for
+from .harness import SIDECAR_TOKEN, GatewayProcess, get, health, wait_for
 
 pytestmark = needs_redis
 
@@ -94,3 +94,18 @@ def test_the_ui_shows_both_processes_requests(mock, redis_server, tmp_path_facto
         export = client.get("/requests/export.jsonl").get_data(as_text=True).splitlines()
         by_writer = Counter(json.loads(x)["gateway"] for x in export)
         assert set(by_writer) == writers and sorted(by_writer.values()) == [2, 3]
+
+        # Redis away: requests still served and kept in SQLite; health and metrics say so;
+        # the rows reach the stream once Redis is back (it restarts empty: no persistence)
+        redis_server.stop()
+        assert chat(a) == 200
+        assert wait_for(lambda: health(a).get("fleet_log", {}).get("ok") is False, timeout=10)
+        assert health(a)["status"] == "degraded"
+        assert "keymux_fleet_log_up 0.0" in get(a, "/metrics")[1].decode()
+        assert wait_for(lambda: "Redis is unreachable" in client.get("/requests/").get_data(
+            as_text=True), timeout=5)  # the UI's copy refreshes at most once a second
+        redis_server.start()
+        assert wait_for(lambda: health(a).get("fleet_log", {}).get("ok") is True, timeout=15)
+        r = redis.Redis.from_url(redis_server.url)
+        assert wait_for(lambda: r.xlen(f"{prefix}:log:requests") == 1, timeout=10)
+        assert health(a)["fleet_log"]["dropped_rows"] == 0
