@@ -122,7 +122,25 @@ class FleetLog:
             if isinstance(item, threading.Event):
                 item.set()
                 continue
-            self._write(item)
+            self._write(self._more(item))
+
+    def _more(self, batch: Batch) -> Batch:
+        """``batch`` and every batch queued behind it, as one: a Redis that hangs (each try
+        waits out its timeout) leaves one batch to write, not a queue growing each second."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return batch
+            if not isinstance(item, Batch):  # a flush or close marker: after this batch
+                self._queue.put(item)
+                return batch
+            batch.requests += item.requests
+            for k, sums in item.usage.items():
+                mine = batch.usage.setdefault(k, {"provider": sums.get("provider")})
+                for f, v in sums.items():
+                    if f != "provider":
+                        mine[f] = mine.get(f, 0) + v
 
     def _write(self, batch: Batch) -> None:
         todo = self.pending.merged(batch)
