@@ -78,6 +78,9 @@ def test_usage_page_counts_the_fleet(server, client, signed_in):
     assert 'data-client="app"' in page
     history = client.get("/api/history?range=hour&key=openai-1").get_json()
     assert sum(history["series"]["openai-1"]["rpm"]) == 3
+    assert client.get("/api/stats").status_code == 200  # the dashboard's totals, same copy
+    health = client.get("/keys/openai-1/health")
+    assert health.status_code == 200
 
 
 def test_audit_log_is_the_fleets(server, app, client, signed_in):
@@ -111,3 +114,27 @@ def test_spend_and_key_state_stay_local(server, app, config_path):
         assert store.query("SELECT SUM(requests) FROM spend_day") == [(4,)]
         assert store.query("SELECT COUNT(*) FROM requests") == [(0,)]  # the fleet's: none yet
         assert "gateway" in {r[1] for r in store.query("PRAGMA table_info(requests)")}
+
+
+def test_the_copy_follows_the_stream_and_its_cap(server, app, client, signed_in):
+    import re
+    now = time.time()
+    log = FleetLog(redis.Redis.from_url(server.url), "ui", 100, "h:1")
+    log.submit(Batch([row(now - 60, "h:1") for _ in range(50)]))
+    assert log.flush()
+
+    def total():
+        page = client.get("/requests/?range=1h").get_data(as_text=True)
+        return int(re.search(r"(\d+) requests", page)[1])
+    assert total() == 50
+    for _ in range(5):  # past the cap: Redis trims the oldest, and so does the copy
+        log.submit(Batch([row(now - 30, "h:1") for _ in range(100)]))
+    assert log.flush()
+    r = redis.Redis.from_url(server.url)
+    kept = r.xlen(names("ui")["requests"])
+    assert kept < 550
+    deadline = time.monotonic() + 5
+    while total() != kept and time.monotonic() < deadline:
+        time.sleep(0.1)  # at most one refresh a second
+    assert total() == kept
+    log.close()
