@@ -54,6 +54,7 @@ class ProviderState:
     probes: int = 0
     failures: int = 0           # server failures attributed to the outage
     remote_until: float = 0.0   # monotonic: another process's probe is out until then
+    adopted: bool = False       # another process declared it (not pushed back on resync)
 
 
 class Outages:
@@ -155,7 +156,8 @@ class Outages:
         started = st is None or not st.down
         if started:
             st = self.state[provider] = ProviderState(down=True, since=now - since_ago,
-                                                      since_wall=self.clock.wall() - since_ago)
+                                                      since_wall=self.clock.wall() - since_ago,
+                                                      adopted=True)
             self.down.add(provider)
         st.interval = interval
         # a little after the other's time: its probe's announcement arrives first

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import ClassVar
 
 from .outage import JITTER, PROBE_FIRST_S, PROBE_MAX_S
@@ -104,7 +105,7 @@ class LearnEvent:
         """Adopt what another process learned about a key's budget; this process then
         subtracts its own takes from it (conservative: theirs are already in it)."""
         k = pool.by_name.get(self.key)
-        if k is None or fingerprint(k.spec.secret) != self.fp:
+        if k is None or _fp(k.spec.secret) != self.fp:
             return False
         now, wall = pool.clock.monotonic(), pool.clock.wall()
         took = False
@@ -116,8 +117,13 @@ class LearnEvent:
         return took
 
 
+@lru_cache(maxsize=4096)
+def _fp(text: str) -> str:
+    return fingerprint(text)  # a sha256: learned budgets are told per answer, cache it
+
+
 def provider_fp(pool, provider: str) -> str:
-    return fingerprint(pool.provider_urls.get(provider, ""))
+    return _fp(pool.provider_urls.get(provider, ""))
 
 
 def outage_event(pool, provider: str, st) -> OutageEvent:
@@ -131,8 +137,10 @@ def outage_event(pool, provider: str, st) -> OutageEvent:
 
 
 def live_outages(pool) -> list[OutageEvent]:
-    """This process's outages: pushed to the backend when it comes back."""
-    return [outage_event(pool, p, pool.outages.state[p]) for p in sorted(pool.outages.down)]
+    """The outages this process declared: pushed to the backend when it comes back (one it
+    adopted may have ended meanwhile: Redis has the word on those)."""
+    return [outage_event(pool, p, st) for p in sorted(pool.outages.down)
+            if not (st := pool.outages.state[p]).adopted]
 
 
 def learn_event(pool, key) -> LearnEvent | None:
@@ -143,6 +151,6 @@ def learn_event(pool, key) -> LearnEvent | None:
     rl, tl = r.current(now), t.current(now)
     if rl is None and tl is None:
         return None
-    return LearnEvent(key.name, fingerprint(key.spec.secret),
+    return LearnEvent(key.name, _fp(key.spec.secret),
                       rl, 0.0 if rl is None else wall + (r.until - now),
                       tl, 0.0 if tl is None else wall + (t.until - now))

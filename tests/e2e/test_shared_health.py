@@ -16,6 +16,7 @@ from .harness import GatewayProcess, health, wait_for
 pytestmark = needs_redis
 
 O1, O2 = "sk-shared-outage-key-0001", "sk-shared-outage-key-0002"
+R1, R2 = "sk-shared-rr-key-00000001", "sk-shared-rr-key-00000002"
 
 
 def yaml(mock_url: str, redis_url: str, prefix: str) -> str:
@@ -24,7 +25,10 @@ version: 1
 state: {{backend: redis, url: {redis_url}, prefix: {prefix}}}
 providers:
   pout: {{base_url: "{mock_url}/v1", models: ["out-*"]}}
+  prr: {{base_url: "{mock_url}/v1", models: ["rr-*"]}}
 keys:
+  - {{name: r1, provider: prr, key: {R1}}}
+  - {{name: r2, provider: prr, key: {R2}}}
   - {{name: o1, provider: pout, key: {O1}}}
   - {{name: o2, provider: pout, key: {O2}}}
 """
@@ -34,8 +38,13 @@ keys:
 def pair(mock, tmp_path_factory, confdir):
     with RedisServer() as server:
         text = yaml(mock.base_url, server.url, f"health{os.getpid()}")
-        with GatewayProcess(tmp_path_factory.mktemp("gwa"), text, confdir=confdir) as a, \
-                GatewayProcess(tmp_path_factory.mktemp("gwb"), text, confdir=confdir) as b:
+        # numbered as `keymux run --workers 2` numbers its workers (their round robins start
+        # half a cycle apart); set by hand, as for processes an operator starts
+        env = [{"KEYMUX_WORKER": str(i), "KEYMUX_WORKERS": "2"} for i in (1, 2)]
+        with GatewayProcess(tmp_path_factory.mktemp("gwa"), text, confdir=confdir,
+                            env=env[0]) as a, \
+                GatewayProcess(tmp_path_factory.mktemp("gwb"), text, confdir=confdir,
+                               env=env[1]) as b:
             assert wait_for(lambda: all(health(g).get("shared_state", {}).get("ok")
                                         for g in (a, b)))
             yield a, b
@@ -97,3 +106,16 @@ def test_an_outage_seen_by_one_process_is_answered_by_the_other_without_upstream
     for secret in (O1, O2):
         mock.set_behavior(secret)
     assert chat(b, "out-1")[0] == 200
+
+
+def test_two_processes_round_robins_start_apart(pair, mock):
+    a, b = pair
+    served = []
+    for _ in range(4):  # requests reach the fleet in turn, as a balancer sends them
+        for gw in (a, b):
+            before = mock.count(R1)
+            assert chat(gw, "rr-1")[0] == 200
+            served.append("r1" if mock.count(R1) > before else "r2")
+    # each round's two requests (one per process) on different keys, as one process would
+    assert all(served[i] != served[i + 1] for i in range(0, 8, 2)), served
+    assert served.count("r1") == served.count("r2") == 4

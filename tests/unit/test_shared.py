@@ -10,7 +10,8 @@ from keypool.outage import PROBE_FIRST_S, REMOTE_PROBE_HOLD_S
 from keypool.pool import Pool, ProviderOutage
 from keypool.poolstate import fingerprint
 from keypool.shared import LOCAL, Event, LocalState, Slot, apply, decode, local_events
-from keypool.shared_health import MAX_NEXT_S, LearnEvent, OutageEvent, learn_event, outage_event
+from keypool.shared_health import (MAX_NEXT_S, LearnEvent, OutageEvent, learn_event,
+                                   live_outages, outage_event)
 from keypool.strategies import stagger
 
 from .helpers import config, key
@@ -152,6 +153,8 @@ def test_an_outage_in_one_process_is_adopted_with_its_probe_schedule():
     assert [e.kind for e in a.shared.events] == ["outage"] and relay(a, b) == [True]
     assert b.providers()["openai"]["state"] == "outage"
     assert b.by_name["k4"].state(clock.monotonic()) == "ok"  # forgiven, as in a
+    # on reconnecting, a pushes its outage back; b, which only adopted it, leaves it to Redis
+    assert [e.provider for e in live_outages(a)] == ["openai"] and live_outages(b) == []
     with pytest.raises(ProviderOutage) as e:
         b.pick("openai", "gpt-4o-mini")
     # b's next probe comes a little after a's: a's probe's announcement arrives first
