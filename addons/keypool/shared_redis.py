@@ -328,7 +328,7 @@ class RedisState(LocalState):
             else:
                 apply(self.pool, decode(d))
             self.received += 1
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):  # (JSON but no object)
             logger.warning("keymux: shared state: ignored a malformed event on %s", self.channel)
 
     async def _resync(self) -> None:

@@ -56,7 +56,7 @@ async def read(client, prefix: str) -> list:
     for provider, raw in (await client.hgetall(f"{prefix}:outage")).items():
         try:
             events.append(decode(json.loads(raw)))
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             logger.warning("keymux: shared state: ignored a malformed outage row for %r",
                            provider.decode(errors="replace"))
     return events

@@ -146,3 +146,33 @@ def test_an_outage_of_a_provider_at_another_url_is_ignored(redis_url):
         finally:
             await stop(a, b)
     asyncio.run(main())
+
+
+def test_malformed_events_on_the_channel_are_ignored_and_the_mirror_goes_on(redis_url):
+    import redis
+    from keypool.poolstate import fingerprint
+
+    async def main():
+        a, b = node(redis_url, "junk"), node(redis_url, "junk")
+        r = redis.Redis.from_url(redis_url)
+        try:
+            assert await until(lambda: a.shared.ok and b.shared.ok)
+            fp = fingerprint(b.by_name["k1"].spec.secret)
+            for junk in (b"not json", b"[1, 2]", b"7", b'{"kind": "outage"}',
+                         b'{"kind": "learn", "key": "k1", "fp": "%s", "requests": NaN}' % fp.encode(),
+                         b'{"kind": "outage", "provider": "openai", "fp": "x", "next": 1e400}'):
+                r.publish("junk:events", junk)
+            outage_in(a)  # the real event after the junk still arrives
+            assert await until(lambda: "openai" in b.outages.down)
+            assert b.shared.ok and b.by_name["k1"].limits.requests.current(
+                b.clock.monotonic()) is None
+            r.hset("junk:outage", "openai", "garbage")
+            c = node(redis_url, "junk")  # a garbage outage row does not stop a resync
+            try:
+                assert await until(lambda: c.shared.ok) and not c.outages.down
+            finally:
+                await stop(c)
+        finally:
+            r.close()
+            await stop(a, b)
+    asyncio.run(main())
