@@ -314,6 +314,7 @@ class Gateway:
                                  None if b.requests_reset_s is None else cap(b.requests_reset_s),
                                  b.remaining_tokens,
                                  None if b.tokens_reset_s is None else cap(b.tokens_reset_s))
+                self.pool.shared.learned(key)  # other processes adopt it (no-op alone)
                 if b.remaining_requests == 0 or b.remaining_tokens == 0:  # rare: only then
                     self._log_hold(key, b, headers)
         key.last_status = status if status is not None else error

@@ -83,9 +83,22 @@ def _share(gw: Gateway, config: Config) -> None:
         for name in gw.budgets.clients:
             gw.budgets.share("", name, wall)
     shared.push_spend = push_spend
+    _stagger(gw, origin.hexdigest())
     gw.metrics.registry.register(SharedStateCollector(gw.pool.shared))
     logger.info("keymux: sharing key state through Redis at %s (prefix %s)",
                 safe_url(config.state.url), config.state.prefix)
+
+
+def _stagger(gw: Gateway, origin: str) -> None:
+    """Each process of a fleet starts its round robin at its own place in the cycle
+    (keypool.strategies.stagger): a worker of `keymux run --workers N` at its slot's
+    share, any other process at a place its origin (host, state_dir) picks."""
+    from ..strategies import stagger
+    index, count = os.environ.get("KEYMUX_WORKER", ""), os.environ.get("KEYMUX_WORKERS", "")
+    if index.isdigit() and count.isdigit():
+        stagger(gw.pool, int(index), int(count))
+    else:
+        stagger(gw.pool, int(origin[:8], 16) % 1024, 1024)
 
 
 def gateway_id() -> str:
