@@ -48,6 +48,7 @@ class Gateway:
         self.started_wall = self.clock.wall()
         self.reload_error: str | None = None
         self.store_status: Callable[[], dict] | None = None  # the store writer's, when there is one
+        self.fleet_log = None  # store.fleetlog.FleetLog: the fleet's request log in Redis
         self.pool = Pool(config, self.clock, self.rng)
         self.client_rate = ClientRate()
         self.waiting: dict[str, int] = {}  # provider -> requests queued for a key
@@ -316,6 +317,7 @@ class Gateway:
                                  None if b.requests_reset_s is None else cap(b.requests_reset_s),
                                  b.remaining_tokens,
                                  None if b.tokens_reset_s is None else cap(b.tokens_reset_s))
+                self.pool.shared.learned(key)  # other processes adopt it (no-op alone)
                 if b.remaining_requests == 0 or b.remaining_tokens == 0:  # rare: only then
                     self._log_hold(key, b, headers)
         key.last_status = status if status is not None else error

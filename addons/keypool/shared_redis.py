@@ -4,7 +4,8 @@ Health (cooldowns, dead marks, probes' outcomes): each change is written to a ha
 (``PREFIX:cool:KEY``, scope -> end, reason, fingerprint) and published on ``PREFIX:events``;
 every process applies the others' events to its own pool (``keypool.shared.apply``), so a
 pick reads local memory only. On (re)connecting a process subscribes first, then reads every
-hash (what it missed) and pushes its own live cooldowns (what Redis missed).
+hash (what it missed) and pushes its own live cooldowns (what Redis missed). Provider
+outages and learned budgets travel the same way (keypool.shared_health, .shared_rows).
 
 Limits (keypool.shared_lua): a key's rpm, tpm and in-flight slots, and a client's rpm and
 budget hold, are checked and taken in one Lua call before each attempt (``RESERVE``), so two
@@ -27,13 +28,14 @@ from collections import deque
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from .shared import Event, LocalState, apply, clear_event, cool_event, local_events
+from . import shared_rows
+from .shared import LocalState, apply, clear_event, cool_event, decode, local_events
+from .shared_health import learn_event, live_outages, outage_event
 from .shared_lua import SharedSlots
 
 logger = logging.getLogger("keymux")
 
 RETRY_S = 0.5          # between reconnection attempts while Redis is unreachable
-SPEND_KEEP_S = 40 * 86_400  # a month's totals outlive the month a little
 
 
 def safe_url(url: str) -> str:
@@ -65,6 +67,7 @@ class RedisState(SharedSlots, LocalState):
         # ("ev", Event) | ("rel", key, token) | ("spend", ...) | ("cmd", fn(pipe)), in order
         self._out: deque = deque()
         self._wake = asyncio.Event()
+        self._learned: dict = {}  # key name -> key: its learned budget, at the next write
         self._tasks: list[asyncio.Task] = []
         self.client = aioredis.Redis.from_url(spec.url, socket_timeout=2.0,
                                               socket_connect_timeout=1.0)
@@ -77,6 +80,13 @@ class RedisState(SharedSlots, LocalState):
 
     def cleared(self, key, scopes: tuple[str, ...]) -> None:
         self._queue(("ev", clear_event(key, scopes)))
+
+    def outage(self, provider: str, st) -> None:
+        self._queue(("ev", outage_event(self.pool, provider, st)))
+
+    def learned(self, key) -> None:
+        self._learned[key.name] = key  # coalesced: one event per key per write
+        self._wake.set()
 
     def _queue(self, item) -> None:
         if len(self._out) < 10_000:  # bounded while Redis is down; resync pushes the rest
@@ -173,30 +183,23 @@ class RedisState(SharedSlots, LocalState):
             if d.get("kind") == "spend":
                 self._adopt_spend(d["who"], d["label"], d["dim"], d["name"], d["usd"], d["tokens"])
             else:
-                apply(self.pool, Event.from_dict(d))
+                apply(self.pool, decode(d))
             self.received += 1
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):  # (JSON but no object)
             logger.warning("keymux: shared state: ignored a malformed event on %s", self.channel)
 
     async def _resync(self) -> None:
-        """Adopt every cooldown Redis holds, then push this process's own."""
-        names = [k async for k in self.client.scan_iter(match=f"{self.prefix}:cool:*", count=500)]
-        for full in names:
-            name = full.decode().split(":cool:", 1)[1]
-            for scope, raw in (await self.client.hgetall(full)).items():
-                d = json.loads(raw)
-                apply(self.pool, Event("cool", name, d["fp"], (scope.decode(),), d["end"],
-                                       d["reason"]))
-        for ev in local_events(self.pool):
+        """Adopt every cooldown and outage Redis holds, then push this process's own."""
+        for ev in await shared_rows.read(self.client, self.prefix):
+            apply(self.pool, ev)
+        for ev in local_events(self.pool) + live_outages(self.pool):
             self._queue(("ev", ev))
         if self.ledger is not None:
             wall = self.pool.clock.wall()
             for period in ("day", "month"):
                 label = self.ledger.label(period, wall)
-                for field, raw in (await self.client.hgetall(f"{self.prefix}:spend:{label}")).items():
-                    who, dim, name = field.decode().split("|", 2)
-                    usd, tokens = json.loads(raw)
-                    self._adopt_spend(who, label, dim, name, usd, tokens)
+                for row in await shared_rows.read_spend(self.client, self.prefix, label):
+                    self._adopt_spend(*row)
             if self.push_spend is not None:
                 self.push_spend()
 
@@ -211,16 +214,22 @@ class RedisState(SharedSlots, LocalState):
                 await asyncio.sleep(RETRY_S)
 
     async def _flush(self) -> None:
+        if self._learned:
+            keys, self._learned = self._learned.values(), {}
+            self._out.extend(("ev", ev) for k in keys if (ev := learn_event(self.pool, k)))
         while self._out:
             batch = [self._out.popleft() for _ in range(min(len(self._out), 256))]
             pipe = self.client.pipeline(transaction=False)
             for item in batch:
                 if item[0] == "rel":
                     pipe.zrem(f"{self.prefix}:inf:{item[1]}", item[2])
-                elif item[0] == "cmd":  # keypool.shared_lua: a settle or a hold's release
+                elif item[0] == "cmd":  # keypool.shared_lua: a budget hold's release
                     item[1](pipe)
                 elif item[0] == "spend":
-                    self._store_spend(pipe, *item[1:])
+                    shared_rows.write_spend(pipe, self.prefix, self.channel, self.origin,
+                                            self.spend_origin, *item[1:])
+                    if item[2] == "client":  # where RESERVE reads it (keypool.shared_lua)
+                        self.store_client_spent(pipe, item[1], *item[3:], shared_rows.SPEND_KEEP_S)
                 else:
                     self._store(pipe, item[1])
             try:
@@ -229,26 +238,10 @@ class RedisState(SharedSlots, LocalState):
                 self._out.extendleft(reversed([i for i in batch if i[0] in ("rel", "cmd")]))
                 raise
 
-    def _store(self, pipe, ev: Event) -> None:
-        h = f"{self.prefix}:cool:{ev.key}"
-        if ev.kind == "cool":
-            row = json.dumps({"end": ev.end, "reason": ev.reason, "fp": ev.fp})
-            pipe.hset(h, mapping={s: row for s in ev.scopes})
-            pipe.expireat(h, int(ev.end) + 1, gt=True)
-            pipe.expireat(h, int(ev.end) + 1, nx=True)
-        else:
-            pipe.hdel(h, *ev.scopes)
+    def _store(self, pipe, ev) -> None:
+        shared_rows.write(pipe, self.prefix, ev)
         pipe.publish(self.channel, json.dumps({**ev.to_dict(), "origin": self.origin}))
 
-    def _store_spend(self, pipe, label: str, dim: str, name: str, usd: float, tokens: int) -> None:
-        h = f"{self.prefix}:spend:{label}"
-        pipe.hset(h, f"{self.spend_origin}|{dim}|{name}", json.dumps([usd, tokens]))
-        pipe.expire(h, SPEND_KEEP_S)
-        if dim == "client":
-            self.store_client_spent(pipe, label, name, usd, tokens, SPEND_KEEP_S)
-        pipe.publish(self.channel, json.dumps({
-            "kind": "spend", "origin": self.origin, "who": self.spend_origin, "label": label,
-            "dim": dim, "name": name, "usd": usd, "tokens": tokens}))
 
 
 class SharedStateCollector:
