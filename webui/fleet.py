@@ -6,9 +6,12 @@ incrementally, into an in-memory SQLite database with the gateway's own schema, 
 page's SQL runs unchanged on the fleet's rows. At most one refresh a second; the streams'
 caps (``state.log_max``, ``state.audit_max``) bound the copy.
 
+Spend (``spend_day``) is copied from the per-day hashes of ``keypool.store.fleetspend``:
+every process's rows of the last KEEP_DAYS days, summed per row.
+
 Redis unreachable: each page falls back to this host's SQLite files and says so
-(``FleetStore.note``). Tables Redis does not hold (``key_state``, ``spend_day``) are always
-read from the local file.
+(``FleetStore.note``). The saved key states (``key_state``) are always read from the local
+file.
 """
 from __future__ import annotations
 
@@ -22,7 +25,9 @@ import threading
 import time
 from pathlib import Path
 
+from keypool.store import fleetspend
 from keypool.store.fleetlog import CLIENT_BUCKET_S, CLIENT_FIELDS, CLIENT_KEEP_S, KEY_KEEP_S, names
+from keypool.spend import SUM_FIELDS
 from keypool.store.sqlite import REQUEST_FIELDS, SCHEMA, USAGE_FIELDS
 
 from .auditlog import SCHEMA as AUDIT_SCHEMA, AuditError, AuditLog
@@ -31,8 +36,10 @@ from .store import Store
 logger = logging.getLogger("keymux.ui")
 REFRESH_S = 1.0
 READ_COUNT = 5000     # stream entries read per call
+SPEND_REREAD_S = 30.0  # days before yesterday change only as a process restarts: reread seldom
 # what the fleet's copy holds; spend_day has a "requests" column: match the table only
-FLEET_TABLES = re.compile(r"\bFROM\s+(requests|usage_minute|audit)\b|table_info\((requests|audit)\)")
+FLEET_TABLES = re.compile(r"\bFROM\s+(requests|usage_minute|audit|spend_day)\b"
+                          r"|table_info\((requests|audit)\)")
 EXTRA_SCHEMA = f"""
 ALTER TABLE requests ADD COLUMN sid INTEGER;
 CREATE INDEX requests_sid ON requests (sid);
@@ -69,6 +76,8 @@ class Mirror:
         self._at = float("-inf")
         self._last = {"requests": "0", "audit": "0"}
         self._hours: dict[str, set[int]] = {"key": set(), "client": set()}
+        self._prefix = prefix
+        self._spend_read: dict[str, float] = {}  # day label -> when its hash was copied
 
     def query(self, sql: str, params) -> list[tuple]:
         with self.lock:
@@ -87,6 +96,7 @@ class Mirror:
                 self._stream("requests", self._add_request)
                 self._stream("audit", self._add_audit)
                 self._usage(time.time())
+                self._spend(time.time())
             except Exception as e:  # Redis away, or a row it holds is not ours: say so
                 if self.ok:
                     logger.warning("keymux ui: cannot read the fleet's log from Redis (%s); "
@@ -144,6 +154,35 @@ class Mirror:
         self.db.execute("DELETE FROM usage_minute WHERE minute < ?", (int((now - KEY_KEEP_S) // 60),))
         self.db.execute("DELETE FROM client_usage WHERE bucket < ?",
                         (int((now - CLIENT_KEEP_S) // CLIENT_BUCKET_S),))
+
+    def _spend(self, now: float) -> None:
+        """Every process's spend rows of the kept days, summed per row. Day labels are the
+        gateways' (their time zone): the UTC date +-1 covers them."""
+        days = fleetspend.days_back(time.strftime("%Y-%m-%d", time.gmtime(now)),
+                                    fleetspend.KEEP_DAYS + 1)
+        recent = set(days[-4:])
+        todo = [d for d in days if d in recent
+                or time.monotonic() - self._spend_read.get(d, float("-inf")) >= SPEND_REREAD_S]
+        pipe = self.client.pipeline(transaction=False)
+        for d in todo:
+            pipe.hgetall(fleetspend.day_key(self._prefix, d))
+        for d, raw in zip(todo, pipe.execute()):
+            rows: dict[tuple, list] = {}
+            for field, value in raw.items():
+                try:
+                    _, row, sums = fleetspend.decode(field, value)
+                except (ValueError, TypeError):
+                    continue  # not a row of ours: skipped, never shown half-read
+                rows[row] = [a + b for a, b in zip(rows[row], sums)] if row in rows else sums
+            self.db.execute("DELETE FROM spend_day WHERE day = ?", (d,))
+            self.db.executemany(
+                f"INSERT INTO spend_day (day, key, client, provider, model, {', '.join(SUM_FIELDS)})"
+                f" VALUES (?, ?, ?, ?, ?, {', '.join('?' * len(SUM_FIELDS))})",
+                [(d, *row, *sums) for row, sums in rows.items()])
+            self._spend_read[d] = time.monotonic()
+        self.db.execute("DELETE FROM spend_day WHERE day < ?", (days[0],))
+        for d in [d for d in self._spend_read if d < days[0]]:
+            del self._spend_read[d]
 
     def _key_hour(self, hour: int, raw: dict) -> None:
         rows: dict[tuple[int, str], dict] = {}

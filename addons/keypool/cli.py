@@ -7,7 +7,7 @@
     keymux demo [--config config/keys.yaml] [--mock-port 9100]  # + the built-in mock upstream
     keymux ui   [--config ...] [--host 127.0.0.1] [--port 8787] [--gateway http://127.0.0.1:8080]
     keymux hash-password                      # a hash for admin.password_hash
-    keymux report [--since 7d] [--by key|client|provider|model] [--json]   # spend
+    keymux report [--since 7d] [--by key|client|provider|model] [--json] [--fleet]  # spend
 """
 from __future__ import annotations
 
@@ -279,13 +279,37 @@ def run_report(args: argparse.Namespace) -> int:
         periods = Periods.of(config.routing)
         now = time.time()
         first = report.since_day(args.since, periods, now)
-        rows = report.read(config.state_dir / DB_NAME, first, args.by)
+        if args.fleet:
+            rows = _fleet_report(config, first, periods.day_of(now), args.by)
+        else:
+            rows = report.read(config.state_dir / DB_NAME, first, args.by)
     except (ConfigError, OSError, ValueError, sqlite3.Error) as e:
         print(f"keymux: {e}", file=sys.stderr)
         return 2
     render = report.as_json if args.json else report.as_table
     print(render(rows, first, periods.day_of(now), args.by))
     return 0
+
+
+def _fleet_report(config, first: str, last: str, by: str) -> list[dict]:
+    """``keymux report --fleet``: every process's spend, from Redis (state: redis)."""
+    from . import report
+    from .store.fleetspend import KEEP_DAYS, days_back
+    if config.state.backend != "redis":
+        raise ValueError("--fleet needs state: {backend: redis} in the config")
+    import redis
+    from .shared_redis import safe_url
+    if first < days_back(last)[0]:
+        print(f"keymux: --fleet: Redis keeps the last {KEEP_DAYS} days; earlier days are in "
+              "each host's state store (keymux report without --fleet)", file=sys.stderr)
+    client = redis.Redis.from_url(config.state.url, socket_timeout=5.0, socket_connect_timeout=2.0)
+    try:
+        return report.read_fleet(client, config.state.prefix, first, last, by)
+    except redis.RedisError as e:
+        raise OSError(f"--fleet: cannot read {safe_url(config.state.url)}: "
+                      f"{type(e).__name__}: {e}") from None
+    finally:
+        client.close()
 
 
 def workers_count(text: str) -> int:
@@ -339,6 +363,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--since", default="7d", help="7d, 24h, 2w or a date 2026-11-01 (default 7d)")
     s.add_argument("--by", default="key", choices=("key", "client", "provider", "model"))
     s.add_argument("--json", action="store_true", help="JSON instead of a table")
+    s.add_argument("--fleet", action="store_true",
+                   help="every process's spend, from Redis (state: {backend: redis})")
     s.add_argument("--config", default=os.environ.get("KEYMUX_CONFIG", "config/keys.yaml"))
     return p
 

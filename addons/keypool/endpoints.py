@@ -129,7 +129,7 @@ def stats(gw: "Gateway") -> dict:
     total = {f: sum(k[f] for k in keys)
              for f in ("requests", "successes", "failures", "in_flight", "tokens_in", "tokens_out")}
     wall = gw.clock.wall()
-    spend = gw.ledger.snapshot(wall)
+    spend = _spend(gw, wall)
     today, month = spend["today"]["by_key"], spend["this_month"]["by_key"]
     for k in keys:
         k["spend_today_usd"] = today[k["name"]]["usd"] if k["name"] in today else 0.0
@@ -140,6 +140,21 @@ def stats(gw: "Gateway") -> dict:
     return {"uptime_s": round(wall - gw.started_wall, 3), "totals": total, "keys": keys,
             "providers": gw.pool.providers(), "spend": spend, "budgets": budgets,
             "worker": worker(), **fleet(gw)}
+
+
+def _spend(gw: "Gateway", wall: float) -> dict:
+    """This process's spend, or with Redis the fleet's (every process's ``spend_day`` rows
+    of the month as read back every 2 s, plus this process's live figures)."""
+    log = gw.fleet_log
+    view = log.spend.view if log is not None else None
+    if view is None or log.spend.view_month != gw.ledger.label("month", wall):
+        out = gw.ledger.snapshot(wall)
+        if log is not None:
+            out["fleet"] = False  # Redis not read yet (or away since before the month)
+        return out
+    out = gw.ledger.snapshot(wall, view)
+    out["fleet"], out["fleet_as_of"] = True, log.spend.view_at
+    return out
 
 
 def fleet(gw: "Gateway") -> dict:

@@ -51,6 +51,30 @@ def read(db_path: Path, first_day: str, by: str) -> list[dict]:
     return [_row(name, dict(zip(SUM_FIELDS, sums))) for name, *sums in rows]
 
 
+def read_fleet(client, prefix: str, first_day: str, last_day: str, by: str) -> list[dict]:
+    """``--fleet``: the same sums from every process's rows in Redis (state: redis;
+    keypool.store.fleetspend), for the days Redis keeps (KEEP_DAYS)."""
+    from .store import fleetspend
+    if by not in DIMS:
+        raise ValueError(f"--by: one of {', '.join(DIMS)}")
+    days = [d for d in fleetspend.days_back(last_day) if d >= first_day]
+    pipe = client.pipeline(transaction=False)
+    for d in days:
+        pipe.hgetall(fleetspend.day_key(prefix, d))
+    i = DIMS.index(by)
+    sums: dict[str, list] = {}
+    for raw in pipe.execute():
+        for field, value in raw.items():
+            try:
+                _, row, v = fleetspend.decode(field, value)
+            except (ValueError, TypeError):
+                continue
+            sums[row[i]] = [a + b for a, b in zip(sums[row[i]], v)] if row[i] in sums else v
+    rows = [_row(name, dict(zip(SUM_FIELDS, v))) for name, v in sums.items()]
+    rows.sort(key=lambda r: (-(r["usd"] or 0), r["name"]))
+    return rows
+
+
 def _row(name: str, s: dict) -> dict:
     s = {f: s.get(f) or 0 for f in SUM_FIELDS}
     s["usd"] = None if s["requests"] and s["unknown"] == s["requests"] else round(s["usd"], 8)

@@ -11,7 +11,8 @@ the state store's ``spend_day`` table (the Recorder's batch) and restored at sta
     Ledger.reserve(key, client, usd, tokens) -> Hold; release(hold)  (budgets: estimates
     Ledger.committed(dim, name, period, wall) -> spent + reserved   held between admit and
     Ledger.committed_tokens(dim, name, period, wall)                 finish)
-    Ledger.snapshot(wall) -> dict for /_keymux/stats
+    Ledger.snapshot(wall, fleet=None) -> dict for /_keymux/stats (fleet: other processes'
+                                             rows, store/fleetspend.py)
     Ledger.drain() -> {(day, key, client, provider, model): sums} for the store
     Ledger.restore(rows); Ledger.set_periods(periods)       at start; on reload
 
@@ -82,6 +83,7 @@ class Ledger:
         self.periods = periods or Periods()
         self.rows: dict[Row, Sums] = {}     # every day of this month and the last one
         self._saved: dict[Row, Sums] = {}   # each row as the store was last handed it
+        self._restored: dict[Row, Sums] = {}  # what restore() read (spent before this run)
         self._touched: set[Row] = set()     # rows added to since
         self._day = self._month = ""        # the labels _totals are for
         self._totals: dict[tuple[str, str, str], Tally] = {}  # (period, HOT_DIM, name)
@@ -148,10 +150,10 @@ class Ledger:
         self._current(wall)
         return self._by(period, dim).get(name) or Sums()
 
-    def _by(self, period: str, dim: str) -> dict[str, Sums]:
+    def _by(self, period: str, dim: str, rows: dict | None = None) -> dict[str, Sums]:
         """Sums per name of ``dim`` over the current day or month, from the rows."""
         i, out = DIMS.index(dim) + 1, {}
-        for row, s in self.rows.items():
+        for row, s in (self.rows if rows is None else rows).items():
             if (row[0] == self._day) if period == "day" else (row[0][:7] == self._month):
                 out.setdefault(row[i], Sums()).merge(s)
         return out
@@ -225,20 +227,40 @@ class Ledger:
             out.append(("key", hold.key))
         return out
 
-    def snapshot(self, wall: float) -> dict:
-        """/_keymux/stats' ``spend``: today and this month, total and by each dimension."""
+    def snapshot(self, wall: float, fleet: dict[Row, list] | None = None) -> dict:
+        """/_keymux/stats' ``spend``: today and this month, total and by each dimension.
+        ``fleet``: the fleet's rows of this month but what this process spent since it
+        started (keypool.store.fleetspend), whose live figures are added here."""
         day, month = self._current(wall)
+        rows = None if fleet is None else self._with(fleet)
         out = {"timezone": self.periods.timezone, "daily_reset": self.periods.daily_reset,
                "day": day, "day_ends_at": self.periods.day_end(wall),
                "month": month, "month_ends_at": self.periods.month_end(wall)}
         for period, label in (("day", "today"), ("month", "this_month")):
             total, block = Sums(), {}
             for dim in DIMS:
-                sums = self._by(period, dim)
+                sums = self._by(period, dim, rows)
                 block[f"by_{dim}"] = {name: sums[name].shown() for name in sorted(sums)}
-            for s in self._by(period, "provider").values():
+            for s in self._by(period, "provider", rows).values():
                 total.merge(s)
             out[label] = {"total": total.shown(), **block}
+        return out
+
+    def _with(self, fleet: dict[Row, list]) -> dict[Row, Sums]:
+        """``fleet``'s rows plus this run's own spend (the rows less what was restored)."""
+        out = {row: Sums(*v) for row, v in fleet.items()}
+        for row, s in self.rows.items():
+            if row[0][:7] != self._month:
+                continue
+            mine = Sums(**asdict(s))
+            before = self._restored.get(row)
+            if before is not None:
+                for f in SUM_FIELDS:
+                    setattr(mine, f, getattr(mine, f) - getattr(before, f))
+            if row in out:
+                out[row].merge(mine)
+            else:
+                out[row] = mine
         return out
 
     # -- periods, persistence
@@ -257,6 +279,7 @@ class Ledger:
         prev = _previous_month(month)
         self.rows = {r: s for r, s in self.rows.items() if r[0][:7] >= prev}
         self._saved = {r: s for r, s in self._saved.items() if r in self.rows}
+        self._restored = {r: s for r, s in self._restored.items() if r in self.rows}
         t: dict[tuple[str, str, str], Tally] = {}
         for row, s in self.rows.items():
             for period, same in (("day", row[0] == day), ("month", row[0][:7] == month)):
@@ -300,6 +323,8 @@ class Ledger:
             s.merge(Sums(**{f: r.get(f) or 0 for f in SUM_FIELDS}))
             saved = self._saved.setdefault(row, Sums())  # already in the store
             saved.merge(Sums(**{f: r.get(f) or 0 for f in SUM_FIELDS}))
+            self._restored.setdefault(row, Sums()).merge(Sums(**{f: r.get(f) or 0
+                                                               for f in SUM_FIELDS}))
         self._day = ""
         return len(rows)
 

@@ -9,6 +9,7 @@ import redis
 
 from keypool.store import Batch
 from keypool.store.fleetlog import CLIENT_BUCKET_S, FleetLog, client_sums, names
+from keypool.store.fleetspend import FleetSpend
 
 from tests.redisserver import RedisServer, needs_redis
 
@@ -121,6 +122,7 @@ def test_client_sums():
 
 class _Down:
     fleet = {"day": "2026-11-30", "as_of": 1.0, "keys": {"k1": {"requests": 9}}}
+    spend = FleetSpend("t", "h@1")  # never read: the stats' spend is this process's
 
     def status(self):
         return {"ok": False, "error": "ConnectionError: refused", "dropped_rows": 3}
@@ -137,6 +139,7 @@ def test_health_says_degraded_and_stats_show_the_fleet():
     body = json.loads(endpoints.readiness(gw).body)
     assert body["status"] == "degraded" and body["fleet_log"]["dropped_rows"] == 3
     assert endpoints.stats(gw)["fleet"]["keys"]["k1"]["requests"] == 9
+    assert endpoints.stats(gw)["spend"]["fleet"] is False
 
 
 def test_metrics(server):
@@ -173,6 +176,7 @@ class _SlowRedis:
                 time.sleep(0.2)
                 outer.pipelines += 1
                 outer.rows += self.n
+                return []
         return Pipe()
 
     def hgetall(self, key):

@@ -101,19 +101,47 @@ def test_audit_log_is_the_fleets(server, app, client, signed_in):
     assert [t for (t,) in db.execute("SELECT target FROM audit")] == ["openai-1"]
 
 
-def test_spend_and_key_state_stay_local(server, app, config_path):
+def spend_of(server, gateway, usd, key="openai-1", day=None, requests=2):
+    from keypool.periods import Periods
+    day = day or Periods().day_of(time.time())
+    log = FleetLog(redis.Redis.from_url(server.url), "ui", 1000, f"{gateway}:1", gateway)
+    log.spend.labels = (day, day[:7])
+    log.submit(Batch(spend={(day, key, "app", "openai", "gpt-4o"): {
+        "usd": usd, "requests": requests, "tokens_in": 10, "tokens_out": 5}}))
+    assert log.flush()
+    log.close()
+
+
+def test_spend_is_the_fleets_and_key_state_stays_local(server, app, config_path, client,
+                                                       signed_in):
+    """Two processes' spend_day rows in one page: the chart, the usage page's table and the
+    store's queries sum every process's; Redis away: this host's rows, and a note."""
+    from keypool.periods import Periods
     from webui.fleet import FleetStore
+    today = Periods().day_of(time.time())
     local = SQLiteStore(config_path.parent / "state" / "keymux.db")
-    local.write(Batch(spend={("2026-11-30", "openai-1", "app", "openai", "gpt-4o"): {
-        "usd": 1.5, "requests": 4}}))
+    local.write(Batch(spend={(today, "openai-1", "app", "openai", "gpt-4o"): {
+        "usd": 1.5, "requests": 2}}))
     local.close()
+    spend_of(server, "hostA@1", 1.5)
+    spend_of(server, "hostB/w2@2", 2.25, key="openai-2", requests=3)
     with app.test_request_context():
         from webui import deps
         store = deps.store()
         assert isinstance(store, FleetStore)
-        assert store.query("SELECT SUM(requests) FROM spend_day") == [(4,)]
+        assert store.query("SELECT SUM(requests), SUM(usd) FROM spend_day") == [(5, 3.75)]
         assert store.query("SELECT COUNT(*) FROM requests") == [(0,)]  # the fleet's: none yet
-        assert "gateway" in {r[1] for r in store.query("PRAGMA table_info(requests)")}
+        assert store.query("SELECT COUNT(*) FROM key_state") == [(0,)]  # this host's file
+    chart = client.get("/api/spend/daily?by=key").get_json()
+    assert chart["total"] == 3.75
+    assert {s["name"] for s in chart["series"]} == {"openai-1", "openai-2"}
+    page = client.get("/usage/?period=today&by=key").get_data(as_text=True)
+    assert "$3.75" in page and "$2.25" in page
+    server.stop()
+    time.sleep(1.05)  # the copy refreshes at most once a second
+    page = client.get("/usage/?period=month&by=key").get_data(as_text=True)
+    assert "Redis is unreachable" in page
+    assert "$1.50" in page and "$3.75" not in page
 
 
 def test_the_copy_follows_the_stream_and_its_cap(server, app, client, signed_in):

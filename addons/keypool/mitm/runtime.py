@@ -37,8 +37,13 @@ class Runtime:
         for row in batch.requests:
             row["gateway"] = self.gateway_id
         self.writer.submit(batch)
-        if self.fleetlog is not None and (batch.requests or batch.usage):
-            self.fleetlog.submit(batch)
+        if self.fleetlog is not None:
+            wall = gw.clock.wall()  # the ledger's day and month, for the fleet's spend
+            labels = (gw.ledger.label("day", wall), gw.ledger.label("month", wall))
+            if batch.requests or batch.usage or batch.spend:
+                self.fleetlog.submit(batch, labels)
+            else:
+                self.fleetlog.spend.labels = labels
 
 
 _runtimes: dict[str, Runtime] = {}
@@ -107,6 +112,16 @@ def gateway_id() -> str:
     return f"{socket.gethostname()}{f'/w{worker}' if worker else ''}:{os.getpid()}"
 
 
+def spend_id(config: Config) -> str:
+    """Whose spend a row of the fleet's ``spend_day`` is: ``HOST[/wN]@ORIGIN``, the same
+    across restarts (ORIGIN: a hash of the host and ``state_dir``), so a restarted process
+    goes on from its own total instead of adding a second one."""
+    host = socket.gethostname()
+    origin = hashlib.sha256(f"{host}|{config.state_dir.resolve()}".encode()).hexdigest()[:8]
+    worker = os.environ.get("KEYMUX_WORKER")
+    return f"{host}{f'/w{worker}' if worker else ''}@{origin}"
+
+
 def _fleet_log(gw: Gateway, config: Config, gid: str):
     """state: {backend: redis}: the request log and usage mirrored to Redis streams and
     hashes (keypool.store.fleetlog), so the web UI shows every process's."""
@@ -116,7 +131,9 @@ def _fleet_log(gw: Gateway, config: Config, gid: str):
     from ..store.fleetlog import FleetLog, FleetLogCollector
     client = redis.Redis.from_url(config.state.url, socket_timeout=2.0,
                                   socket_connect_timeout=1.0)
-    log = FleetLog(client, config.state.prefix, config.state.log_max, gid)
+    log = FleetLog(client, config.state.prefix, config.state.log_max, gid, spend_id(config))
+    wall = gw.clock.wall()  # the first write reads this process's earlier spend back
+    log.spend.labels = (gw.ledger.label("day", wall), gw.ledger.label("month", wall))
     gw.fleet_log = log
     gw.metrics.registry.register(FleetLogCollector(log))
     return log

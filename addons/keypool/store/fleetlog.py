@@ -10,6 +10,7 @@ process's requests (docs/state.md, *The fleet's log and counters*):
     PREFIX:usage:client:HOUR      hash ``BUCKET|CLIENT|FIELD`` (10-minute buckets), 8 days
     PREFIX:usage:last             hash CLIENT -> the newest request's time
     PREFIX:usage:day:DAY          hash ``KEY|FIELD``: today's (UTC) totals per key, 3 days
+    PREFIX:spend_day:DAY          hash: each process's spend per row (store/fleetspend.py)
 
 (HOUR, MINUTE and BUCKET are Unix time // 3600, // 60, // 600; CLIENT "-" for none.)
 
@@ -27,6 +28,7 @@ import threading
 import time
 
 from .base import Batch
+from .fleetspend import FleetSpend
 from .pending import Pending
 from .sqlite import USAGE_FIELDS
 
@@ -75,8 +77,10 @@ def client_sums(rows: list[dict]) -> dict[tuple[int, str], dict]:
 class FleetLog:
     """The mirror thread: ``submit`` from the loop (no I/O), writes in the background."""
 
-    def __init__(self, client, prefix: str, log_max: int, gateway_id: str):
+    def __init__(self, client, prefix: str, log_max: int, gateway_id: str,
+                 spend_id: str | None = None):
         self.client = client  # a synchronous redis.Redis (used by the thread only)
+        self.spend = FleetSpend(prefix, spend_id or gateway_id)
         self.keys = names(prefix)
         self.log_max = log_max
         self.gateway_id = gateway_id
@@ -91,9 +95,12 @@ class FleetLog:
         self._thread = threading.Thread(target=self._run, name="keymux-fleetlog", daemon=True)
         self._thread.start()
 
-    def submit(self, batch: Batch) -> None:
-        """What the SQLite writer gets this second (its rows and per-minute usage)."""
-        self._queue.put(Batch(list(batch.requests), dict(batch.usage)))
+    def submit(self, batch: Batch, labels: tuple[str, str] | None = None) -> None:
+        """What the SQLite writer gets this second (its rows, per-minute usage and spend
+        deltas); ``labels``: the ledger's day and month now."""
+        if labels:
+            self.spend.labels = labels  # a tuple swapped whole: safe for the thread to read
+        self._queue.put(Batch(list(batch.requests), dict(batch.usage), spend=dict(batch.spend)))
 
     def flush(self, timeout: float = 5.0) -> bool:
         done = threading.Event()
@@ -136,6 +143,7 @@ class FleetLog:
                 self._queue.put(item)
                 return batch
             batch.requests += item.requests
+            self.spend.add(item.spend)
             for k, sums in item.usage.items():
                 mine = batch.usage.setdefault(k, {"provider": sums.get("provider")})
                 for f, v in sums.items():
@@ -143,13 +151,17 @@ class FleetLog:
                         mine[f] = mine.get(f, 0) + v
 
     def _write(self, batch: Batch) -> None:
+        self.spend.add(batch.spend)  # running totals: a failed write is simply written again
+        batch.spend = {}
         todo = self.pending.merged(batch)
         try:
-            if todo:
+            if todo or self.spend.dirty or not self.spend.based:
                 self._send(todo)
+                self.spend.written()
             if time.monotonic() - self._fleet_read >= FLEET_READ_EVERY_S:
                 self._fleet_read = time.monotonic()
                 self.fleet = self._read_fleet(time.time())
+                self.spend.read(self.client)
         except Exception as e:  # Redis away (or a bug): keep within bounds, say so, go on
             self.pending.keep(todo)
             self._failed(e)
@@ -195,6 +207,7 @@ class FleetLog:
         for d in days:
             pipe.expire(d, DAY_KEEP_S)
         self._client_usage(pipe, b.requests)
+        self.spend.write(self.client, pipe)
         pipe.execute()
 
     def _client_usage(self, pipe, rows: list[dict]) -> None:
