@@ -16,6 +16,7 @@ from typing import Awaitable, Callable, Mapping, Protocol
 from .answers import Answer
 from .gateway import Gateway
 from .pool import NoKeyAvailable, ProviderOutage
+from .shared_ask import key_ask_for
 from .ticket import Plan, Ticket
 
 
@@ -100,8 +101,15 @@ async def _shared_slot(gw: Gateway, plan: Plan) -> bool | Answer:
     Redis round trip, keypool.shared_lua). False: the key is full across the processes
     and was given back, held for the wait; an Answer: the client is refused."""
     ticket = plan.ticket
+    # a key with a budget: the attempt's hold against it, taken in the same call
+    kask = key_ask_for(gw.budgets, plan.key.name, ticket.hold, gw.clock.wall()) \
+        if plan.key.spec.budget is not None else None
     try:
-        slot, wait = await gw.pool.shared.reserve(plan.key, ticket.est_tokens, ticket.ask)
+        if kask is None:
+            slot, wait = await gw.pool.shared.reserve(plan.key, ticket.est_tokens, ticket.ask)
+        else:
+            slot, wait = await gw.pool.shared.reserve(plan.key, ticket.est_tokens, ticket.ask,
+                                                      kask)
     except BaseException:
         gw.abandon(plan)
         raise

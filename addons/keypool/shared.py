@@ -72,9 +72,11 @@ class LocalState:
     def needs_slot(self, key, ask=None) -> bool:
         return False
 
-    async def reserve(self, key, est_tokens: int = 0, ask=None) -> tuple[Slot | None, float]:
+    async def reserve(self, key, est_tokens: int = 0, ask=None,
+                      kask=None) -> tuple[Slot | None, float]:
         """(slot, 0.0) when the key may take the attempt, (None, seconds to wait) if not;
-        ``ask``: the client's admission too (keypool.shared_ask), refused as (None, Answer)."""
+        ``ask``: the client's admission too (keypool.shared_ask), refused as (None, Answer);
+        ``kask``: the attempt's hold against the key's budget (shared_ask.KeyAsk)."""
         return None, 0.0
 
     def release(self, slot: Slot | None, tokens: int | None = None) -> None:

@@ -60,3 +60,30 @@ def ask_for(client, hold, budgets, wall: float, anthropic: bool) -> Ask | None:
         ask.usd, ask.tokens = hold.usd, hold.tokens
         ask.day, ask.month = budgets.ledger.label("day", wall), budgets.ledger.label("month", wall)
     return ask
+
+
+@dataclass(slots=True)
+class KeyAsk:
+    """An attempt's hold against its key's budget (daily_usd, monthly_usd), checked with
+    every process's spend of the key and holds on it, and taken, in the attempt's reserve
+    call (keypool.shared_lua). Over: the key is held back as a full one is."""
+    usd: float                    # the request's estimate
+    daily: float                  # 0: no such limit
+    monthly: float
+    day: str                      # the periods' labels: where the spend totals are
+    month: str
+    day_ms: int                   # until each period resets: how long a spent key waits
+    month_ms: int
+
+
+def key_ask_for(budgets, key: str, hold, wall: float) -> KeyAsk | None:
+    """The shared part of an attempt on a key with a budget; None: the key has none."""
+    budget = budgets.keys.get(key)
+    if budget is None or hold is None:
+        return None
+    lim = {p: v for k, p, v in budget.limits() if k == "usd"}
+    ledger = budgets.ledger
+    return KeyAsk(hold.usd, lim.get("day", 0), lim.get("month", 0), ledger.label("day", wall),
+                  ledger.label("month", wall),
+                  max(1, int((ledger.period_end("day", wall) - wall) * 1000)),
+                  max(1, int((ledger.period_end("month", wall) - wall) * 1000)))

@@ -1,4 +1,5 @@
-"""The hot path's one Redis round trip per attempt: the RESERVE Lua call and its Lane.
+"""The hot path's one Redis round trip per attempt: the RESERVE Lua call (sent on a Lane,
+keypool.shared_lane).
 
 Before an attempt, ``reserve`` checks and takes, atomically on Redis's clock, whatever
 the attempt needs that other processes could also want (so two never both take the last):
@@ -7,9 +8,13 @@ the attempt needs that other processes could also want (so two never both take t
   real count settles it afterwards, off the hot path: batched per key every 0.2 s);
 - on a request's first reserve call, its client's admission (``keypool.shared_ask``):
   the client's ``rpm`` window, and its budget's hold (the estimate, counted with every
-  process's spend and every hold in flight). A client refused takes nothing of the key.
+  process's spend and every hold in flight). A client refused takes nothing of the key;
+- on a key with a ``budget`` (daily_usd, monthly_usd), the attempt's hold of the request's
+  estimate against it, counted with every process's spend of the key and every hold on it
+  in flight: a key committed to its limit across the processes is held back, as one
+  process holds back its own (released once the attempt is over and its cost written).
 
-A key with no limits and a client with neither rpm nor budget make no call at all.
+A key with no limits or budget and a client with neither rpm nor budget make no call at all.
 
 Redis keys (``P`` = ``state.prefix``; K = key name, C = client name, L = a day or month):
     P:rpm:K     zset  token -> ms        key rpm window (60 s)
@@ -20,6 +25,9 @@ Redis keys (``P`` = ``state.prefix``; K = key name, C = client name, L = a day o
     P:hold:C    zset  token -> expiry ms client budget holds in flight (refreshed)
     P:holdn:C   hash  token -> "usd tokens", _u, _t   their amounts and running sums
     P:cspent:L:C hash origin -> "usd tokens"   each process's spend of the client in L
+    P:khold:K   zset  token -> expiry ms key budget holds in flight (refreshed)
+    P:kholdn:K  hash  token -> "usd 0", _u        their amounts and running sum
+    P:kspent:L:K hash origin -> "usd tokens"   each process's spend of the key in L
 Every call's token is ORIGIN:SEQ (this process, a counter). Held things (in-flight slots,
 budget holds) carry an expiry pushed every third of
 ``reservation_ttl_s`` while held: a dead process's lapse after at most that long.
@@ -27,27 +35,32 @@ budget holds) carry an expiry pushed every third of
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 
-from redis.exceptions import ConnectionError, RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from .shared import Slot
+from .shared_lane import Lane
 
 # A reservation that takes longer is given up: the attempt goes ahead on local limits (a
 # reservation Redis made meanwhile counts in the window; its in-flight slot lapses by ttl).
 CALL_TIMEOUT_S = 0.5
 
-# KEYS: 1 rpm, 2 inf, 3 tpm, 4 tpmn (key); 5 crpm, 6 hold, 7 holdn, 8 cspent day, 9 month.
+# KEYS: 1 rpm, 2 inf, 3 tpm, 4 tpmn (key); 5 crpm, 6 hold, 7 holdn, 8 cspent day, 9 month;
+#       10 khold, 11 kholdn, 12 kspent day, 13 kspent month (the key's budget).
 # ARGV: 1 rpm, 2 cap, 3 token, 4 ttl ms, 5 tpm, 6 est tokens, 7 client rpm, 8 hold (0/1),
-#       9 hold usd, 10 hold tokens, 11 daily usd, 12 monthly usd, 13 daily tokens (0: none).
-# A call without tpm or client part leaves the rest out (2 keys, 4 args: packing costs).
-# Returns {1} taken; {0, ms} the key is full; {2, ms} the client's rpm; {3, i, used} the
-# client's budget i (1 daily usd, 2 monthly usd, 3 daily tokens) is committed.
+#       9 hold usd, 10 hold tokens, 11 daily usd, 12 monthly usd, 13 daily tokens (0: none);
+#       14 key hold (0/1), 15 its usd, 16 daily usd, 17 monthly usd (0: none), 18 ms to the
+#       day's end, 19 to the month's.
+# A call without tpm, client or key budget part leaves the rest out (2 keys, 4 args:
+# packing costs); one with a key budget but no client part pads 5-9 (never read).
+# Returns {1} taken; {0, ms} the key is full (or committed to its budget); {2, ms} the
+# client's rpm; {3, i, used} the client's budget i (1 daily usd, 2 monthly usd, 3 daily
+# tokens) is committed.
 RESERVE = """
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local A = {}
-for i = 1, 13 do A[i] = tonumber(ARGV[i] or '0') end
+for i = 1, 19 do A[i] = tonumber(ARGV[i] or '0') end
 local tok = ARGV[3]
 local function window(k, span, limit)
   redis.call('ZREMRANGEBYSCORE', k, '-inf', now - span)
@@ -122,6 +135,24 @@ if A[5] > 0 then
     return {0, math.max(1, at + 60000 - now)}
   end
 end
+if A[14] == 1 then
+  expire(KEYS[10], KEYS[11], now, {'_u', '_t'})
+  local held = tonumber(redis.call('HGET', KEYS[11], '_u') or '0')
+  local spent = {0, 0}
+  for i = 1, 2 do  -- every process's spend of the key: the day's, the month's
+    if A[15 + i] > 0 then
+      for _, v in ipairs(redis.call('HVALS', KEYS[11 + i])) do
+        spent[i] = spent[i] + tonumber(string.match(v, '^(%S+)'))
+      end
+    end
+  end
+  for _, i in ipairs({2, 1}) do  -- the month resets last: said first
+    if A[15 + i] > 0 and spent[i] + held >= A[15 + i] then
+      -- spent: out until the period resets; held: until holds go (the next tries)
+      return {0, spent[i] >= A[15 + i] and math.max(1, A[17 + i]) or 1000}
+    end
+  end
+end
 if A[7] > 0 then
   redis.call('ZADD', KEYS[5], now, tok)
   redis.call('PEXPIRE', KEYS[5], 61000)
@@ -133,6 +164,13 @@ if A[8] == 1 then
   redis.call('HINCRBY', KEYS[7], '_t', A[10])
   redis.call('PEXPIRE', KEYS[6], A[4] + 1000)
   redis.call('PEXPIRE', KEYS[7], A[4] + 1000)
+end
+if A[14] == 1 then
+  redis.call('ZADD', KEYS[10], now + A[4], tok)
+  redis.call('HSET', KEYS[11], tok, ARGV[15] .. ' 0')
+  if A[15] ~= 0 then redis.call('HINCRBYFLOAT', KEYS[11], '_u', A[15]) end
+  redis.call('PEXPIRE', KEYS[10], A[4] + 1000)
+  redis.call('PEXPIRE', KEYS[11], A[4] + 1000)
 end
 if A[1] > 0 then
   redis.call('ZADD', KEYS[1], now, tok)
@@ -194,81 +232,6 @@ return 0
 SETTLE_EVERY_S = 0.2
 
 
-class Lane:
-    """One connection that pipelines the hot path's calls: each is written at once, in
-    order, and a reader task hands the answers back in the same order (Redis answers in
-    order). Half the client cost of the pooled client: no connection checked out per call.
-    Any failure fails every call waiting and closes it; the next call reopens it."""
-
-    def __init__(self, pool, script: str):
-        kwargs = {**pool.connection_kwargs, "socket_timeout": None}
-        self._make = lambda: pool.connection_class(**kwargs)
-        self.script = script
-        self.sha = ""
-        self.conn = None
-        self._waiting: deque[asyncio.Future] = deque()
-        self._reader: asyncio.Task | None = None
-        self._opening: asyncio.Lock | None = None
-
-    async def call(self, *args):
-        if self.conn is None:
-            await self._open()
-        fut = asyncio.get_running_loop().create_future()
-        self._waiting.append(fut)  # before the write, with no await between: order kept
-        try:
-            await self.conn.send_packed_command(
-                self.conn.pack_command("EVALSHA", self.sha, *args), check_health=False)
-        except BaseException as e:
-            self._fail(e)
-            raise
-        return await fut
-
-    async def _open(self) -> None:
-        self._opening = self._opening or asyncio.Lock()
-        async with self._opening:
-            if self.conn is not None:
-                return
-            conn = self._make()
-            await conn.connect()
-            await conn.send_command("SCRIPT", "LOAD", self.script)
-            sha = await conn.read_response()
-            self.sha = sha.decode() if isinstance(sha, bytes) else sha
-            self.conn = conn
-            self._reader = asyncio.get_running_loop().create_task(self._read(conn))
-
-    async def _read(self, conn) -> None:
-        while True:
-            try:
-                answer = await conn.read_response()
-            except asyncio.CancelledError:
-                raise
-            except RedisError as e:
-                if not isinstance(e, ResponseError):  # the connection broke
-                    self._fail(e)
-                    return
-                answer = e
-            if self._waiting:
-                fut = self._waiting.popleft()
-                if not fut.done():
-                    (fut.set_exception if isinstance(answer, Exception) else fut.set_result)(answer)
-
-    def _fail(self, e: BaseException) -> None:
-        conn, self.conn = self.conn, None
-        while self._waiting:
-            fut = self._waiting.popleft()
-            if not fut.done():
-                fut.set_exception(ConnectionError(f"shared state lane closed: {e}"))
-        if self._reader is not None and self._reader is not asyncio.current_task():
-            self._reader.cancel()
-        self._reader = None
-        if conn is not None:
-            asyncio.get_running_loop().create_task(conn.disconnect(nowait=True))
-
-    async def close(self) -> None:
-        if self.conn is not None:
-            self._fail(ConnectionError("closed"))
-
-
 class SharedSlots:
     """RedisState's limits: mixed into it (it provides prefix, ok, ttl_ms, origin,
     client, _queue and _down)."""
@@ -278,6 +241,7 @@ class SharedSlots:
         self._held: dict[str, str] = {}   # token -> key name: in-flight slots held
         self._tpm: set[str] = set()       # tokens of tpm reservations not settled yet
         self._holds: dict[str, str] = {}  # token -> client name: budget holds held
+        self._kholds: dict[str, str] = {}  # token -> key name: key budget holds held
         self._names: dict[str, tuple[str, ...]] = {}  # key name -> its Redis keys
         self._settles: dict[str, list] = {}  # key name -> [token, real tokens, ...]
         self._settle = self.client.register_script(SETTLE)
@@ -286,27 +250,38 @@ class SharedSlots:
 
     def needs_slot(self, key, ask=None) -> bool:
         s = key.spec
-        return self.ok and bool(ask is not None or s.rpm or s.max_in_flight or s.tpm)
+        return self.ok and bool(ask is not None or s.rpm or s.max_in_flight or s.tpm
+                                or s.budget)
 
-    async def reserve(self, key, est_tokens: int = 0, ask=None):
+    async def reserve(self, key, est_tokens: int = 0, ask=None, kask=None):
         """(slot, 0.0) taken; (None, seconds) the key is full; (None, 0.0) Redis is out of
         reach (local limits decide); ``ask`` (keypool.shared_ask.Ask): the client's
-        admission too, refused as (None, Answer): 429 client_rate_limited/budget_exceeded."""
+        admission too, refused as (None, Answer): 429 client_rate_limited/budget_exceeded;
+        ``kask`` (shared_ask.KeyAsk): the attempt's hold against the key's budget."""
         self._seq += 1
         token = f"{self.origin}:{self._seq}"
         name, s = key.name, key.spec
         tpm = s.tpm or 0
         keys = self._names.get(name) or self._key_names(name)
         args = [s.rpm or 0, s.max_in_flight or 0, token, self.ttl_ms]
-        if tpm or ask is not None:
+        if tpm or ask is not None or kask is not None:
             args += (tpm, est_tokens if tpm else 0)
         else:
             keys = keys[:2]
+        p = self.prefix
         if ask is not None:
-            p, c = self.prefix, ask.client
+            c = ask.client
             keys = (*keys, f"{p}:crpm:{c}", f"{p}:hold:{c}", f"{p}:holdn:{c}",
                     f"{p}:cspent:{ask.day}:{c}", f"{p}:cspent:{ask.month}:{c}")
             args += (ask.rpm, 1 if ask.held else 0, ask.usd, ask.tokens, *ask.limits)
+        elif kask is not None:  # no client part: its places padded (never read)
+            keys = (*keys, *keys[:1] * 5)
+            args += (0, 0, 0, 0, 0, 0, 0)
+        if kask is not None:
+            keys = (*keys, f"{p}:khold:{name}", f"{p}:kholdn:{name}",
+                    f"{p}:kspent:{kask.day}:{name}", f"{p}:kspent:{kask.month}:{name}")
+            args += (1, repr(float(kask.usd)), kask.daily, kask.monthly, kask.day_ms,
+                     kask.month_ms)
         try:
             async with asyncio.timeout(CALL_TIMEOUT_S):
                 got = await self._lane.call(len(keys), *keys, *args)
@@ -325,6 +300,8 @@ class SharedSlots:
             self._tpm.add(token)
         if ask is not None and ask.held:
             self._holds[token] = ask.client
+        if kask is not None:
+            self._kholds[token] = name
         return Slot(name, token), 0.0
 
     def _key_names(self, name: str) -> tuple[str, ...]:
@@ -340,6 +317,10 @@ class SharedSlots:
             return
         if self._held.pop(slot.token, None) is not None:
             self._queue(("rel", slot.key, slot.token))
+        if slot.token in self._kholds:
+            # after the attempt's spend, which the caller queues next (Gateway.finish):
+            # Redis never sees its cost as neither spent nor held
+            asyncio.get_running_loop().call_soon(self._release_khold, slot.token)
         if slot.token in self._tpm:
             self._tpm.discard(slot.token)
             if tokens is not None:  # bounded: only slots Redis granted are in _tpm
@@ -354,10 +335,17 @@ class SharedSlots:
             # pipeline cannot load a missing script; Redis caches it anyway)
             self._queue(("cmd", lambda pipe: pipe.eval(RELEASE_HOLD, 2, zkey, hkey, token)))
 
+    def _release_khold(self, token: str) -> None:
+        name = self._kholds.pop(token, None)
+        if name is not None:
+            zkey, hkey = f"{self.prefix}:khold:{name}", f"{self.prefix}:kholdn:{name}"
+            self._queue(("cmd", lambda pipe: pipe.eval(RELEASE_HOLD, 2, zkey, hkey, token)))
+
     def store_client_spent(self, pipe, label: str, name: str, usd: float, tokens: int,
-                           keep_s: int) -> None:
-        """This process's total of a budgeted client in a period, where RESERVE reads it."""
-        h = f"{self.prefix}:cspent:{label}:{name}"
+                           keep_s: int, dim: str = "client") -> None:
+        """This process's total of a budgeted client (or key) in a period, where RESERVE
+        reads it."""
+        h = f"{self.prefix}:{'cspent' if dim == 'client' else 'kspent'}:{label}:{name}"
         pipe.hset(h, self.spend_origin, f"{float(usd)!r} {int(tokens)}")
         pipe.expire(h, keep_s)
 
@@ -374,6 +362,9 @@ class SharedSlots:
                 groups.setdefault((f"{self.prefix}:inf:{name}",), []).append(token)
             for token, c in list(self._holds.items()):
                 groups.setdefault((f"{self.prefix}:hold:{c}", f"{self.prefix}:holdn:{c}"),
+                                  []).append(token)
+            for token, k in list(self._kholds.items()):
+                groups.setdefault((f"{self.prefix}:khold:{k}", f"{self.prefix}:kholdn:{k}"),
                                   []).append(token)
             try:
                 for keys, tokens in groups.items():

@@ -228,8 +228,9 @@ class RedisState(SharedSlots, LocalState):
                 elif item[0] == "spend":
                     shared_rows.write_spend(pipe, self.prefix, self.channel, self.origin,
                                             self.spend_origin, *item[1:])
-                    if item[2] == "client":  # where RESERVE reads it (keypool.shared_lua)
-                        self.store_client_spent(pipe, item[1], *item[3:], shared_rows.SPEND_KEEP_S)
+                    # where RESERVE reads it (keypool.shared_lua)
+                    self.store_client_spent(pipe, item[1], *item[3:], shared_rows.SPEND_KEEP_S,
+                                            item[2])
                 else:
                     self._store(pipe, item[1])
             try:
