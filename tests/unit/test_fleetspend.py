@@ -128,21 +128,23 @@ def test_view_and_ledger_snapshot_are_the_fleets(server, monkeypatch):
 def test_redis_away_keeps_totals_and_writes_them_later():
     with RedisServer() as s:
         log = log_for(s, "s4", "hostA@1")
-        log.submit(Batch(spend=drained(0.5)))
+        log.submit(Batch(spend={**drained(0.5), **drained(2.0, key="k2")}))
         assert log.flush()
         port = s.port
     log.submit(Batch(spend=drained(0.25)))
     assert log.flush(timeout=10)
     assert not log.ok and log.spend.dirty
-    with RedisServer(port) as s2:
+    with RedisServer(port) as s2:  # back, empty (no persistence)
+        r = redis.Redis.from_url(s2.url)
+        want = {("hostA@1", "k1", "app", "openai", "gpt-4o"): 0.75,
+                ("hostA@1", "k2", "app", "openai", "gpt-4o"): 2.0}
         deadline = time.monotonic() + 10
-        while log.spend.dirty and time.monotonic() < deadline:
+        while time.monotonic() < deadline and {
+                k: v[0] for k, v in fleet_rows(r, "s4").items()} != want:
             log.submit(Batch())
             log.flush(timeout=5)
-        r = redis.Redis.from_url(s2.url)
-        # the empty Redis gets the running total of this run (what came before is lost
-        # with the Redis that held it)
-        assert fleet_rows(r, "s4")[("hostA@1", "k1", "app", "openai", "gpt-4o")][0] == 0.75
+        # every row this process holds is back, the one spent on meanwhile with its total
+        assert {k: v[0] for k, v in fleet_rows(r, "s4").items()} == want
     log.close()
 
 

@@ -171,6 +171,7 @@ class FleetLog:
         if not self.ok:
             logger.warning("keymux: fleet log: Redis writes again (%d rows dropped meanwhile)",
                            self.pending.dropped_rows)
+            self.spend.rewrite()  # a Redis restarted empty gets this process's spend back
         self.ok, self.error = True, None
 
     def _failed(self, e: BaseException) -> None:

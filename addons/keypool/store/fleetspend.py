@@ -87,12 +87,17 @@ class FleetSpend:
             self._read_base(client)
         days = set()
         for row in self.dirty:
-            total = _plus(self.base.get(row), self.run[row])
+            total = _plus(self.base.get(row), self.run.get(row) or [0] * NF)
             pipe.hset(day_key(self.prefix, row[0]), self._field(row),
                       json.dumps(total, separators=(",", ":")))
             days.add(row[0])
         for day in days:
             pipe.expire(day_key(self.prefix, day), KEEP_S)
+
+    def rewrite(self) -> None:
+        """Redis was away: it may have restarted empty; every row this ID holds goes again."""
+        self.dirty.update(self.base)
+        self.dirty.update(self.run)
 
     def written(self) -> None:
         self.dirty.clear()
