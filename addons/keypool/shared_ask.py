@@ -72,8 +72,15 @@ class KeyAsk:
     monthly: float
     day: str                      # the periods' labels: where the spend totals are
     month: str
-    day_ms: int                   # until each period resets: how long a spent key waits
-    month_ms: int
+    day_ms: int                   # how long a key the fleet spent waits: until its period
+    month_ms: int                 # resets, at most SPENT_WAIT_MS
+
+
+# A key the fleet's spend put over its budget is held back in this process at most this
+# long before it asks Redis again: this process's own view (every process's spend totals,
+# keypool.budgets) keeps it out until the period resets anyway, and a reload that raises
+# the budget is not kept waiting for hours.
+SPENT_WAIT_MS = 60_000
 
 
 def key_ask_for(budgets, key: str, hold, wall: float) -> KeyAsk | None:
@@ -85,5 +92,9 @@ def key_ask_for(budgets, key: str, hold, wall: float) -> KeyAsk | None:
     ledger = budgets.ledger
     return KeyAsk(hold.usd, lim.get("day", 0), lim.get("month", 0), ledger.label("day", wall),
                   ledger.label("month", wall),
-                  max(1, int((ledger.period_end("day", wall) - wall) * 1000)),
-                  max(1, int((ledger.period_end("month", wall) - wall) * 1000)))
+                  _ms_until(ledger.period_end("day", wall), wall),
+                  _ms_until(ledger.period_end("month", wall), wall))
+
+
+def _ms_until(end: float, wall: float) -> int:
+    return min(SPENT_WAIT_MS, max(1, int((end - wall) * 1000)))

@@ -111,3 +111,20 @@ def test_key_and_client_parts_in_one_call(redis_url):
         assert float(held) == pytest.approx(1.0)  # the refused one holds nothing
         await stop(a)
     asyncio.run(main())
+
+
+def test_key_ask_for_a_budgeted_key_only():
+    from keypool.budgets import Budgets
+    from keypool.clock import SystemClock
+    from keypool.shared_ask import key_ask_for
+    from keypool.spend import Hold, Ledger
+    from .helpers import config
+    budgets = Budgets(Ledger(), SystemClock())
+    budgets.update(config(keys=[key("k", budget=Budget(daily_usd=2.0)), key("free")]))
+    hold = Hold(None, "app", 0.5)
+    wall = time.time()
+    ka = key_ask_for(budgets, "k", hold, wall)
+    assert (ka.usd, ka.daily, ka.monthly) == (0.5, 2.0, 0)
+    assert 0 < ka.day_ms <= 60_000 and 0 < ka.month_ms <= 60_000  # asks again within a minute
+    assert key_ask_for(budgets, "free", hold, wall) is None
+    assert key_ask_for(budgets, "k", None, wall) is None
