@@ -4,7 +4,7 @@
 The mock upstream (scripts/benchmock.py: built to cost as little as possible; ``--mock
 demo`` for keypool.demo.mock_upstream) sends ``--chunks`` content events ``--gap-ms``
 apart per stream; closed-loop clients (bare asyncio Protocols on keep-alive connections,
-all in this process) hold C streams open for ``--seconds``, then let the streams in flight
+all in this process; the clients and the mock run on uvloop when it is installed) hold C streams open for ``--seconds``, then let the streams in flight
 finish. Targets alternate round by round; medians over rounds are printed: streams
 completed in the window, TTFT p50/p99 (request sent -> first body byte), inter-chunk gap
 p99 (between body reads), the proxy's CPU (utime+stime of its process tree from /proc) and
@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from benchlib import (ROOT, cpu_tree, free_port, keymux, mitmdump, redis_server, start, stop,
-                      two_workers, wait_up, write_keys)
+                      loop_factory, two_workers, wait_up, write_keys)
 
 AUTH = "Bearer sk-bench-0000000000000"
 
@@ -194,7 +194,8 @@ def own_cpu() -> float:
 
 def run_one(port: int, pid: int, mock_pid: int, conc: int, seconds: float, req: bytes) -> dict:
     cpu0, mock0, own0, t0 = cpu_tree(pid), cpu_tree(mock_pid), own_cpu(), time.perf_counter()
-    st = asyncio.run(load(port, conc, seconds, req))  # in-flight streams finish before it returns
+    # in-flight streams finish before it returns
+    st = asyncio.run(load(port, conc, seconds, req), loop_factory=loop_factory())
     own, mock = own_cpu() - own0, cpu_tree(mock_pid) - mock0
     cpu, wall = cpu_tree(pid) - cpu0, time.perf_counter() - t0
     q = statistics.quantiles
@@ -261,7 +262,8 @@ def report(results: dict, args) -> None:
     med = {k: {f: statistics.median(x[f] for x in v) for f in FIELDS} for k, v in results.items()}
     print(f"\nmedians of {args.rounds} rounds x {args.seconds:g}s; {args.chunks} chunks "
           f"{args.gap_ms:g} ms apart per stream; usage asked by the client: {args.include_usage}; "
-          f"mock: {args.mock}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
+          f"mock: {args.mock}; harness loop: {'uvloop' if loop_factory() else 'asyncio'}; "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
     print(f"{'target':<10} {'conc':>4} {'streams':>8} {'failed':>6} {'TTFT p50':>9} {'p99':>8} "
           f"{'gap p99':>8} {'CPU %':>6} {'CPU us/chunk':>13} {'mock %':>7} {'load %':>7} "
           f"{'harness':>8}")

@@ -127,3 +127,13 @@ def redis_server():
     sys.path.insert(0, str(ROOT))
     from tests.redisserver import REDIS_SERVER, RedisServer
     return RedisServer() if REDIS_SERVER else None
+
+
+def loop_factory():
+    """uvloop's event loop when it is installed (the harness then costs about half the CPU:
+    scripts/bench_streams.py's clients and mock), else None: asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop

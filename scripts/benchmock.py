@@ -8,7 +8,7 @@ when the body asks ``"stream": true``, with the usage event when it asks
 ``include_usage``), any GET with the model list. Everything is built once at start, as
 ready HTTP chunks; a connection is a bare ``asyncio.Protocol`` (no tasks, no streams, no
 JSON parse), and the streams due at the same millisecond are sent from one timer: one
-``call_at`` per tick batch, not a sleeping coroutine per stream.
+``call_at`` per tick batch, not a sleeping coroutine per stream; on uvloop when installed.
 
     python scripts/benchmock.py --port PORT [--chunks 20] [--gap-ms 50]
 
@@ -23,6 +23,7 @@ import math
 import re
 import signal
 
+from benchlib import loop_factory
 from keypool.demo import mock_http as H
 from keypool.demo import mock_responses as R
 
@@ -149,7 +150,8 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=20)
     ap.add_argument("--gap-ms", type=float, default=50)
     args = ap.parse_args()
-    asyncio.run(serve(args.host, args.port, args.chunks, args.gap_ms / 1000))
+    asyncio.run(serve(args.host, args.port, args.chunks, args.gap_ms / 1000),
+                loop_factory=loop_factory())
 
 
 if __name__ == "__main__":
