@@ -13,8 +13,8 @@ concurrency 1 and 16:
   every attempt makes the shared reservation (one Redis round trip).
 
 Prints requests/s and p50/p99 latency (medians over rounds), CPU time per request of the
-target's whole process tree (plus redis-server's for the Redis rows; from /proc around
-each wrk run: steadier than req/s on a shared machine), the ratios against plain mitmdump
+target's whole process tree (plus redis-server's for the Redis rows, also shown alone;
+from /proc around each wrk run: steadier than req/s on a shared machine), the ratios against plain mitmdump
 and the p50 the Redis round trip adds (keymux-redis - keymux at c=1, per round, median).
 
     .venv/bin/python scripts/bench_overhead.py [--seconds 8] [--rounds 3] [--no-redis]
@@ -43,7 +43,7 @@ from benchlib import (cpu_tree, free_port, keymux, mitmdump, redis_server, start
 
 BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]})
 RPM = 1_000_000  # high enough never to refuse: the reservation is made, never full
-FIELDS = ("rps", "p50", "p99", "cpu_us", "non2xx")
+FIELDS = ("rps", "p50", "p99", "cpu_us", "redis_us", "non2xx")
 
 
 def wait_post(url: str, proc: subprocess.Popen) -> None:
@@ -52,10 +52,13 @@ def wait_post(url: str, proc: subprocess.Popen) -> None:
                      "authorization": "Bearer sk-bench-0000000000000"})
 
 
-def wrk(url: str, conns: int, seconds: int, script: Path, pids: list[int] = ()) -> dict:
-    """One wrk run; ``cpu_us``: CPU per request of the process trees ``pids`` meanwhile."""
+def wrk(url: str, conns: int, seconds: int, script: Path, pids: list[int] = (),
+        redis_pid: int | None = None) -> dict:
+    """One wrk run; ``cpu_us``: CPU per request of the process trees ``pids`` (and of
+    ``redis_pid``, also alone as ``redis_us``) meanwhile."""
     threads = 1 if conns == 1 else 2
-    cpu0 = sum(map(cpu_tree, pids))
+    pids = [*pids, redis_pid] if redis_pid else pids
+    cpu0, redis0 = sum(map(cpu_tree, pids)), cpu_tree(redis_pid) if redis_pid else 0.0
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency",
                           "-s", str(script), url], capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -63,8 +66,9 @@ def wrk(url: str, conns: int, seconds: int, script: Path, pids: list[int] = ()) 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     cpu_us = 1e6 * (sum(map(cpu_tree, pids)) - cpu0) / max(requests, 1) if pids else 0.0
+    redis_us = 1e6 * (cpu_tree(redis_pid) - redis0) / max(requests, 1) if redis_pid else 0.0
     return {"rps": rps, "p50": lat["50"], "p99": lat["99"], "cpu_us": cpu_us,
-            "non2xx": int(errors.group(1)) if errors else 0}
+            "redis_us": redis_us, "non2xx": int(errors.group(1)) if errors else 0}
 
 
 def post_script(tmp: Path) -> Path:
@@ -114,17 +118,17 @@ def main() -> None:
                 port = mock_port if name == "direct" else free_port()
                 procs.append(start(cmd + [str(port)], tmp / f"{name}.log"))
                 # whose CPU a target's requests cost: its process tree, and Redis's
-                extra = [redis.proc.pid] if redis and name.startswith("keymux-") else []
-                targets[name] = (port, [procs[-1].pid] + extra)
+                targets[name] = (port, procs[-1].pid,
+                                 redis.proc.pid if redis and name.startswith("keymux-") else None)
                 wait_post(f"http://127.0.0.1:{port}/v1/chat/completions", procs[-1])
             results = {(t, c): [] for t in targets for c in (1, 16)}
             for r in range(args.rounds):
                 order = list(targets) if r % 2 == 0 else list(reversed(targets))
                 for c in (1, 16):
                     for t in order:
-                        port, pids = targets[t]
+                        port, pid, redis_pid = targets[t]
                         results[(t, c)].append(wrk(f"http://127.0.0.1:{port}/v1/chat/completions",
-                                                   c, args.seconds, script, pids))
+                                                   c, args.seconds, script, [pid], redis_pid))
                 print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
         finally:
             stop(procs)
@@ -136,14 +140,14 @@ def report(results: dict, names: list[str], args) -> None:
     print(f"\nmedians of {args.rounds} rounds x {args.seconds}s, wrk POST /v1/chat/completions; "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
     print(f"{'path':<13} {'conc':>4} {'req/s':>8} {'x plain':>7} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'cpu us/req':>10} {'x plain':>7} {'non-2xx':>7}")
+          f"{'cpu us/req':>10} {'x plain':>7} {'of it Redis':>11} {'non-2xx':>7}")
     for c in (1, 16):
         p = med[("mitmdump", c)]
         for t in names:
             m = med[(t, c)]
             print(f"{t:<13} {c:>4} {m['rps']:>8.0f} {m['rps'] / p['rps']:>7.3f} {m['p50']:>7.3f} "
                   f"{m['p99']:>7.3f} {m['cpu_us']:>10.0f} {m['cpu_us'] / p['cpu_us']:>7.3f} "
-                  f"{m['non2xx']:>7.0f}")
+                  f"{m['redis_us']:>11.0f} {m['non2xx']:>7.0f}")
     for c in (1, 16):
         k, p = med[("keymux", c)], med[("mitmdump", c)]
         print(f"\nc={c}: keymux/mitmdump req/s = {k['rps'] / p['rps']:.3f}; "
@@ -156,6 +160,10 @@ def report(results: dict, names: list[str], args) -> None:
         print(f"Redis round trip (keymux-redis - keymux, c=1): added p50 "
               f"{statistics.median(added):+.3f} ms (rounds: "
               f"{', '.join(f'{a:+.3f}' for a in added)}; target < 0.3 ms)")
+        for c in (1, 16):
+            r, k = med[("keymux-redis", c)], med[("keymux", c)]
+            print(f"c={c}: CPU per request keymux-redis - keymux = {r['cpu_us'] - k['cpu_us']:+.0f} us"
+                  f" (redis-server's part {r['redis_us']:.0f} us)")
     if ("keymux-2w", 16) in results:
         print(f"c=16: keymux-2w/keymux req/s = "
               f"{med[('keymux-2w', 16)]['rps'] / med[('keymux', 16)]['rps']:.3f}")

@@ -1,4 +1,5 @@
-"""Process plumbing the benchmarks share: ports, start, wait until up, stop by PID."""
+"""What the benchmarks share: ports, start, wait until up, stop by PID; the commands they
+start (mitmdump, keymux, two workers), CPU over a process tree, a Redis, the event loop."""
 from __future__ import annotations
 
 import os
