@@ -90,11 +90,11 @@ def commands(tmp: Path, mock_port: int, redis_url: str | None) -> dict[str, list
     cmds = {"direct": [py, "-m", "keypool.demo.mock_upstream", "--port"],
             "mitmdump": mitm + ["-p"],
             "keymux": keymux(mitm, write_keys(tmp / "keys.yaml", mock_port)) + ["-p"]}
-    if redis_url:
-        fleet = write_keys(tmp / "fleet.yaml", mock_port, state=redis_url)
-        cmds["keymux-2w"] = two_workers(py, keymux(mitm, fleet)) + ["-p"]
+    if redis_url:  # keymux-redis right after keymux: the pair whose p50s are compared
         shared = write_keys(tmp / "shared.yaml", mock_port, rpm=RPM, state=redis_url)
         cmds["keymux-redis"] = keymux(mitm, shared) + ["-p"]
+        fleet = write_keys(tmp / "fleet.yaml", mock_port, state=redis_url)
+        cmds["keymux-2w"] = two_workers(py, keymux(mitm, fleet)) + ["-p"]
     return cmds
 
 
