@@ -2,9 +2,10 @@
 """What sharing the pool through Redis adds to a request (state: {backend: redis}).
 
 1. In process: the p50/p99 of one shared reservation (the Lua check-and-reserve, one Redis
-   round trip), the only Redis call on the request path; and the client side's own cost:
-   keymux's Lane against ProtoLane (a prototype of a cheaper call, a bare asyncio
-   Protocol), both calling a trivial script.
+   round trip), the only Redis call on the request path: a key with rpm and in-flight, and
+   the biggest call (the key's tpm too, and a client's rpm and budget hold); and the client
+   side's own cost: keymux's Lane against ProtoLane (a prototype of a cheaper call, a bare
+   asyncio Protocol), both calling a trivial script.
 2. End to end: sequential requests (keep-alive, one client) through keymux with the default
    state and with the Redis backend, on a key with an rpm limit (so every attempt reserves),
    alternated over rounds; the added p50 is the median over rounds of redis p50 - sqlite p50.
@@ -44,23 +45,35 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(p * len(xs)))]
 
 
-async def reserve_times(url: str, n: int) -> list[float]:
+async def reserve_times(url: str, n: int, full: bool = False) -> list[float]:
+    """``full``: the biggest call: the key's rpm, in-flight and tpm, and the client's rpm
+    and budget hold (the first attempt of a client with both, keypool.shared_lua)."""
+    from keypool.budgets import Budgets
     from keypool.clock import SystemClock
-    from keypool.config import Config, KeySpec, StateSpec
+    from keypool.config import ClientSpec, Config, KeySpec, StateSpec
+    from keypool.config_money import Budget
     from keypool.pool import Pool
     from keypool.providers import PRESETS
+    from keypool.shared_ask import ask_for
     from keypool.shared_redis import RedisState
+    from keypool.spend import Hold, Ledger
     spec = KeySpec(name="b", provider="openai", secret="sk-bench-00000000", rpm=10**9,
-                   max_in_flight=10**6)
+                   max_in_flight=10**6, tpm=10**12 if full else None)
     pool = Pool(Config(providers=dict(PRESETS), keys=(spec,)), SystemClock())
-    state = RedisState(StateSpec("redis", url, "bench", 30.0), pool)
+    state = RedisState(StateSpec("redis", url, "bench", 30.0), pool, Ledger())
     state.ok = True
+    client = ClientSpec("c", "t", rpm=10**9, budget=Budget(daily_usd=1e9, daily_tokens=10**12))
+    budgets = Budgets(state.ledger, SystemClock())
     key, out = pool.by_name["b"], []
     for _ in range(n):
+        ask = ask_for(client, Hold(None, "c", 0.0012, tokens=300), budgets, time.time(),
+                      False) if full else None
         t0 = time.perf_counter()
-        slot, _ = await state.reserve(key)
+        slot, _ = await state.reserve(key, 300, ask)
         out.append(time.perf_counter() - t0)
-        state.release(slot)
+        state.release(slot, 200)
+        if ask is not None:
+            state.release_hold(slot.token)
         await state._flush()
     await state.stop()
     return out
@@ -192,9 +205,11 @@ def parser() -> str:
 
 def in_process(url: str, n: int) -> None:
     """The reservation through RedisState.reserve, and the two lanes' client cost."""
-    times = asyncio.run(reserve_times(url, n))
-    print(f"[{parser()} parser] shared reservation (Lua, one round trip): p50 "
-          f"{pct(times, .5) * 1e3:.3f} ms, p99 {pct(times, .99) * 1e3:.3f} ms")
+    for full in (False, True):
+        times = asyncio.run(reserve_times(url, n, full))
+        what = "key rpm+in-flight+tpm, client rpm+budget hold" if full else "key rpm+in-flight"
+        print(f"[{parser()} parser] shared reservation (Lua, one round trip; {what}): p50 "
+              f"{pct(times, .5) * 1e3:.3f} ms, p99 {pct(times, .99) * 1e3:.3f} ms")
     for name, (t, cpu) in asyncio.run(lane_times(url, n)).items():
         print(f"[{parser()} parser] {name:<9} calling '{TRIVIAL}': p50 {pct(t, .5) * 1e6:.0f} us, "
               f"p99 {pct(t, .99) * 1e6:.0f} us, this process's CPU {cpu * 1e6:.1f} us a call")

@@ -57,8 +57,16 @@ ACTIONS = {
 
 def log() -> AuditLog:
     """The audit log of the current state_dir (beside the gateway's keymux.db)."""
-    path = deps.store().path.parent / DB_NAME
+    store = deps.store()
+    path = store.path.parent / DB_NAME
     logs = current_app.extensions.setdefault(EXTENSION, {})
+    if store.fleet:  # state: redis: the fleet's audit stream too (webui/fleet.py)
+        from .fleet import FleetAuditLog
+        state = deps.snapshot().config.state
+        k = f"{path}|{state.url}|{state.prefix}"
+        if k not in logs:
+            logs[k] = FleetAuditLog(path, store.mirror, state.audit_max)
+        return logs[k]
     return logs.setdefault(str(path), AuditLog(path))
 
 
@@ -176,7 +184,8 @@ def index():
         pages=max(1, math.ceil(total / PAGE_SIZE)), filters=shown,
         query={k: v for k, v in shown.items() if v},
         actions=[(a, t(n)) for a, n in ACTIONS.items()], ranges=list(RANGES),
-        failure=failure, path=str(audit_log.path))
+        failure=failure, path=str(audit_log.path), fleet=getattr(audit_log, "fleet", False),
+        fleet_note=getattr(audit_log, "note", None))
 
 
 @bp.get("/export.<fmt>")

@@ -47,4 +47,10 @@ def store() -> Store:
         state_dir = Path(snap.config.state_dir)
     else:  # the file does not validate: its default place
         state_dir = config_file().path.absolute().parent / "state"
+    state = snap.config.state if snap.config is not None else None
+    if state is not None and state.backend == "redis":  # the fleet's log (webui/fleet.py)
+        if "fleet_store" not in g:
+            from .fleet import FleetStore, mirror_for
+            g.fleet_store = FleetStore(state_dir / DB_NAME, mirror_for(current_app, state))
+        return g.fleet_store
     return Store(state_dir / DB_NAME)

@@ -17,7 +17,8 @@ from flask import Response, stream_with_context
 
 FORMATS = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
 COLUMNS = ("time", "status", "client", "model", "key", "provider", "path", "error_code", "error",
-           "attempts", "latency_s", "ttfb_s", "tokens_in", "tokens_out", "cost_usd", "stream", "id")
+           "attempts", "latency_s", "ttfb_s", "tokens_in", "tokens_out", "cost_usd", "stream", "id",
+           "gateway")
 BODY_COLUMNS = ("request_body", "response_body")
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")
 

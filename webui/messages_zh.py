@@ -498,4 +498,8 @@ ZH.update({
     " in requests and tokens, never as $0.":
         "来自网关的花费账本，%(first)s 至 %(last)s（按网关的日期划分：routing.daily_reset、"
         "routing.timezone）。价格未知：没有已知价格的请求，计入请求数和 token，但从不计为 $0。",
+    "Gateway": "网关",
+    "Redis is unreachable (%(error)s): this page shows only this host's rows, from its own state store.":
+        "无法连接 Redis（%(error)s）：此页只显示本机状态存储中的记录。",
+    "Every gateway process of the fleet, from Redis.": "来自 Redis：集群中所有网关进程的记录。",
 })

@@ -69,7 +69,9 @@ def index():
     return render_template("requests/index.html", rows=rows, total=total, page=page, pages=pages,
                            filters=shown, keys=keys, clients=clients, query=query,
                            models=store.models(now - 7 * 86400), statuses=STATUS_FILTERS,
-                           ranges=list(RANGES), store_exists=store.path.is_file())
+                           ranges=list(RANGES), store_exists=store.exists(),
+                           fleet=store.fleet, fleet_note=store.note,
+                           show_gateway=store.fleet or len({r.get("gateway") for r in rows}) > 1)
 
 
 @bp.get("/export.<fmt>")

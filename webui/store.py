@@ -20,7 +20,8 @@ EXPORT_MAX = 100_000   # rows one export may hold
 EXPORT_CHUNK = 1000    # rows read at a time while exporting
 LOG_COLUMNS = ("id", "ts", "client", "key", "provider", "model", "status", "attempts",
                "latency_s", "ttfb_s", "tokens_in", "tokens_out", "stream")
-ADDED_COLUMNS = ("error_code", "error", "path", "cost_usd")  # absent where an older gateway wrote
+ADDED_COLUMNS = ("error_code", "error", "path", "cost_usd",
+                 "gateway")  # absent where an older gateway wrote
 BODY_COLUMNS = ("request_body", "response_body")
 # The attempts of a row, even a row whose JSON is broken (json_each would raise).
 _ATTEMPTS = ("json_each(CASE WHEN json_valid(requests.attempts) THEN requests.attempts"
@@ -39,8 +40,14 @@ class LogFilter:
 
 
 class Store:
+    fleet = False   # webui.fleet.FleetStore: the fleet's rows, from Redis
+    note = None     # why a fleet page shows this host's rows only (Redis away)
+
     def __init__(self, path: Path):
         self.path = Path(path)
+
+    def exists(self) -> bool:
+        return self.path.is_file()
 
     def query(self, sql: str, params: tuple | list = ()) -> list[tuple]:
         if not self.path.is_file():

@@ -20,6 +20,9 @@ RANGES = {"24h": 86400, "7d": 7 * 86400}  # the request log's own range names
 
 
 def per_client(store: Store, since: float) -> dict[str | None, dict]:
+    fleet = store.per_client(since) if store.fleet else None  # webui/fleet.py's buckets
+    if fleet is not None:
+        return fleet
     # Store.query: the store's read-only, fail-soft connection (no table yet -> no rows)
     rows = store.query(
         "SELECT client, COUNT(*), SUM(status < 400), SUM(status >= 400 AND status < 500),"
@@ -55,11 +58,13 @@ def index():
         range_name = "24h"
     snap = deps.snapshot()
     configured = [c.name for c in (snap.config.clients or ())] if snap.config else []
-    rows = table(configured, per_client(deps.store(), time.time() - RANGES[range_name]))
+    store = deps.store()
+    rows = table(configured, per_client(store, time.time() - RANGES[range_name]))
     totals = {f: sum(r[f] for r in rows) for f in
               ("requests", "ok", "client_errors", "server_errors", "tokens_in", "tokens_out")}
     return render_template("usage/index.html", rows=rows, totals=totals, range=range_name,
-                           ranges=list(RANGES), spend=spend_table(snap, request.args))
+                           ranges=list(RANGES), spend=spend_table(snap, request.args),
+                           fleet=store.fleet, fleet_note=store.note)
 
 
 def spend_table(snap, args) -> dict:

@@ -97,6 +97,12 @@ class Budgets:
         if worst is None:
             return None
         end, kind, period, limit, used = worst
+        return self.over_message(client, kind, period, limit, used, wall)
+
+    def over_message(self, client: str, kind: str, period: str, limit: float, used: float,
+                     wall: float) -> Over:
+        """What a client over one limit is told (here, or by the shared check)."""
+        end = self.ledger.period_end(period, wall)
         what = f"{limit:g} USD" if kind == "usd" else f"{int(limit)} tokens"
         done = f"{used:.4g} USD" if kind == "usd" else f"{int(used)} tokens"
         return Over(f"client '{client}' is over its {WORDS[period]} budget of {what} ({done} "

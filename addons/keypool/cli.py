@@ -232,6 +232,7 @@ Stop with Ctrl-C."""
 def run_state(args: argparse.Namespace) -> int:
     """Export or import the state store named by the config's state_dir."""
     import json
+    import sqlite3
 
     from .config import load_config
     from .errors import ConfigError
@@ -251,7 +252,11 @@ def run_state(args: argparse.Namespace) -> int:
             else:
                 Path(args.file).write_text(text)
         else:
-            store.import_(json.loads(Path(args.file).read_text()))
+            try:
+                store.import_(json.loads(Path(args.file).read_text()))
+            except (OSError, ValueError, sqlite3.Error) as e:  # nothing was changed
+                print(f"keymux: cannot import {args.file}: {e}", file=sys.stderr)
+                return 2
             print(f"keymux: imported {args.file} into {store.path}")
     finally:
         store.close()
@@ -339,7 +344,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args, extra = parser().parse_known_args(argv)
+    if args.command == "state" and args.file is None and len(extra) == 1 \
+            and not extra[0].startswith("-"):
+        # `state import --config X FILE`: argparse gives the optional positional up before
+        # the option, so the file comes back as an extra argument
+        args.file, extra = extra[0], []
+    if extra:
+        parser().error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "state":
         args.file = args.out or args.file
         if args.action == "import" and not args.file:

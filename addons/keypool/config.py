@@ -101,6 +101,8 @@ class StateSpec:
     url: str | None = None
     prefix: str = "keymux"
     reservation_ttl_s: float = 30.0  # a dead process's in-flight slots lapse after this
+    log_max: int = 100_000           # request-log rows the fleet's Redis stream keeps (~)
+    audit_max: int = 10_000          # audit-log rows the fleet's Redis stream keeps (~)
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,7 @@ class Config:
 
 TOP_FIELDS = ("version", "providers", "keys", "clients", "routing", "state_dir", "logging",
               "admin", "server", "state")
-STATE_FIELDS = ("backend", "url", "prefix", "reservation_ttl_s")
+STATE_FIELDS = ("backend", "url", "prefix", "reservation_ttl_s", "log_max", "audit_max")
 SERVER_FIELDS = ("allowed_origins", "allowed_hosts", "metrics", "health")
 PROVIDER_FIELDS = ("base_url", "auth", "models", "headers", "stream_usage", "proxy", "price")
 KEY_FIELDS = ("name", "provider", "key", "enabled", "weight", "models", "rpm", "tpm",
@@ -299,7 +301,8 @@ class _Reader(MoneyReader, NodeReader):
         spec = StateSpec(**self.given(f, "state", {
             "backend": self.choice(("sqlite", "redis")), "url": self.string,
             "prefix": self.string,
-            "reservation_ttl_s": lambda n, p: self.number(n, p, positive=True)}))
+            "reservation_ttl_s": lambda n, p: self.number(n, p, positive=True),
+            "log_max": self.count, "audit_max": self.count}))
         if spec.backend == "redis":
             if not spec.url or not spec.url.startswith(("redis://", "rediss://", "unix://")):
                 self.fail(f.get("url") or node, "state.url: backend redis needs a url "

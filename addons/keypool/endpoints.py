@@ -114,6 +114,10 @@ def readiness(gw: "Gateway") -> Answer:
         body["store"] = store
     if shared is not None:  # several processes share the pool (keypool.shared_redis)
         body["shared_state"] = shared
+    if gw.fleet_log is not None:  # the request log mirrored to Redis (store/fleetlog.py)
+        body["fleet_log"] = gw.fleet_log.status()
+        if not body["fleet_log"]["ok"] and status == "ok":
+            body["status"] = "degraded"
     lists = modellist.of(gw).health(gw.config)
     if lists:  # a warning only: the gateway serves whatever the lists say
         body["model_lists"] = lists
@@ -135,7 +139,15 @@ def stats(gw: "Gateway") -> dict:
                "keys": {n: gw.budgets.view("key", n, wall) for n in sorted(gw.budgets.keys)}}
     return {"uptime_s": round(wall - gw.started_wall, 3), "totals": total, "keys": keys,
             "providers": gw.pool.providers(), "spend": spend, "budgets": budgets,
-            "worker": worker()}
+            "worker": worker(), **fleet(gw)}
+
+
+def fleet(gw: "Gateway") -> dict:
+    """state: redis: today's (UTC) per-key counters of every process, read back from Redis
+    every 2 s (``keys`` above are this process's own, lifetime)."""
+    if gw.fleet_log is None:
+        return {}
+    return {"fleet": gw.fleet_log.fleet or {"day": None, "as_of": None, "keys": {}}}
 
 
 def worker() -> dict:

@@ -24,6 +24,7 @@ from .config import Config
 from .echo import Masker
 from .globs import GlobSet
 from .limits import ClientRate, estimate_tokens
+from .shared_ask import ask_for
 from .metrics import Metrics
 from .pool import WHOLE_KEY, NoKeyAvailable, Pool, ProviderOutage
 from .prices import Pricer
@@ -47,6 +48,7 @@ class Gateway:
         self.started_wall = self.clock.wall()
         self.reload_error: str | None = None
         self.store_status: Callable[[], dict] | None = None  # the store writer's, when there is one
+        self.fleet_log = None  # store.fleetlog.FleetLog: the fleet's request log in Redis
         self.pool = Pool(config, self.clock, self.rng)
         self.client_rate = ClientRate()
         self.waiting: dict[str, int] = {}  # provider -> requests queued for a key
@@ -198,6 +200,8 @@ class Gateway:
         if self.budgets.active:  # no await from the check above to here: one step
             ticket.hold = self.budgets.hold(ticket.client, route.provider.name, route.model,
                                             data, len(body or b""), ticket.arrived_wall)
+        if client is not None and self.pool.shared.shares_limits:  # and across processes
+            ticket.ask = ask_for(client, ticket.hold, self.budgets, ticket.arrived_wall, anthropic)
         return ticket
 
     def _read_body(self, route_path: str, headers: Mapping[str, str],
@@ -313,6 +317,7 @@ class Gateway:
                                  None if b.requests_reset_s is None else cap(b.requests_reset_s),
                                  b.remaining_tokens,
                                  None if b.tokens_reset_s is None else cap(b.tokens_reset_s))
+                self.pool.shared.learned(key)  # other processes adopt it (no-op alone)
                 if b.remaining_requests == 0 or b.remaining_tokens == 0:  # rare: only then
                     self._log_hold(key, b, headers)
         key.last_status = status if status is not None else error
@@ -342,6 +347,9 @@ class Gateway:
         """The request is over: its budget estimate is released (idempotent)."""
         if ticket.hold is not None:
             self.ledger.release(ticket.hold)
+        if ticket.shared_hold is not None:  # its hold in Redis (keypool.shared_lua)
+            self.pool.shared.release_hold(ticket.shared_hold)
+            ticket.shared_hold = None
 
     def finish(self, plan: Plan, status: int | None, usage: Usage | None = None,
                outcome: str | None = None, final: bool = True) -> None:

@@ -149,6 +149,17 @@ class _Budget:
         self.until = now + (NO_RESET_HOLD_S if reset_s is None else max(0.0, reset_s))
         self.generation += 1
 
+    def adopt(self, now: float, left: float, hold_s: float) -> bool:
+        """Another process learned this budget (keypool.shared_health): its word wins unless
+        ours is lower for the same window (theirs may be older than ours)."""
+        until = now + hold_s
+        mine = self.current(now)
+        if mine is not None and mine <= left and until <= self.until + 1.0:
+            return False
+        self.left, self.until = float(left), until
+        self.generation += 1  # a settle no longer corrects a charge made before it
+        return True
+
     def take(self, now: float, amount: float) -> int:
         # Returns the generation charged (-1: none in force), for settle to match against.
         if self.current(now) is None:

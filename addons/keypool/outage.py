@@ -15,6 +15,11 @@ first arriving after ``next_probe``, on a cadence that starts at ``PROBE_FIRST_S
 by ``PROBE_GROWTH`` per failed probe up to ``PROBE_MAX_S``, each jittered ±25% so that
 several gateways do not probe in step. Any answer that proves the provider serves (a
 success, or a client error) ends the outage at once.
+
+Several processes (keypool.shared_health): ``notify`` is told of every change (start, a
+probe out, a failed probe's next time, the end) and ``adopt``/``adopt_end`` take another
+process's, so the fleet answers 503 together and, while another process's probe is out,
+holds its own (at most ``REMOTE_PROBE_HOLD_S``: that process may have died).
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ PROBE_FIRST_S = 0.5    # first probe this long after the outage began
 PROBE_GROWTH = 1.5     # each failed probe waits this much longer...
 PROBE_MAX_S = 2.0      # ...up to this (a recovery is noticed within about this long)
 JITTER = 0.25
+REMOTE_PROBE_HOLD_S = 10.0  # another process's probe keeps ours back at most this long
 
 
 def threshold(enabled: int) -> int:
@@ -47,6 +53,8 @@ class ProviderState:
     probe_since: float = 0.0
     probes: int = 0
     failures: int = 0           # server failures attributed to the outage
+    remote_until: float = 0.0   # monotonic: another process's probe is out until then
+    adopted: bool = False       # another process declared it (not pushed back on resync)
 
 
 class Outages:
@@ -60,6 +68,9 @@ class Outages:
         # A probe never settled (a bug that lost its attempt) must not keep a provider down
         # for good: past this, the next request probes. Pool sets it from routing.timeout_s.
         self.probe_timeout_s = 120.0
+        # (provider, state or None: ended) on every change, for other processes; never
+        # called for a change adopted from them
+        self.notify = lambda provider, st: None
 
     # -- evidence ------------------------------------------------------------------------
 
@@ -73,6 +84,7 @@ class Outages:
             return None
         del self.state[provider]
         self.down.discard(provider)
+        self.notify(provider, None)
         return st
 
     def failure(self, provider: str, key: str, enabled: int, attempt: object) -> str:
@@ -88,6 +100,7 @@ class Outages:
                 st.probe = None
                 st.interval = min(st.interval * PROBE_GROWTH, PROBE_MAX_S)
                 st.next_probe = now + self._jitter(st.interval)
+                self.notify(provider, st)
             return "outage"
         st.failed = {k: t for k, t in st.failed.items() if now - t <= WINDOW_S}
         st.failed[key] = now
@@ -98,6 +111,7 @@ class Outages:
         st.interval = PROBE_FIRST_S
         st.next_probe = now + self._jitter(st.interval)
         self.down.add(provider)
+        self.notify(provider, st)
         return "start"
 
     def settled(self, provider: str, attempt: object) -> None:
@@ -106,6 +120,7 @@ class Outages:
         st = self.state.get(provider)
         if st is not None and st.probe is not None and attempt is st.probe:
             st.probe = None
+            self.notify(provider, st)  # the others may probe now
 
     # -- gate ----------------------------------------------------------------------------
 
@@ -118,8 +133,8 @@ class Outages:
         now = self.clock.monotonic()
         if st.probe is not None and now - st.probe_since > self.probe_timeout_s:
             st.probe = None  # lost
-        if st.probe is not None:  # its answer decides; if it fails, the next is this far
-            return st.interval
+        if st.probe is not None or st.remote_until > now:  # its answer decides; if it
+            return st.interval                               # fails, the next is this far
         return max(st.next_probe - now, 0.0)
 
     def probing(self, provider: str, attempt: object) -> bool:
@@ -129,13 +144,45 @@ class Outages:
             return False
         st.probe, st.probe_since = attempt, self.clock.monotonic()
         st.probes += 1
+        self.notify(provider, st)
         return True
 
-    def forget(self, provider: str | None = None) -> None:
-        """End an outage (or all) without evidence: an operator's reset, a removed provider."""
+    def adopt(self, provider: str, since_ago: float, next_in: float, interval: float,
+              probing: bool) -> bool:
+        """Another process's outage of ``provider`` (times relative to now); True when it
+        starts one here. Its probe, if out, holds ours back until its verdict arrives."""
+        now = self.clock.monotonic()
+        st = self.state.get(provider)
+        started = st is None or not st.down
+        if started:
+            st = self.state[provider] = ProviderState(down=True, since=now - since_ago,
+                                                      since_wall=self.clock.wall() - since_ago,
+                                                      adopted=True)
+            self.down.add(provider)
+        st.interval = interval
+        # a little after the other's time: its probe's announcement arrives first
+        st.next_probe = now + next_in + self.rng.uniform(0.05, 0.25) * interval
+        st.remote_until = now + min(REMOTE_PROBE_HOLD_S, self.probe_timeout_s) if probing else 0.0
+        return started
+
+    def adopt_end(self, provider: str) -> ProviderState | None:
+        """Another process saw ``provider`` answer: its outage is over here too."""
+        st = self.state.get(provider)
+        if st is None or not st.down:
+            return None
+        del self.state[provider]
+        self.down.discard(provider)
+        return st
+
+    def forget(self, provider: str | None = None, tell: bool = True) -> None:
+        """End an outage (or all) without evidence: an operator's reset (``tell``: every
+        process), a removed provider (this process's config only)."""
         for name in [provider] if provider is not None else list(self.state):
             self.state.pop(name, None)
-            self.down.discard(name)
+            if name in self.down:
+                self.down.discard(name)
+                if tell:
+                    self.notify(name, None)
 
     def snapshot(self) -> dict[str, dict]:
         """Per provider in outage: since (Unix time), for how long, when the next probe."""
@@ -146,7 +193,8 @@ class Outages:
             out[name] = {"state": "outage", "since": round(st.since_wall, 3),
                          "for_s": round(now - st.since, 3),
                          "next_probe_in": round(max(0.0, st.next_probe - now), 3),
-                         "probing": st.probe is not None, "probes": st.probes,
+                         "probing": st.probe is not None or st.remote_until > now,
+                         "probes": st.probes,
                          "failures": st.failures}
         return out
 

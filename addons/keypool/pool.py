@@ -161,6 +161,7 @@ class Pool:
         self.budget_wait = None
         # other processes sharing this pool (keypool.shared): told of health changes
         self.shared = LOCAL
+        self.outages.notify = lambda provider, st: self.shared.outage(provider, st)
         self.update(config)
 
     def update(self, config: Config) -> None:
@@ -189,12 +190,13 @@ class Pool:
         self.by_provider = {}
         for state in fresh.values():
             self.by_provider.setdefault(state.spec.provider, []).append(state)
+        self.provider_urls = {n: p.base_url for n, p in config.providers.items()}
         self.choose = STRATEGIES[config.routing.strategy]
         self.max_cool = float(config.routing.cooldown.max_s)
         self.outages.probe_timeout_s = float(config.routing.timeout_s) + 1.0
         for name in list(self.outages.state):
             if name not in self.by_provider:
-                self.outages.forget(name)
+                self.outages.forget(name, tell=False)
 
     def pick(self, provider: str, model: str | None, exclude: frozenset[str] | set[str] = frozenset(),
              est_tokens: int = 1) -> Lease:
@@ -282,8 +284,9 @@ class Pool:
         """End a lease: ``outcome`` is a policy outcome ("ok", "rate_limited", ...)."""
         key = lease.key
         key.in_flight -= 1  # the slots first: nothing below may keep them if it fails
-        if lease.slot is not None:
-            self.shared.release(lease.slot)
+        if lease.slot is not None:  # settles its shared tpm reservation as the local one
+            self.shared.release(lease.slot, tokens_in + tokens_out
+                                if outcome in ("ok", "client_error") else None)
             lease.slot = None
         key.probing.difference_update(lease.probes)
         if lease.provider_probe:

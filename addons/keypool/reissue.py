@@ -73,8 +73,15 @@ async def serve(gw: Gateway, ticket: Ticket, send: Sender, *,
                 gw.waiting[provider] -= 1
                 ticket.waited += perf_counter() - began
             continue
-        if gw.pool.shared.needs_slot(plan.key) and not await _shared_slot(gw, plan):
-            continue  # another process holds the key's last slot: it is held back, pick again
+        if gw.pool.shared.needs_slot(plan.key, ticket.ask):
+            got = await _shared_slot(gw, plan)
+            if got is False:
+                continue  # another process holds the key's last slot: held back, pick again
+            if got is not True:  # the client is over its rpm or budget, across processes
+                gw.count_answer(got)
+                return Outcome(answer=got)
+        elif ticket.ask is not None:  # Redis is away: the admission's local checks stood
+            ticket.ask = None
         if ticket.attempts:  # this attempt re-issues a failed one: count why that failed
             gw.metrics.reissued(ticket.route.provider.name, ticket.attempts[-1]["outcome"])
         outcome = await _attempt(gw, plan, send, on_failed)
@@ -88,18 +95,29 @@ async def serve(gw: Gateway, ticket: Ticket, send: Sender, *,
             return Outcome(answer=answer)
 
 
-async def _shared_slot(gw: Gateway, plan: Plan) -> bool:
-    """Take the key's shared rpm/in-flight slot (one Redis round trip, keypool.shared);
-    False: the key is full across the processes and was given back, held for the wait."""
+async def _shared_slot(gw: Gateway, plan: Plan) -> bool | Answer:
+    """Take the key's shared slots and, on the first call, the client's admission (one
+    Redis round trip, keypool.shared_lua). False: the key is full across the processes
+    and was given back, held for the wait; an Answer: the client is refused."""
+    ticket = plan.ticket
     try:
-        slot, wait = await gw.pool.shared.reserve(plan.key)
+        slot, wait = await gw.pool.shared.reserve(plan.key, ticket.est_tokens, ticket.ask)
     except BaseException:
         gw.abandon(plan)
         raise
+    if isinstance(wait, Answer):
+        ticket.ask = None
+        plan.finished = True
+        gw.pool.unlease(plan.lease, 0.0)
+        return wait
     if wait > 0:
         plan.finished = True
         gw.pool.unlease(plan.lease, wait)
         return False
+    if ticket.ask is not None:  # taken (or Redis was out of reach: local checks stood)
+        if slot is not None and ticket.ask.held:
+            ticket.shared_hold = slot.token
+        ticket.ask = None
     plan.lease.slot = slot
     return True
 

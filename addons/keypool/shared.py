@@ -11,12 +11,17 @@ A change travels as an ``Event`` of plain facts; cooldown ends are Unix times, s
 process maps them onto its own monotonic clock. A key is named by its config name and told
 apart by its secret's fingerprint: a process whose key of that name has another secret
 ignores the event.
+
+Provider outages and learned budgets travel as events too (keypool.shared_health): the
+pool tells the backend through ``outage`` and ``learned``; ``decode`` reads any event,
+``apply`` adopts any.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from .poolstate import DEAD, fingerprint
+from .shared_health import LearnEvent, OutageEvent, _num
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +40,7 @@ class Event:
     @classmethod
     def from_dict(cls, d: dict) -> "Event":
         return cls(str(d["kind"]), str(d["key"]), str(d["fp"]),
-                   tuple(str(s) for s in d.get("scopes") or ()), float(d.get("end") or 0.0),
+                   tuple(str(s) for s in d.get("scopes") or ()), _num(d.get("end") or 0.0),
                    str(d.get("reason") or ""))
 
 
@@ -58,14 +63,21 @@ class LocalState:
     def cleared(self, key, scopes: tuple[str, ...]) -> None:
         pass
 
-    def needs_slot(self, key) -> bool:
+    def outage(self, provider: str, st) -> None:
+        """A provider's outage started, changed (a probe out, its next time) or ended (None)."""
+
+    def learned(self, key) -> None:
+        """The upstream told this process ``key``'s remaining budget (keypool.limits)."""
+
+    def needs_slot(self, key, ask=None) -> bool:
         return False
 
-    async def reserve(self, key) -> tuple[Slot | None, float]:
-        """(slot, 0.0) when the key may take the attempt, (None, seconds to wait) if not."""
+    async def reserve(self, key, est_tokens: int = 0, ask=None) -> tuple[Slot | None, float]:
+        """(slot, 0.0) when the key may take the attempt, (None, seconds to wait) if not;
+        ``ask``: the client's admission too (keypool.shared_ask), refused as (None, Answer)."""
         return None, 0.0
 
-    def release(self, slot: Slot | None) -> None:
+    def release(self, slot: Slot | None, tokens: int | None = None) -> None:
         pass
 
     def status(self) -> dict | None:
@@ -90,9 +102,23 @@ def clear_event(key, scopes: tuple[str, ...]) -> Event:
     return Event("clear", key.name, fingerprint(key.spec.secret), tuple(scopes))
 
 
-def apply(pool, ev: Event) -> bool:
+def decode(d: dict) -> Event | OutageEvent | LearnEvent:
+    """An event from its dict; ValueError, KeyError or TypeError when malformed."""
+    kind = d["kind"]
+    if kind in ("cool", "clear"):
+        return Event.from_dict(d)
+    if kind in ("outage", "up"):
+        return OutageEvent.from_dict(d)
+    if kind == "learn":
+        return LearnEvent.from_dict(d)
+    raise ValueError(f"unknown event kind {kind!r}")
+
+
+def apply(pool, ev: Event | OutageEvent | LearnEvent) -> bool:
     """Adopt another process's change to a key's health; False when it does not apply here
     (unknown key, another secret, or a cooldown already over)."""
+    if not isinstance(ev, Event):
+        return ev.apply(pool)
     k = pool.by_name.get(ev.key)
     if k is None or fingerprint(k.spec.secret) != ev.fp:
         return False

@@ -4,13 +4,13 @@ Health (cooldowns, dead marks, probes' outcomes): each change is written to a ha
 (``PREFIX:cool:KEY``, scope -> end, reason, fingerprint) and published on ``PREFIX:events``;
 every process applies the others' events to its own pool (``keypool.shared.apply``), so a
 pick reads local memory only. On (re)connecting a process subscribes first, then reads every
-hash (what it missed) and pushes its own live cooldowns (what Redis missed).
+hash (what it missed) and pushes its own live cooldowns (what Redis missed). Provider
+outages and learned budgets travel the same way (keypool.shared_health, .shared_rows).
 
-Limits: a key with ``rpm`` or ``max_in_flight`` takes a slot in one Lua call before each
-attempt (``RESERVE``: check and reserve atomically, on Redis's clock, so two processes never
-both take the last slot). An in-flight slot is a sorted-set member scored by its expiry: the
-process refreshes the slots it holds every third of ``reservation_ttl_s``, so the slots of a
-process that died lapse after at most that long.
+Limits (keypool.shared_lua): a key's rpm, tpm and in-flight slots, and a client's rpm and
+budget hold, are checked and taken in one Lua call before each attempt (``RESERVE``), so two
+processes never both take the last; held things lapse by ``reservation_ttl_s`` if the
+process holding them dies.
 
 Redis unreachable: every call fails fast, the process serves on its local state (its own
 windows and cooldowns), ``status()`` says so, and a background task reconnects and resyncs.
@@ -26,127 +26,16 @@ import time
 from collections import deque
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError, RedisError, ResponseError
+from redis.exceptions import RedisError
 
-from .shared import Event, LocalState, Slot, apply, clear_event, cool_event, local_events
+from . import shared_rows
+from .shared import LocalState, apply, clear_event, cool_event, decode, local_events
+from .shared_health import learn_event, live_outages, outage_event
+from .shared_lua import SharedSlots
 
 logger = logging.getLogger("keymux")
 
 RETRY_S = 0.5          # between reconnection attempts while Redis is unreachable
-# A reservation that takes longer is given up: the attempt goes ahead on local limits (a
-# reservation Redis made meanwhile counts in the window; its in-flight slot lapses by ttl).
-CALL_TIMEOUT_S = 0.5
-SPEND_KEEP_S = 40 * 86_400  # a month's totals outlive the month a little
-
-# KEYS: rpm window, in-flight set. ARGV: rpm (0: none), max in flight (0: none), token, ttl ms.
-# Returns {1, 0} (reserved) or {0, ms to wait}.
-RESERVE = """
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local rpm, cap, tok, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
-if cap > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-  if redis.call('ZCARD', KEYS[2]) >= cap then return {0, 50} end
-end
-if rpm > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
-  if redis.call('ZCARD', KEYS[1]) >= rpm then
-    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-    return {0, math.max(1, tonumber(oldest[2]) + 60000 - now)}
-  end
-  redis.call('ZADD', KEYS[1], now, tok)
-  redis.call('PEXPIRE', KEYS[1], 61000)
-end
-if cap > 0 then
-  redis.call('ZADD', KEYS[2], now + ttl, tok)
-  redis.call('PEXPIRE', KEYS[2], ttl + 1000)
-end
-return {1, 0}
-"""
-
-# KEYS: in-flight set. ARGV: ttl ms, tokens...: push the expiry of slots still held.
-REFRESH = """
-local t = redis.call('TIME')
-local exp = t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[1])
-for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', exp, ARGV[i]) end
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) + 1000)
-return 0
-"""
-
-
-class Lane:
-    """One connection that pipelines the hot path's calls: each is written at once, in
-    order, and a reader task hands the answers back in the same order (Redis answers in
-    order). Half the client cost of the pooled client: no connection checked out per call.
-    Any failure fails every call waiting and closes it; the next call reopens it."""
-
-    def __init__(self, pool, script: str):
-        kwargs = {**pool.connection_kwargs, "socket_timeout": None}
-        self._make = lambda: pool.connection_class(**kwargs)
-        self.script = script
-        self.sha = ""
-        self.conn = None
-        self._waiting: deque[asyncio.Future] = deque()
-        self._reader: asyncio.Task | None = None
-        self._opening: asyncio.Lock | None = None
-
-    async def call(self, *args):
-        if self.conn is None:
-            await self._open()
-        fut = asyncio.get_running_loop().create_future()
-        self._waiting.append(fut)  # before the write, with no await between: order kept
-        try:
-            await self.conn.send_packed_command(
-                self.conn.pack_command("EVALSHA", self.sha, *args), check_health=False)
-        except BaseException as e:
-            self._fail(e)
-            raise
-        return await fut
-
-    async def _open(self) -> None:
-        self._opening = self._opening or asyncio.Lock()
-        async with self._opening:
-            if self.conn is not None:
-                return
-            conn = self._make()
-            await conn.connect()
-            await conn.send_command("SCRIPT", "LOAD", self.script)
-            sha = await conn.read_response()
-            self.sha = sha.decode() if isinstance(sha, bytes) else sha
-            self.conn = conn
-            self._reader = asyncio.get_running_loop().create_task(self._read(conn))
-
-    async def _read(self, conn) -> None:
-        while True:
-            try:
-                answer = await conn.read_response()
-            except asyncio.CancelledError:
-                raise
-            except RedisError as e:
-                if not isinstance(e, ResponseError):  # the connection broke
-                    self._fail(e)
-                    return
-                answer = e
-            if self._waiting:
-                fut = self._waiting.popleft()
-                if not fut.done():
-                    (fut.set_exception if isinstance(answer, Exception) else fut.set_result)(answer)
-
-    def _fail(self, e: BaseException) -> None:
-        conn, self.conn = self.conn, None
-        while self._waiting:
-            fut = self._waiting.popleft()
-            if not fut.done():
-                fut.set_exception(ConnectionError(f"shared state lane closed: {e}"))
-        if self._reader is not None and self._reader is not asyncio.current_task():
-            self._reader.cancel()
-        self._reader = None
-        if conn is not None:
-            asyncio.get_running_loop().create_task(conn.disconnect(nowait=True))
-
-    async def close(self) -> None:
-        if self.conn is not None:
-            self._fail(ConnectionError("closed"))
 
 
 def safe_url(url: str) -> str:
@@ -157,7 +46,7 @@ def safe_url(url: str) -> str:
     return f"{scheme}{sep}{rest}"
 
 
-class RedisState(LocalState):
+class RedisState(SharedSlots, LocalState):
     backend = "redis"
     shares_limits = True
 
@@ -175,15 +64,14 @@ class RedisState(LocalState):
         self.error: str | None = "not connected yet"
         self.since = time.time()
         self.received = 0
-        self._seq = 0
-        self._out: deque = deque()  # ("ev", Event) | ("rel", key, token), written in order
+        # ("ev", Event) | ("rel", key, token) | ("spend", ...) | ("cmd", fn(pipe)), in order
+        self._out: deque = deque()
         self._wake = asyncio.Event()
-        self._held: dict[str, str] = {}  # token -> key name: slots to refresh while held
+        self._learned: dict = {}  # key name -> key: its learned budget, at the next write
         self._tasks: list[asyncio.Task] = []
         self.client = aioredis.Redis.from_url(spec.url, socket_timeout=2.0,
                                               socket_connect_timeout=1.0)
-        self._lane = Lane(self.client.connection_pool, RESERVE)
-        self._refresh = self.client.register_script(REFRESH)
+        self._init_slots()  # keypool.shared_lua: the hot path's reserve call
 
     # -- health -----------------------------------------------------------------------
 
@@ -192,6 +80,13 @@ class RedisState(LocalState):
 
     def cleared(self, key, scopes: tuple[str, ...]) -> None:
         self._queue(("ev", clear_event(key, scopes)))
+
+    def outage(self, provider: str, st) -> None:
+        self._queue(("ev", outage_event(self.pool, provider, st)))
+
+    def learned(self, key) -> None:
+        self._learned[key.name] = key  # coalesced: one event per key per write
+        self._wake.set()
 
     def _queue(self, item) -> None:
         if len(self._out) < 10_000:  # bounded while Redis is down; resync pushes the rest
@@ -207,34 +102,6 @@ class RedisState(LocalState):
     def _adopt_spend(self, who: str, label: str, dim: str, name: str, usd, tokens) -> None:
         if self.ledger is not None and who != self.spend_origin:
             self.ledger.remote.setdefault((label, dim, name), {})[who] = (float(usd), int(tokens))
-
-    # -- limits -----------------------------------------------------------------------
-
-    def needs_slot(self, key) -> bool:
-        return self.ok and bool(key.spec.rpm or key.spec.max_in_flight)
-
-    async def reserve(self, key) -> tuple[Slot | None, float]:
-        self._seq += 1
-        token = f"{self.origin}:{self._seq}"
-        name = key.name
-        try:
-            async with asyncio.timeout(CALL_TIMEOUT_S):
-                got, wait_ms = await self._lane.call(
-                    2, f"{self.prefix}:rpm:{name}", f"{self.prefix}:inf:{name}",
-                    key.spec.rpm or 0, key.spec.max_in_flight or 0, token, self.ttl_ms)
-        except (RedisError, OSError, TimeoutError) as e:
-            # (a late answer to a call given up meets its cancelled future: order is kept)
-            self._down(e)
-            return None, 0.0  # serve on local limits
-        if not got:
-            return None, max(int(wait_ms), 1) / 1000.0
-        if key.spec.max_in_flight:
-            self._held[token] = name
-        return Slot(name, token), 0.0
-
-    def release(self, slot: Slot | None) -> None:
-        if slot is not None and self._held.pop(slot.token, None) is not None:
-            self._queue(("rel", slot.key, slot.token))
 
     # -- status -----------------------------------------------------------------------
 
@@ -316,30 +183,23 @@ class RedisState(LocalState):
             if d.get("kind") == "spend":
                 self._adopt_spend(d["who"], d["label"], d["dim"], d["name"], d["usd"], d["tokens"])
             else:
-                apply(self.pool, Event.from_dict(d))
+                apply(self.pool, decode(d))
             self.received += 1
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):  # (JSON but no object)
             logger.warning("keymux: shared state: ignored a malformed event on %s", self.channel)
 
     async def _resync(self) -> None:
-        """Adopt every cooldown Redis holds, then push this process's own."""
-        names = [k async for k in self.client.scan_iter(match=f"{self.prefix}:cool:*", count=500)]
-        for full in names:
-            name = full.decode().split(":cool:", 1)[1]
-            for scope, raw in (await self.client.hgetall(full)).items():
-                d = json.loads(raw)
-                apply(self.pool, Event("cool", name, d["fp"], (scope.decode(),), d["end"],
-                                       d["reason"]))
-        for ev in local_events(self.pool):
+        """Adopt every cooldown and outage Redis holds, then push this process's own."""
+        for ev in await shared_rows.read(self.client, self.prefix):
+            apply(self.pool, ev)
+        for ev in local_events(self.pool) + live_outages(self.pool):
             self._queue(("ev", ev))
         if self.ledger is not None:
             wall = self.pool.clock.wall()
             for period in ("day", "month"):
                 label = self.ledger.label(period, wall)
-                for field, raw in (await self.client.hgetall(f"{self.prefix}:spend:{label}")).items():
-                    who, dim, name = field.decode().split("|", 2)
-                    usd, tokens = json.loads(raw)
-                    self._adopt_spend(who, label, dim, name, usd, tokens)
+                for row in await shared_rows.read_spend(self.client, self.prefix, label):
+                    self._adopt_spend(*row)
             if self.push_spend is not None:
                 self.push_spend()
 
@@ -354,54 +214,34 @@ class RedisState(LocalState):
                 await asyncio.sleep(RETRY_S)
 
     async def _flush(self) -> None:
+        if self._learned:
+            keys, self._learned = self._learned.values(), {}
+            self._out.extend(("ev", ev) for k in keys if (ev := learn_event(self.pool, k)))
         while self._out:
             batch = [self._out.popleft() for _ in range(min(len(self._out), 256))]
             pipe = self.client.pipeline(transaction=False)
             for item in batch:
                 if item[0] == "rel":
                     pipe.zrem(f"{self.prefix}:inf:{item[1]}", item[2])
+                elif item[0] == "cmd":  # keypool.shared_lua: a budget hold's release
+                    item[1](pipe)
                 elif item[0] == "spend":
-                    self._store_spend(pipe, *item[1:])
+                    shared_rows.write_spend(pipe, self.prefix, self.channel, self.origin,
+                                            self.spend_origin, *item[1:])
+                    if item[2] == "client":  # where RESERVE reads it (keypool.shared_lua)
+                        self.store_client_spent(pipe, item[1], *item[3:], shared_rows.SPEND_KEEP_S)
                 else:
                     self._store(pipe, item[1])
             try:
                 await pipe.execute()
             except BaseException:
-                self._out.extendleft(reversed([i for i in batch if i[0] == "rel"]))
+                self._out.extendleft(reversed([i for i in batch if i[0] in ("rel", "cmd")]))
                 raise
 
-    def _store(self, pipe, ev: Event) -> None:
-        h = f"{self.prefix}:cool:{ev.key}"
-        if ev.kind == "cool":
-            row = json.dumps({"end": ev.end, "reason": ev.reason, "fp": ev.fp})
-            pipe.hset(h, mapping={s: row for s in ev.scopes})
-            pipe.expireat(h, int(ev.end) + 1, gt=True)
-            pipe.expireat(h, int(ev.end) + 1, nx=True)
-        else:
-            pipe.hdel(h, *ev.scopes)
+    def _store(self, pipe, ev) -> None:
+        shared_rows.write(pipe, self.prefix, ev)
         pipe.publish(self.channel, json.dumps({**ev.to_dict(), "origin": self.origin}))
 
-    def _store_spend(self, pipe, label: str, dim: str, name: str, usd: float, tokens: int) -> None:
-        h = f"{self.prefix}:spend:{label}"
-        pipe.hset(h, f"{self.spend_origin}|{dim}|{name}", json.dumps([usd, tokens]))
-        pipe.expire(h, SPEND_KEEP_S)
-        pipe.publish(self.channel, json.dumps({
-            "kind": "spend", "origin": self.origin, "who": self.spend_origin, "label": label,
-            "dim": dim, "name": name, "usd": usd, "tokens": tokens}))
-
-    async def _keep_slots(self) -> None:
-        """Push the expiry of every slot still held, every third of the ttl."""
-        while True:
-            await asyncio.sleep(self.ttl_ms / 3000.0)
-            by_key: dict[str, list[str]] = {}
-            for token, name in list(self._held.items()):
-                by_key.setdefault(name, []).append(token)
-            try:
-                for name, tokens in by_key.items():
-                    await self._refresh(keys=[f"{self.prefix}:inf:{name}"],
-                                        args=[self.ttl_ms, *tokens])
-            except (RedisError, OSError) as e:
-                self._down(e)
 
 
 class SharedStateCollector:

@@ -6,6 +6,7 @@ atomic with respect to other flows without any lock.
 """
 from __future__ import annotations
 
+import math
 import random
 from typing import Callable, Sequence, TYPE_CHECKING
 
@@ -24,6 +25,44 @@ def round_robin(cands: Sequence["KeyState"], rng: random.Random) -> "KeyState":
             best = k
     best.rr_current -= total
     return best
+
+
+def stagger(pool, index: int, count: int) -> None:
+    """Start process ``index`` of ``count`` at its own place in each provider's round-robin
+    cycle, so that processes picking at the same moment pick different keys (processes
+    sharing one pool, keypool.shared; the cursor itself is not shared: that would cost a
+    round trip per pick). Run once at start; moves ``rr_current`` only."""
+    if count <= 1:
+        return
+    for keys in pool.by_provider.values():
+        cands = [k for k in keys if k.spec.enabled]
+        if len(cands) > 1:
+            for _ in range(_phases(cands, count)[index % count]):
+                round_robin(cands, pool.rng)
+
+
+def _phases(cands, count: int) -> list[int]:
+    """Each process's steps into the cycle: spread evenly, and, for unequal weights (whose
+    cycle repeats the heavy keys), each next one where it meets the others' picks least."""
+    scaled = [max(1, round(k.spec.weight * 1000)) for k in cands]
+    period = sum(scaled) // math.gcd(*scaled)
+    even = [i * period // count for i in range(count)]
+    if len(set(scaled)) == 1 or period > 400 or count > period:
+        return even
+    cur, seq = [k.rr_current for k in cands], []
+    for _ in range(period):  # one cycle of round_robin, on copies
+        for i, k in enumerate(cands):
+            cur[i] += k.spec.weight
+        best = max(range(len(cands)), key=lambda i: cur[i])
+        cur[best] -= sum(k.spec.weight for k in cands)
+        seq.append(best)
+    meet = [sum(seq[j] == seq[(j + d) % period] for j in range(period)) for d in range(period)]
+    phases = [0]
+    for i in range(1, count):
+        free = [d for d in range(period) if d not in phases]
+        phases.append(min(free, key=lambda d: (sum(meet[(d - q) % period] for q in phases),
+                                               abs(d - even[i]))))
+    return phases
 
 
 def weighted(cands: Sequence["KeyState"], rng: random.Random) -> "KeyState":

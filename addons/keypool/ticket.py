@@ -46,6 +46,9 @@ class Ticket:
                                    # keymux_overhead_seconds (reissue.py says what counts)
     attempts: list[dict] = field(default_factory=list)
     hold: object = None            # keypool.spend.Hold: a budget's estimate, until close()
+    ask: object = None             # keypool.shared_ask.Ask: the client's admission, for
+                                   # the first shared reserve call (Redis) to take
+    shared_hold: str | None = None  # its budget hold's token in Redis, until close()
 
     @property
     def tried(self) -> set[str]:

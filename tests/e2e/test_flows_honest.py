@@ -4,6 +4,7 @@ Real mitmdump + keymux writing every flow to a file; the file is read back with 
 own FlowReader once the gateway stopped.
 """
 import json
+import urllib.request
 from urllib.parse import urlsplit
 
 import openai
@@ -11,7 +12,7 @@ import pytest
 from mitmproxy import io
 
 from .conftest import CLIENT_TOKEN, K1, K2, SECRETS, pool_yaml
-from .harness import GatewayProcess
+from .harness import SIDECAR_TOKEN, GatewayProcess
 
 CLIENTS = f"""
 clients:
@@ -44,6 +45,10 @@ def saved(mock, tmp_path_factory, confdir):
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=gw.url + "/v1", api_key=WRONG, max_retries=0) \
                 .chat.completions.create(**ask)
+        test = urllib.request.Request(f"{gw.url}/_keymux/keys/k2/test", method="POST",
+                                      headers={"x-keymux-admin-token": SIDECAR_TOKEN})
+        with urllib.request.urlopen(test, timeout=30) as r:
+            assert json.loads(r.read())["ok"] is True
     data = path.read_bytes()
     with open(path, "rb") as f:
         return list(io.FlowReader(f).stream()), data, mock
@@ -98,7 +103,13 @@ def test_the_refusal_is_the_gateways(saved):
     assert refused.comment.startswith("401 ") and refused.marked == ":no_entry:"
 
 
+def test_a_key_test_says_the_provider_answered(saved):
+    flows, _, _ = saved
+    [tested] = [f for f in flows if f.request.path == "/_keymux/keys/k2/test"]
+    assert tested.comment.startswith("key test k2: mock 200 ok ("), tested.comment
+
+
 def test_no_token_or_key_anywhere_in_the_file(saved):
     _, data, _ = saved
-    for secret in (CLIENT_TOKEN, WRONG, *SECRETS):
+    for secret in (CLIENT_TOKEN, WRONG, SIDECAR_TOKEN, *SECRETS):
         assert secret.encode() not in data

@@ -228,3 +228,12 @@ def test_a_published_attempt_flow_is_left_alone_by_the_fail_closed_guard(monkeyp
     with taddons.context(FailClosed()):
         asyncio.run(go())
     assert a.response.status_code == 429 and a.request.host == "api.openai.com"
+
+
+def test_a_key_tests_flow_says_the_provider_answered_not_keymux():
+    body = {"key": "k1", "provider": "openai", "ok": False, "status": 401, "outcome": "auth",
+            "latency_ms": 85, "state": "dead", "error": "bad key"}
+    assert flows.tested(answers.json_answer(200, body)) == "key test k1: openai 401 auth (85 ms)"
+    body.update(status=None, error="timeout", outcome="timeout")
+    assert flows.tested(answers.json_answer(200, body)) == "key test k1: openai timeout timeout (85 ms)"
+    assert flows.tested(answers.error(404, "no key named k9", "not_found")) == "404 no key named k9"

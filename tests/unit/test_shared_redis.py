@@ -40,9 +40,9 @@ async def until(cond, timeout=2.0):
 
 
 def test_two_reservers_never_pass_the_rpm(redis_url, monkeypatch):
-    import keypool.shared_redis
+    import keypool.shared_lua
     # about atomicity, not timeouts: 40 first calls open 40 connections on a busy machine
-    monkeypatch.setattr(keypool.shared_redis, "CALL_TIMEOUT_S", 10.0)
+    monkeypatch.setattr(keypool.shared_lua, "CALL_TIMEOUT_S", 10.0)
 
     async def main():
         a = make(redis_url, "rpm", [key("k", rpm=7)])

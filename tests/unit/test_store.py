@@ -3,6 +3,8 @@ import json
 import sqlite3
 import time
 
+import pytest
+
 from keypool.clock import FakeClock
 from keypool.pool import Pool
 from keypool.store import Recorder, SQLiteStore, Writer
@@ -98,3 +100,30 @@ def test_database_stays_valid_in_wal_mode(tmp_path):
     assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     store.close()
+
+
+def test_an_import_without_a_table_leaves_that_table_alone(tmp_path):
+    """An export from before spend_day existed must not empty today's spend."""
+    a = SQLiteStore(tmp_path / "a.db")
+    a.write(batch_with(Recorder(), Pool(config(keys=[key("a")]), FakeClock()),
+                       [{"ts": 1.0, "status": 200, "attempts": []}]))
+    a._conn().execute("INSERT INTO spend_day (day, key, client, provider, model, usd, tokens_in, "
+                      "tokens_out, requests) VALUES ('2026-11-30', 'a', 'app', 'p', 'm', 1.5, 1, 2, 1)")
+    before = a.export()
+    old = {t: rows for t, rows in before.items() if t != "spend_day"}
+    a.import_(json.loads(json.dumps(old)))
+    assert a.export()["spend_day"] == before["spend_day"] != []
+
+
+@pytest.mark.parametrize("data", [
+    [], {"nope": []}, {"requests": {}}, {"requests": [1]}, {"requests": [{}]},
+    {"requests": [{"ts": 1, "status) VALUES (1); --": 2}]},
+])
+def test_a_malformed_import_is_refused_and_changes_nothing(tmp_path, data):
+    a = SQLiteStore(tmp_path / "a.db")
+    a.write(batch_with(Recorder(), Pool(config(keys=[key("a")]), FakeClock()),
+                       [{"ts": 1.0, "status": 200, "attempts": []}]))
+    before = a.export()
+    with pytest.raises(ValueError):
+        a.import_(data)
+    assert a.export() == before

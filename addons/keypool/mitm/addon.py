@@ -225,13 +225,15 @@ class Keymux:
         # The flow holds the client's token masked (clientauth): authenticate with it as sent.
         headers = HeaderMap(self.clientauth.take_fields(flow) or req.headers.fields)
         ticket = self.gateway.admit(req.method, req.path, headers, req.raw_content)
-        waited = 0.0
-        if isinstance(ticket, keytest.KeyTest):  # an admin's test: one attempt, a summary back
+        waited, tested = 0.0, isinstance(ticket, keytest.KeyTest)
+        if tested:  # an admin's test: one attempt, a summary back
             sent = perf_counter()
             ticket = await keytest.run(self.gateway, self.upstream, ticket)
             waited = perf_counter() - sent
         if isinstance(ticket, Answer):
             flows.answered(flow, ticket, self.gateway._secrets)
+            if tested:  # the provider answered; keymux only summed it up
+                flow.comment = flows.tested(ticket)
             self._overhead(req.path, "gateway", began, waited)
             return
         fields, method, cap = req.headers.fields, req.method, self.gateway.max_response_bytes
@@ -383,6 +385,8 @@ class Keymux:
         if self.runtime is not None:  # shutdown or script reload: persist what we have
             self.runtime.flush()
             self.runtime.writer.flush(timeout=2.0)
+            if self.runtime.fleetlog is not None:  # the fleet's Redis stream too
+                self.runtime.fleetlog.flush(timeout=1.0)
             unwritten = self.runtime.writer.status().get("pending_rows", 0)
             if unwritten:
                 logger.warning("keymux: %d request-log rows could not be written to the state "

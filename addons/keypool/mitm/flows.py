@@ -97,6 +97,17 @@ def why(answer: Answer, secrets=()) -> str:
     return scrub(f"{answer.status} {message}", list(secrets))
 
 
+def tested(answer: Answer) -> str:
+    """An admin's key test did reach the provider: ``key test k1: openai 401 dead (85 ms)``,
+    not "answered by keymux" (the summary is keymux's, the status is the provider's)."""
+    try:
+        r = json.loads(answer.body)
+        got = r["status"] if r["status"] is not None else r["error"]
+        return f"key test {r['key']}: {r['provider']} {got} {r['outcome']} ({r['latency_ms']} ms)"
+    except (ValueError, KeyError, TypeError):
+        return why(answer)
+
+
 # -- a routed request: what was sent, and where ---------------------------------------
 
 def sent_fields(plan: Plan, fields) -> tuple:

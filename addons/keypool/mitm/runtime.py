@@ -26,13 +26,19 @@ class Runtime:
     gateway: Gateway
     store: SQLiteStore
     writer: Writer
+    fleetlog: object | None = None  # store.fleetlog.FleetLog: state: {backend: redis}
+    gateway_id: str = ""            # who wrote a request-log row (host, worker, pid)
 
     def flush(self) -> None:
         """Hand what the loop collected to the writer thread (no disk I/O here)."""
         gw = self.gateway
         batch = gw.recorder.drain(gw.pool.export_state())
         batch.spend = gw.ledger.drain()
+        for row in batch.requests:
+            row["gateway"] = self.gateway_id
         self.writer.submit(batch)
+        if self.fleetlog is not None and (batch.requests or batch.usage):
+            self.fleetlog.submit(batch)
 
 
 _runtimes: dict[str, Runtime] = {}
@@ -52,7 +58,8 @@ def runtime_for(path: str, config: Config, admin_token: str | None = None) -> Ru
         gw.store_status = writer.status
         gw.metrics.watch_store(writer.status)
         _share(gw, config)
-        rt = _runtimes[path] = Runtime(gw, store, writer)
+        rt = _runtimes[path] = Runtime(gw, store, writer, gateway_id=gateway_id())
+        rt.fleetlog = _fleet_log(gw, config, rt.gateway_id)
     else:
         rt.gateway.update(config)
         rt.gateway.admin_token = admin_token or None
@@ -76,9 +83,43 @@ def _share(gw: Gateway, config: Config) -> None:
         for name in gw.budgets.clients:
             gw.budgets.share("", name, wall)
     shared.push_spend = push_spend
+    _stagger(gw, origin.hexdigest())
     gw.metrics.registry.register(SharedStateCollector(gw.pool.shared))
     logger.info("keymux: sharing key state through Redis at %s (prefix %s)",
                 safe_url(config.state.url), config.state.prefix)
+
+
+def _stagger(gw: Gateway, origin: str) -> None:
+    """Each process of a fleet starts its round robin at its own place in the cycle
+    (keypool.strategies.stagger): a worker of `keymux run --workers N` at its slot's
+    share, any other process at a place its origin (host, state_dir) picks."""
+    from ..strategies import stagger
+    index, count = os.environ.get("KEYMUX_WORKER", ""), os.environ.get("KEYMUX_WORKERS", "")
+    if index.isdigit() and count.isdigit():
+        stagger(gw.pool, int(index), int(count))
+    else:
+        stagger(gw.pool, int(origin[:8], 16) % 1024, 1024)
+
+
+def gateway_id() -> str:
+    """``host:pid``, or ``host/wN:pid`` for worker N of ``keymux run --workers``."""
+    worker = os.environ.get("KEYMUX_WORKER")
+    return f"{socket.gethostname()}{f'/w{worker}' if worker else ''}:{os.getpid()}"
+
+
+def _fleet_log(gw: Gateway, config: Config, gid: str):
+    """state: {backend: redis}: the request log and usage mirrored to Redis streams and
+    hashes (keypool.store.fleetlog), so the web UI shows every process's."""
+    if config.state.backend != "redis":
+        return None
+    import redis
+    from ..store.fleetlog import FleetLog, FleetLogCollector
+    client = redis.Redis.from_url(config.state.url, socket_timeout=2.0,
+                                  socket_connect_timeout=1.0)
+    log = FleetLog(client, config.state.prefix, config.state.log_max, gid)
+    gw.fleet_log = log
+    gw.metrics.registry.register(FleetLogCollector(log))
+    return log
 
 
 def _restore(gw: Gateway, store: SQLiteStore) -> None:

@@ -22,7 +22,8 @@ CREATE TABLE IF NOT EXISTS requests (
     error_code  TEXT,               -- the gateway's own answer: its x-keymux-error (e.g. invalid_client_token)
     error       TEXT,               -- ... and its message (keymux's words, no secret, <= 300 chars)
     path        TEXT,               -- refusals: the path's class (/v1/chat/completions, /v1/*, ...)
-    cost_usd    REAL                -- what the answer cost (keypool.prices); NULL: unknown or none
+    cost_usd    REAL,               -- what the answer cost (keypool.prices); NULL: unknown or none
+    gateway     TEXT                -- the process that wrote it: host:pid, host/wN:pid (a worker)
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
 

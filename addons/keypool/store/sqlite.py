@@ -14,10 +14,11 @@ USAGE_FIELDS = ("requests", "successes", "rate_limited", "auth_errors", "server_
                 "client_errors", "tokens_in", "tokens_out", "latency_sum")
 REQUEST_FIELDS = ("ts", "client", "key", "provider", "model", "status", "attempts",
                   "latency_s", "ttfb_s", "tokens_in", "tokens_out", "stream",
-                  "request_body", "response_body", "error_code", "error", "path", "cost_usd")
+                  "request_body", "response_body", "error_code", "error", "path", "cost_usd",
+                  "gateway")
 # Columns added after the first release: (name, type) added to an older database at open.
 ADDED_COLUMNS = (("error_code", "TEXT"), ("error", "TEXT"), ("path", "TEXT"),
-                 ("cost_usd", "REAL"))
+                 ("cost_usd", "REAL"), ("gateway", "TEXT"))
 SPEND_KEY = ("day", "key", "client", "provider", "model")
 SPEND_FIELDS = ("usd", "requests", "unknown", "tokens_in", "tokens_out", "cache_read",
                 "cache_write")
@@ -110,13 +111,31 @@ class SQLiteStore:
                     for cur in [db.execute(f"SELECT * FROM {table}")]}
 
     def import_(self, data: dict) -> None:
+        """Replace each table the export holds; a table it lacks (an export from before the
+        table existed) is left as it is. A malformed file (ValueError) changes nothing."""
+        rows = self._checked(data)
         with self._lock, self._transaction():
-            for table in TABLES:
+            for table, table_rows in rows.items():
                 self._db.execute(f"DELETE FROM {table}")
-                for row in data.get(table, []):
-                    cols = ", ".join(row)
-                    self._db.execute(f"INSERT INTO {table} ({cols}) VALUES "
+                for row in table_rows:
+                    self._db.execute(f"INSERT INTO {table} ({', '.join(row)}) VALUES "
                                      f"({', '.join('?' * len(row))})", tuple(row.values()))
+
+    def _checked(self, data) -> dict[str, list[dict]]:
+        """The tables of an export, every column name one the table has (they go into SQL)."""
+        if not isinstance(data, dict):
+            raise ValueError("not a keymux state export (a JSON object of tables)")
+        if unknown := set(data) - set(TABLES):
+            raise ValueError(f"unknown tables: {', '.join(sorted(unknown))}")
+        with self._lock:
+            db = self._conn()
+            columns = {t: {c[1] for c in db.execute(f"PRAGMA table_info({t})")} for t in data}
+        for table, table_rows in data.items():
+            if not isinstance(table_rows, list) or not all(
+                    isinstance(r, dict) and r and set(r) <= columns[table] for r in table_rows):
+                raise ValueError(f"table {table}: rows must be objects of its columns "
+                                 f"({', '.join(sorted(columns[table]))})")
+        return data
 
     def close(self) -> None:
         with self._lock:
