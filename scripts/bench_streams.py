@@ -274,7 +274,11 @@ def report(results: dict, args) -> None:
               f"{m['harness']:>7.1f}%")
     print("(CPU %: the proxy's process tree; mock % and load %: the harness's upstream and "
           "clients; harness: their share of all three's CPU)")
+    stream_s = args.gap_ms * (args.chunks + 2) / 1000  # role, chunks, stop, [DONE]: gaps
     for c in args.conc:
+        # closed loop: a client fits whole streams only, so this bounds every ratio
+        print(f"c={c}: a proxy that delays nothing completes {c * int(args.seconds // stream_s)}"
+              f" streams (each takes {stream_s:.2f} s)")
         for t in sorted({t for t, _ in results if t != "plain"}):
             if (t, c) not in results or ("plain", c) not in results:
                 continue

@@ -41,8 +41,10 @@ def payloads(chunks: int) -> dict:
     stream = {}
     for usage in (False, True):
         body = dict(ask, stream=True, **({"stream_options": {"include_usage": True}} if usage else {}))
-        stream[usage] = [b"%x\r\n%s\r\n" % (len(ev), ev)
-                         for ev in R.chat_completion_stream(body, chunks)]
+        events = [b"%x\r\n%s\r\n" % (len(ev), ev) for ev in R.chat_completion_stream(body, chunks)]
+        if usage:  # the usage event right behind the stop event, as OpenAI sends it: a
+            events[-3:-1] = [events[-3] + events[-2]]  # stream as long with usage as without
+        stream[usage] = events
     return {"stream": stream,
             "sse_head": H.head(200, "text/event-stream; charset=utf-8", rid, False, None),
             "json": H.json_response(200, R.dumps(R.chat_completion(ask, chunks)), rid, False),
