@@ -3,7 +3,9 @@
 
 1. In process: the p50/p99 of one shared reservation (the Lua check-and-reserve, one Redis
    round trip), the only Redis call on the request path: a key with rpm and in-flight, and
-   the biggest call (the key's tpm too, and a client's rpm and budget hold).
+   the biggest call (the key's tpm too, and a client's rpm and budget hold); and the client
+   side's own cost: keymux's Lane against ProtoLane (a prototype of a cheaper call, a bare
+   asyncio Protocol), both calling a trivial script.
 2. End to end: sequential requests (keep-alive, one client) through keymux with the default
    state and with the Redis backend, on a key with an rpm limit (so every attempt reserves),
    alternated over rounds; the added p50 is the median over rounds of redis p50 - sqlite p50.
@@ -13,8 +15,10 @@
    a key budget's hold too, a key with only a budget, and the biggest call with a key
    budget too; medians of the rounds. Nothing else is measured then.
 
+With hiredis installed (redis-py then parses with it), each figure is also measured without
+it in the same run (a child process in which ``import hiredis`` fails): ``redis-nohiredis``.
 Needs Debian's redis-server (started here on a free loopback port, stopped by PID).
-Usage: .venv/bin/python scripts/bench_shared.py [--requests 600] [--rounds 3]
+Usage: .venv/bin/python scripts/bench_shared.py [--requests 600] [--rounds 3] [--calls 2000]
        .venv/bin/python scripts/bench_shared.py --redis-time [--rounds 9]
 """
 from __future__ import annotations
@@ -23,19 +27,22 @@ import argparse
 import asyncio
 import http.client
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "addons"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchlib import ROOT, free_port, start, stop, wait_up  # noqa: E402
+from benchlib import (ROOT, free_port, keymux, mitmdump, start, stop, wait_up,  # noqa: E402
+                      write_keys)
 from tests.redisserver import RedisServer  # noqa: E402
 
-BIN = Path(sys.executable).parent
 BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
 
 
@@ -87,6 +94,108 @@ async def reserve_times(url: str, n: int, full: bool = False, kbudget: bool = Fa
     return out
 
 
+# -- a cheaper way to make the same call: a prototype, measured beside keymux's Lane --
+
+TRIVIAL = "return {1, 0}"  # both lanes run this: the difference is the client side alone
+
+
+class ProtoLane(asyncio.Protocol):
+    """What the reserve call could cost on a bare asyncio Protocol (a prototype for the
+    report, not keymux's code): the EVALSHA command packed by hand into one bytes object,
+    written with ``transport.write`` (no ``drain``, no StreamWriter), the ``*2 :a :b``
+    reply parsed by hand in ``data_received`` and handed to the waiting future there: no
+    reader task, no redis-py parser, one task switch instead of two."""
+
+    def __init__(self) -> None:
+        self.transport = None
+        self.buf = b""
+        self.waiting: deque = deque()
+
+    @classmethod
+    async def open(cls, host: str, port: int, script: str) -> tuple["ProtoLane", bytes]:
+        _, lane = await asyncio.get_running_loop().create_connection(cls, host, port)
+        sha = await lane.call(b"*3\r\n$6\r\nSCRIPT\r\n$4\r\nLOAD\r\n" + _bulk(script.encode()))
+        return lane, sha
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def call(self, packed: bytes) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        self.waiting.append(fut)
+        self.transport.write(packed)
+        return fut
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while (got := self.reply()) is not None:
+            answer, self.buf = got
+            fut = self.waiting.popleft()
+            (fut.set_exception if isinstance(answer, Exception) else fut.set_result)(answer)
+
+    def reply(self) -> tuple[object, bytes] | None:
+        """The first whole reply in the buffer and what follows it, or None (not all here):
+        an array of integers (RESERVE's answer), a bulk string (the sha), an error."""
+        buf = self.buf
+        end = buf.find(b"\r\n")
+        if end < 0:
+            return None
+        kind, head, pos = buf[:1], buf[1:end], end + 2
+        if kind == b"*":
+            out = []
+            for _ in range(int(head)):
+                e = buf.find(b"\r\n", pos)
+                if e < 0:
+                    return None
+                out.append(int(buf[pos + 1:e]))
+                pos = e + 2
+            return out, buf[pos:]
+        if kind == b"$":
+            size = int(head)
+            if len(buf) < pos + size + 2:
+                return None
+            return buf[pos:pos + size], buf[pos + size + 2:]
+        return RuntimeError(head.decode()), buf[pos:]
+
+
+def _bulk(b: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(b), b)
+
+
+def evalsha(sha: bytes, *args) -> bytes:
+    parts = [b"EVALSHA", sha] + [a if isinstance(a, bytes) else str(a).encode() for a in args]
+    return b"*%d\r\n" % len(parts) + b"".join(map(_bulk, parts))
+
+
+async def lane_times(url: str, n: int) -> dict[str, tuple[list[float], float]]:
+    """keymux's Lane and the ProtoLane, each calling TRIVIAL with a reserve's arguments,
+    alternated in blocks of 250 calls: name -> (each call's wall time, CPU per call)."""
+    import redis.asyncio as aioredis
+    from keypool.shared_lane import Lane
+    pool = aioredis.ConnectionPool.from_url(url)
+    lane = Lane(pool, TRIVIAL)
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    proto, sha = await ProtoLane.open(host, int(port), TRIVIAL)
+    args = (2, "bench:rpm:b", "bench:inf:b", 1000000, 0)
+    out = {"Lane": [], "ProtoLane": []}
+    cpu = dict.fromkeys(out, 0.0)  # this process's CPU: steadier than wall time when shared
+    for block in range(max(2, 2 * n // 250)):
+        name = "Lane" if block % 2 == 0 else "ProtoLane"
+        c0 = time.process_time()
+        for i in range(250):
+            t0 = time.perf_counter()
+            if name == "Lane":
+                await lane.call(*args, f"tok:{i}", 30000)
+            else:
+                await proto.call(evalsha(sha, *args, f"tok:{i}", 30000))
+            out[name].append(time.perf_counter() - t0)
+        cpu[name] += time.process_time() - c0
+    await lane.close()
+    proto.transport.close()
+    await pool.disconnect()
+    return {name: (times, cpu[name] / len(times)) for name, times in out.items()}
+
+
 def sequential(port: int, n: int) -> list[float]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     out = []
@@ -127,60 +236,93 @@ def redis_time(url: str, rounds: int, n: int = 2000) -> None:
               f"(median of {rounds} alternated rounds of {n} calls)")
 
 
+def parser() -> str:
+    import redis.utils
+    return "hiredis" if redis.utils.HIREDIS_AVAILABLE else "python"
+
+
+def in_process(url: str, n: int) -> None:
+    """The reservation through RedisState.reserve, and the two lanes' client cost."""
+    for full in (False, True):
+        times = asyncio.run(reserve_times(url, n, full))
+        what = "key rpm+in-flight+tpm, client rpm+budget hold" if full else "key rpm+in-flight"
+        print(f"[{parser()} parser] shared reservation (Lua, one round trip; {what}): p50 "
+              f"{pct(times, .5) * 1e3:.3f} ms, p99 {pct(times, .99) * 1e3:.3f} ms")
+    for name, (t, cpu) in asyncio.run(lane_times(url, n)).items():
+        print(f"[{parser()} parser] {name:<9} calling '{TRIVIAL}': p50 {pct(t, .5) * 1e6:.0f} us, "
+              f"p99 {pct(t, .99) * 1e6:.0f} us, this process's CPU {cpu * 1e6:.1f} us a call")
+
+
+def without_hiredis(tmp: Path) -> dict:
+    """An environment in which ``import hiredis`` fails: redis-py falls back to its parser."""
+    shim = tmp / "nohiredis"
+    shim.mkdir(exist_ok=True)
+    (shim / "hiredis.py").write_text('raise ImportError("left out for an A/B run")\n')
+    return {**os.environ, "PYTHONPATH": f"{shim}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=600)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--calls", type=int, default=2000, help="in-process reservations")
     ap.add_argument("--no-limit", action="store_true",
                     help="the key has no rpm: no reservation, only the backend's presence")
     ap.add_argument("--redis-time", action="store_true",
                     help="only Redis's own time per reserve call, per variant (A/B)")
+    ap.add_argument("--in-process", metavar="URL", help=argparse.SUPPRESS)  # the A/B's child
     args = ap.parse_args()
+    if args.in_process:
+        return in_process(args.in_process, args.calls)
     if args.redis_time:
         with RedisServer() as redis:
             redis_time(redis.url, args.rounds)
         return
     tmp = Path(tempfile.mkdtemp(prefix="keymux-bench-shared-"))
+    ab = parser() == "hiredis"  # then each figure also without it, same run
     with RedisServer() as redis:
-        for full in (False, True):
-            times = asyncio.run(reserve_times(redis.url, 2000, full))
-            what = ("key rpm+in-flight+tpm, client rpm+budget hold" if full
-                    else "key rpm+in-flight")
-            print(f"shared reservation (Lua, one round trip; {what}): p50 "
-                  f"{pct(times, .5) * 1e3:.3f} ms, p99 {pct(times, .99) * 1e3:.3f} ms")
+        in_process(redis.url, args.calls)
+        if ab:
+            subprocess.run([sys.executable, __file__, "--in-process", redis.url, "--calls",
+                            str(args.calls)], env=without_hiredis(tmp), check=True)
         mock_port = free_port()
-        rpm = "" if args.no_limit else ", rpm: 1000000"
-        key = f"  - {{name: b, provider: mock, key: sk-bench-key-000000000001{rpm}}}\n"
-        base = f"providers:\n  mock:\n    base_url: http://127.0.0.1:{mock_port}/v1\nkeys:\n{key}"
+        mitm = mitmdump(sys.executable, tmp, mock_port)
+        rpm = None if args.no_limit else 1_000_000
+        cmds = {"sqlite": keymux(mitm, write_keys(tmp / "sqlite.yaml", mock_port, rpm=rpm, n=1)),
+                "redis": keymux(mitm, write_keys(tmp / "bench.yaml", mock_port, rpm=rpm, n=1,
+                                                 state=redis.url))}
+        if ab:
+            cmds["redis-nohiredis"] = keymux(mitm, write_keys(
+                tmp / "nohiredis.yaml", mock_port, rpm=rpm, n=1, state=redis.url))
         ports, procs = {}, [start([sys.executable, "-m", "keypool.demo.mock_upstream", "--port",
                                    str(mock_port)], tmp / "mock.log")]
-        for name, extra in (("sqlite", ""), ("redis", f"state: {{backend: redis, url: "
-                                                        f"{redis.url}, prefix: bench}}\n")):
-            (tmp / name).mkdir()
-            (tmp / name / "keys.yaml").write_text(base + extra)
+        for name, cmd in cmds.items():
             ports[name] = free_port()
-            procs.append(start([str(BIN / "mitmdump"), "--listen-host", "127.0.0.1", "-q",
-                                "--mode", f"reverse:http://127.0.0.1:{mock_port}",
-                                "--set", f"confdir={tmp}", "-p", str(ports[name]),
-                                "-s", str(ROOT / "addons/keymux.py"),
-                                "--set", f"keymux_config={tmp / name / 'keys.yaml'}"],
-                               tmp / f"{name}.log"))
+            env = without_hiredis(tmp) if name == "redis-nohiredis" else None
+            procs.append(subprocess.Popen(cmd + ["-p", str(ports[name])], cwd=ROOT, env=env,
+                                          stdout=open(tmp / f"{name}.log", "wb"),
+                                          stderr=subprocess.STDOUT))
         try:
             for (name, port), proc in zip(ports.items(), procs[1:]):
                 wait_up(f"http://127.0.0.1:{port}/health", proc)
                 sequential(port, 100)  # warm up
             p50s = {n: [] for n in ports}
             for r in range(args.rounds):
-                for name, port in ports.items():
-                    p50s[name].append(statistics.median(sequential(port, args.requests)))
+                for name in (list(ports) if r % 2 == 0 else list(reversed(ports))):
+                    p50s[name].append(statistics.median(sequential(ports[name], args.requests)))
                 print(f"round {r + 1}/{args.rounds}: " + ", ".join(
                     f"{n} p50 {v[-1] * 1e3:.3f} ms" for n, v in p50s.items()), file=sys.stderr)
         finally:
             stop(procs)
-    added = statistics.median(b - a for a, b in zip(p50s["sqlite"], p50s["redis"]))
-    print(f"end to end, sequential: sqlite p50 {statistics.median(p50s['sqlite']) * 1e3:.3f} ms,"
-          f" redis p50 {statistics.median(p50s['redis']) * 1e3:.3f} ms, added p50 "
-          f"{added * 1e3:.3f} ms (median of {args.rounds} alternated rounds)")
+    print(f"end to end, sequential ({args.requests} requests x {args.rounds} alternated rounds; "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}): " + ", ".join(
+              f"{n} p50 {statistics.median(v) * 1e3:.3f} ms" for n, v in p50s.items()))
+    for name in ports:
+        if name != "sqlite":
+            # each round's pair ran back to back: the difference per round, then the median
+            added = [b - a for a, b in zip(p50s["sqlite"], p50s[name])]
+            print(f"{name}: added p50 {statistics.median(added) * 1e3:+.3f} ms (rounds: "
+                  f"{', '.join(f'{x * 1e3:+.3f}' for x in added)}; target < 0.3 ms)")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Needs wrk and haproxy (Debian packages). Loopback only; every process is stopped
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess
@@ -97,24 +96,12 @@ def main() -> None:
         for r in range(args.rounds):
             for c in conns:
                 for t, port in targets.items():
-                    before = cpu(pids[port])
-                    res = wrk(f"http://127.0.0.1:{port}/v1/chat/completions", c, args.seconds,
-                              script)
-                    res["cpu_us"] = (cpu(pids[port]) - before) * 1e6 / max(1, res["rps"] * args.seconds)
-                    results[(t, c)].append(res)
+                    results[(t, c)].append(wrk(f"http://127.0.0.1:{port}/v1/chat/completions",
+                                               c, args.seconds, script, pids[port]))
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     finally:
         stop(procs)
     report(results, conns, args)
-
-
-def cpu(pids: list[int]) -> float:
-    """User + system CPU seconds of these processes so far (/proc/PID/stat)."""
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def report(results: dict, conns: list[int], args) -> None:
