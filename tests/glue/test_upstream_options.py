@@ -21,7 +21,7 @@ from mitmproxy.test import taddons
 from e2e.tlsutil import make_pki
 from keypool.config import parse_config
 from keypool.errors import ConfigError
-from keypool.mitm import sendopts, upstream
+from keypool.mitm import h1reply, sendopts, upstream
 from keypool.mitm.upstream import Upstream
 from keypool.providers import ProviderSpec
 from keypool.reissue import UpstreamError
@@ -366,6 +366,21 @@ async def test_a_changed_option_retires_the_lean_pool_without_cutting_a_stream()
             again = await up.send(plan_for(srv.url), "POST", ())
             await again.read()
             assert again.status == 200 and not again.conn.reused and not old.idle
+        finally:
+            await up.close()
+
+
+@aio
+async def test_direct_attempts_go_through_the_lean_client_unless_keymux_sender_is_aiohttp():
+    async with Server() as srv:
+        up = configured()
+        try:
+            reply = await up.send(plan_for(srv.url), "POST", ())
+            assert isinstance(reply, h1reply.H1Reply) and reply.status == 200
+            assert await reply.read()
+            up.lean = False  # --set keymux_sender=aiohttp
+            reply = await up.send(plan_for(srv.url), "POST", ())
+            assert isinstance(reply, upstream.AiohttpReply) and await reply.read()
         finally:
             await up.close()
 

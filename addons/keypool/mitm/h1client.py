@@ -134,7 +134,7 @@ class Pool:
 
 
 def request_head(method: str, url: str, host: str, port: int, default_port: int,
-                 fields, hop: frozenset, body: bytes, extra: tuple = ()) -> bytes:
+                 fields, hop: frozenset, body: bytes) -> bytes:
     """The request's head: the URL's target as it is (byte for byte), the provider's Host,
     the client's fields but hop-by-hop and framing ones, and the body's length."""
     start = url.find("/", url.find("//") + 2)
@@ -145,7 +145,6 @@ def request_head(method: str, url: str, host: str, port: int, default_port: int,
     out = [b"%s %s HTTP/1.1\r\nHost: %s" % (method.encode(), target.encode("latin-1"),
                                             netloc.encode("idna"))]
     out += [k + b": " + v for k, v in fields if k.lower() not in hop]
-    out += [k.encode("latin-1") + b": " + v.encode("latin-1") for k, v in extra]
     if body or method not in _NO_LENGTH:
         out.append(b"Content-Length: %d" % len(body))
     out.append(b"\r\n")

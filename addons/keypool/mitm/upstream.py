@@ -201,7 +201,9 @@ class Upstream:
             _logged.clear()  # a failure seen with the old options is worth telling again
             h1client._logged.clear()
         if "keymux_sender" in options:
-            self.lean = options.keymux_sender != "aiohttp"
+            if options.keymux_sender not in ("lean", "aiohttp"):
+                raise exceptions.OptionsError("keymux_sender must be lean or aiohttp")
+            self.lean = options.keymux_sender == "lean"
         if not self._warned:
             self._warned = True
             for line in sendopts.warnings(options) + sendopts.env_proxy_problems():
