@@ -163,6 +163,20 @@ class H1Reply:
         self._finish(self._keep and len(data) == left)
 
     def _chunked(self, data: bytes) -> None:
+        """The chunks of one read go on as one piece: one relay write, as aiohttp's
+        ``readany`` gave them (none is held back for a later read)."""
+        out: list[bytes] = []
+        try:
+            end = self._frames(data, out)
+        finally:
+            if out:
+                self._emit(out[0] if len(out) == 1 else b"".join(out))
+        if end is not None:
+            self._finish(end)
+
+    def _frames(self, data: bytes, out: list) -> bool | None:
+        """Chunked framing: the data of the chunks in ``data`` into ``out``; at the body's
+        end, whether the connection may be kept."""
         buf = self._buf + data if self._buf else data
         pos, n = 0, len(buf)
         while pos < n:
@@ -171,7 +185,7 @@ class H1Reply:
                 take = n - pos if n - pos < left else left
                 self._left = left - take
                 self._crlf = self._left == 0
-                self._emit(buf[pos:pos + take] if take != n or pos else buf)
+                out.append(buf[pos:pos + take] if take != n or pos else buf)
                 pos += take
                 continue
             if self._crlf:
@@ -192,8 +206,7 @@ class H1Reply:
             if self._trailers:
                 if not line:  # the blank line after the trailers: the body's end
                     self._buf = b""
-                    self._finish(self._keep and pos == n)
-                    return
+                    return self._keep and pos == n
                 continue
             size = chunk_size(line)
             if size:
@@ -201,8 +214,7 @@ class H1Reply:
             else:
                 self._trailers = True
         self._buf = buf[pos:] if pos < n else b""
-        if self._state == DONE:
-            self._buf = b""
+        return None
 
     def _emit(self, data: bytes) -> None:
         if self._sink is None:  # nobody reads yet: held as it came (inflated only when read)
