@@ -88,3 +88,14 @@ async def test_a_broken_keymux_config_change_keeps_the_running_gateway(glue_conf
         assert GLUE_K1 not in str(e.value)
         assert tctx.options.keymux_config == str(glue_config)  # mitmproxy rolled it back
         assert addon.gateway is gw
+
+
+async def test_keymux_sender_chooses_the_lean_client_or_aiohttp(glue_config):
+    async with keymux_in(glue_config) as (addon, tctx):
+        assert addon.upstream.lean  # the default: keymux_sender=lean
+        tctx.configure(addon, keymux_sender="aiohttp")
+        assert not addon.upstream.lean
+        with pytest.raises(exceptions.OptionsError):
+            tctx.configure(addon, keymux_sender="curl")
+        tctx.configure(addon, keymux_sender="lean")
+        assert addon.upstream.lean

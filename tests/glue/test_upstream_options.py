@@ -21,7 +21,7 @@ from mitmproxy.test import taddons
 from e2e.tlsutil import make_pki
 from keypool.config import parse_config
 from keypool.errors import ConfigError
-from keypool.mitm import sendopts, upstream
+from keypool.mitm import h1reply, sendopts, upstream
 from keypool.mitm.upstream import Upstream
 from keypool.providers import ProviderSpec
 from keypool.reissue import UpstreamError
@@ -328,6 +328,7 @@ async def test_a_changed_option_rebuilds_the_session_without_cutting_a_stream():
     async with Server() as srv:
         srv.gate = asyncio.Event()
         up = configured()
+        up.lean = False  # aiohttp's sessions (the lean client's pool: the test below)
         try:
             reply = await up.send(plan_for(srv.url, "/v1/stream"), "POST", ())
             old = up._session
@@ -348,6 +349,43 @@ async def test_a_changed_option_rebuilds_the_session_without_cutting_a_stream():
 
 
 @aio
+async def test_a_changed_option_retires_the_lean_pool_without_cutting_a_stream():
+    async with Server() as srv:
+        srv.gate = asyncio.Event()
+        up = configured()
+        try:
+            reply = await up.send(plan_for(srv.url, "/v1/stream"), "POST", ())
+            old = up._pool
+            with mitm() as tctx:
+                tctx.options.update(ssl_insecure=True)
+                up.configure(tctx.options, {"ssl_insecure"})
+            assert up._pool is not old and old.closed  # retired, still streaming
+            srv.gate.set()
+            body = b"".join([c async for c in reply.chunks(5)])
+            assert body == 4 * (b"data: " + b"y" * 400 + b"\n\n")
+            again = await up.send(plan_for(srv.url), "POST", ())
+            await again.read()
+            assert again.status == 200 and not again.conn.reused and not old.idle
+        finally:
+            await up.close()
+
+
+@aio
+async def test_direct_attempts_go_through_the_lean_client_unless_keymux_sender_is_aiohttp():
+    async with Server() as srv:
+        up = configured()
+        try:
+            reply = await up.send(plan_for(srv.url), "POST", ())
+            assert isinstance(reply, h1reply.H1Reply) and reply.status == 200
+            assert await reply.read()
+            up.lean = False  # --set keymux_sender=aiohttp
+            reply = await up.send(plan_for(srv.url), "POST", ())
+            assert isinstance(reply, upstream.AiohttpReply) and await reply.read()
+        finally:
+            await up.close()
+
+
+@aio
 async def test_a_refused_connection_says_so_and_stamps_the_end():
     up = configured()
     try:
@@ -358,11 +396,13 @@ async def test_a_refused_connection_says_so_and_stamps_the_end():
     assert up._busy.get(up._session, 0) == 0
 
 
+@pytest.mark.parametrize("lean", [True, False])
 @aio
-async def test_capture_costs_little(capsys):
+async def test_capture_costs_little(capsys, lean):
     """Not a benchmark: prints µs per attempt (send + read) with capture, for the report."""
     async with Server() as srv:
         up = configured()
+        up.lean = lean
         try:
             for _ in range(20):
                 await (await up.send(plan_for(srv.url), "POST", ())).read()
@@ -370,8 +410,12 @@ async def test_capture_costs_little(capsys):
             for _ in range(n):
                 await (await up.send(plan_for(srv.url), "POST", ())).read()
             per = (time.perf_counter() - t0) / n * 1e6
-            assert len(upstream.conncapture._facts) >= 1  # facts read once per connection
+            if lean:  # facts read once per connection, kept on it
+                assert up._pool.idle and all(c.facts for cs in up._pool.idle.values() for c in cs)
+            else:
+                assert len(upstream.conncapture._facts) >= 1
         finally:
             await up.close()
     with capsys.disabled():
-        print(f"\nsend+read on loopback, same process: {per:.0f} µs per attempt")
+        print(f"\nsend+read on loopback, same process ({'lean' if lean else 'aiohttp'}): "
+              f"{per:.0f} µs per attempt")

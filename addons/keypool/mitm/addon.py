@@ -76,6 +76,11 @@ class Keymux:
         loader.add_option("keymux_flow_body_kb", int, 256,
                           "How much of a streamed answer (and of a failed attempt's body) a "
                           "flow keeps, in KB, so mitmweb can show it; 0 keeps none.")
+        loader.add_option("keymux_sender", str, "lean",
+                          "How keymux sends attempts to providers: 'lean' (its own HTTP/1.1 "
+                          "client for direct connections, aiohttp through a proxy) or "
+                          "'aiohttp' (every attempt through aiohttp).",
+                          choices=("lean", "aiohttp"))
         conns.install(ctx.master)  # before the proxy listens: every connection is guarded
         self.clientauth = clientauth.install(ctx.master)  # masks client tokens first
         runtime.exit_cleanly_at_exit(ctx.master)

@@ -106,17 +106,21 @@ async def _relay(reply, idle_s: float | None, masker: Masker,
     feed = masking.feed if masker else None  # no secrets configured: nothing to scan
     write, transport = writer.write, writer.transport
     try:
-        # Each read is everything aiohttp holds by then (readany), so chunks that arrived
-        # together go out as one write; none waits for another.
-        async for chunk in reply.chunks(idle_s):
-            if feed is not None:
-                chunk = feed(chunk)
-            if chunk:
-                write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                # Wait only when the socket did not take it all (or mitmproxy went away:
-                # drain raises, the upstream stream is closed): a drain per chunk cost ~1 µs.
-                if transport.get_write_buffer_size() or transport.is_closing():
-                    await writer.drain()
+        pump = getattr(reply, "pump", None)
+        if pump is not None:
+            # keymux's own client hands each piece over from its data_received: written
+            # here at once, no task woken per chunk; reading pauses while the writer holds
+            # data (or mitmproxy went away: drain raises, the upstream stream is closed).
+            def sink(chunk: bytes) -> bool:
+                if feed is not None:
+                    chunk = feed(chunk)
+                if chunk:
+                    write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                return transport.get_write_buffer_size() or transport.is_closing()
+
+            await pump(sink, writer.drain, idle_s)
+        else:
+            await _copy(reply, idle_s, feed, writer)
         rest = masking.flush()
         if rest:
             writer.write(b"%x\r\n%s\r\n" % (len(rest), rest))
@@ -128,3 +132,19 @@ async def _relay(reply, idle_s: float | None, masker: Masker,
         return False
     finally:
         reply.close()
+
+
+async def _copy(reply, idle_s: float | None, feed, writer: asyncio.StreamWriter) -> None:
+    """A reply without ``pump`` (aiohttp's): read chunk by chunk and write each."""
+    write, transport = writer.write, writer.transport
+    # Each read is everything aiohttp holds by then (readany), so chunks that arrived
+    # together go out as one write; none waits for another.
+    async for chunk in reply.chunks(idle_s):
+        if feed is not None:
+            chunk = feed(chunk)
+        if chunk:
+            write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            # Wait only when the socket did not take it all (or mitmproxy went away:
+            # drain raises, the upstream stream is closed): a drain per chunk cost ~1 µs.
+            if transport.get_write_buffer_size() or transport.is_closing():
+                await writer.drain()

@@ -30,7 +30,7 @@ from yarl import URL
 
 from ..reissue import UpstreamError
 from ..ticket import Plan
-from . import conncapture, sendopts
+from . import conncapture, h1client, sendopts
 from .conninfo import ConnInfo
 
 logger = logging.getLogger("keymux")
@@ -177,6 +177,8 @@ class Upstream:
         self.user_body_limit: int | None = None  # mitmproxy's body_size_limit, as the user set it
         self._own_limit: str | None = None       # the value keymux itself last wrote
         self._warned = False
+        self.lean = True  # direct attempts through h1client; False: all through aiohttp
+        self._pool = h1client.Pool()
 
     # -- mitmproxy's options -----------------------------------------------------------
 
@@ -197,6 +199,11 @@ class Upstream:
             self.opts = opts
             self._retire()
             _logged.clear()  # a failure seen with the old options is worth telling again
+            h1client._logged.clear()
+        if "keymux_sender" in options:
+            if options.keymux_sender not in ("lean", "aiohttp"):
+                raise exceptions.OptionsError("keymux_sender must be lean or aiohttp")
+            self.lean = options.keymux_sender == "lean"
         if not self._warned:
             self._warned = True
             for line in sendopts.warnings(options) + sendopts.env_proxy_problems():
@@ -230,6 +237,8 @@ class Upstream:
 
     def _retire(self) -> None:
         """The next attempt opens a new session; the old one closes once idle."""
+        self._pool.close()  # idle connections now, busy ones when their answer ends
+        self._pool = h1client.Pool()
         old, self._session = self._session, None
         if old is not None and not old.closed:
             self._retiring.add(old)
@@ -254,11 +263,15 @@ class Upstream:
     async def send(self, plan: Plan, method: str, fields: tuple[tuple[bytes, bytes], ...],
                    cap: int = DEFAULT_CAP) -> AiohttpReply:
         """Send one attempt; ``cap``: the most bytes of its body ``read`` accepts."""
+        if self.opts is None:
+            self.opts = sendopts.SendOptions()
+        route = self.opts.route(plan.provider)
+        if self.lean and route.proxy is None:
+            return await self._send_lean(plan, method, fields, cap, route)
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in plan.rewrite_fields(fields)
                    if k.lower() not in _HOP_BYTES]
         session = self._open()
         p = plan.provider
-        route = self.opts.route(p)
         if route.auth_field is not None:  # a plain-http upstream through a proxy with a login
             headers.append(route.auth_field)
         info = ConnInfo((p.host, p.port), via=route.via, timestamp_start=_now())
@@ -287,7 +300,27 @@ class Upstream:
         return AiohttpReply(resp, cap, info, self.user_body_limit,
                             lambda: self._release(session))
 
+    async def _send_lean(self, plan: Plan, method: str, fields, cap: int,
+                         route: sendopts.Route) -> h1client.H1Reply:
+        p = plan.provider
+        https, body = p.scheme == "https", plan.ticket.body or b""
+        head = h1client.request_head(method, plan.url, p.host, p.port, 443 if https else 80,
+                                     plan.rewrite_fields(fields), _HOP_BYTES, body)
+        info = ConnInfo((p.host, p.port), timestamp_start=_now())
+        limit = self.user_body_limit
+        local = (self.opts.connect_addr, 0) if self.opts.connect_addr else None
+        try:
+            return await h1client.send(
+                self._pool, p.host, p.port, route.ssl if https else None, local, head, body,
+                info, head_only=method == "HEAD",
+                cap=cap if limit is None else min(cap, limit), error_cap=ERROR_BODY_CAP,
+                stream_cap=limit, hop=_HOP_BYTES)
+        except UpstreamError:
+            info.timestamp_end = _now()
+            raise
+
     async def close(self) -> None:
+        self._pool.close()
         for session in [*self._retiring, self._session]:
             if session is not None and not session.closed:
                 await session.close()
