@@ -11,12 +11,25 @@ the state store's ``spend_day`` table (the Recorder's batch) and restored at sta
     Ledger.reserve(key, client, usd, tokens) -> Hold; release(hold)  (budgets: estimates
     Ledger.committed(dim, name, period, wall) -> spent + reserved   held between admit and
     Ledger.committed_tokens(dim, name, period, wall)                 finish)
+    Ledger.set_base(own, siblings, sole); own(dim, name, period, wall) -> (usd, tokens)
+                                             budgets shared through Redis (see below)
     Ledger.snapshot(wall, fleet=None) -> dict for /_keymux/stats (fleet: other processes'
                                              rows, store/fleetspend.py)
     Ledger.drain() -> {(day, key, client, provider, model): sums} for the store
     Ledger.restore(rows); Ledger.set_periods(periods)       at start; on reload
 
 A request whose price is unknown adds its tokens and counts in ``unknown``, never 0 USD.
+
+Budgets shared through Redis (keypool.shared_redis): each process pushes its **own**
+total of a budgeted key or client per period, and adopts the others' into ``remote``. Its
+own total is ``base`` (what its origin had in Redis before this run, read once on first
+connecting) plus what it spent since it started (the running totals less the rows restored
+from SQLite): workers of one host share one SQLite store, so its restored history is
+everybody's and is never pushed. A budget then counts ``run + max(restored, base +
+others)``: Redis's view, or the restored history where that is more (Redis empty, a
+mid-period migration); until Redis is first reached, the local figures alone. A process
+that owns its store alone (no ``--workers``) claims the restored history Redis lacks as its
+own (``set_base(sole=True)``), so its totals go on as they did.
 """
 from __future__ import annotations
 
@@ -76,6 +89,7 @@ class Hold:
 
 
 Row = tuple[str, str, str, str, str]  # (day, key, client, provider, model)
+_ZERO = Tally()  # read only
 
 
 class Ledger:
@@ -94,6 +108,10 @@ class Ledger:
         # other processes' totals (keypool.shared): (period label, dim, name) -> origin ->
         # (usd, tokens); empty unless several processes share budgets through Redis
         self.remote: dict[tuple[str, str, str], dict[str, tuple[float, int]]] = {}
+        # this process's own totals in Redis before this run: (label, dim, name) -> (usd,
+        # tokens); None until Redis is first reached (then budgets count local figures)
+        self.base: dict[tuple[str, str, str], tuple[float, int]] | None = None
+        self._restored_totals: dict[tuple[str, str, str], Tally] = {}  # like _totals
 
     # -- the hot path
 
@@ -160,14 +178,45 @@ class Ledger:
 
     def spent(self, dim: str, name: str, period: str, wall: float) -> float:
         if dim in HOT_DIMS:
-            usd = self.tally(dim, name, period, wall).usd
-            return usd + self._others(dim, name, period)[0] if self.remote else usd
+            t = self.tally(dim, name, period, wall)
+            return t.usd if self.base is None else self._shared(t, dim, name, period)[0]
         return self.totals(dim, name, period, wall).usd
 
     def tokens(self, dim: str, name: str, period: str, wall: float) -> int:
         """Tokens in + out of key or client ``name`` in the period (a daily_tokens budget)."""
-        n = self.tally(dim, name, period, wall).tokens
-        return n + self._others(dim, name, period)[1] if self.remote else n
+        t = self.tally(dim, name, period, wall)
+        return t.tokens if self.base is None else self._shared(t, dim, name, period)[1]
+
+    def _shared(self, t: Tally, dim: str, name: str, period: str) -> tuple[float, int]:
+        """With Redis reached: run + max(restored, base + others) (see the module doc)."""
+        r = self._restored_totals.get((period, dim, name)) or _ZERO
+        bu, bt = self.base.get((self._label(period), dim, name)) or (0.0, 0)
+        ou, ot = self._others(dim, name, period) if self.remote else (0.0, 0)
+        return (t.usd - r.usd + max(r.usd, bu + ou), t.tokens - r.tokens + max(r.tokens, bt + ot))
+
+    def own(self, dim: str, name: str, period: str, wall: float) -> tuple[float, int]:
+        """This process's own total (pushed to Redis): base + what it spent since start."""
+        t = self.tally(dim, name, period, wall)
+        r = self._restored_totals.get((period, dim, name)) or _ZERO
+        bu, bt = (self.base or {}).get((self._label(period), dim, name)) or (0.0, 0)
+        return bu + t.usd - r.usd, bt + t.tokens - r.tokens
+
+    def set_base(self, own: dict, siblings: dict, sole: bool, wall: float) -> None:
+        """Redis first reached: ``own`` (label, dim, name) -> (usd, tokens), this origin's
+        totals there; ``siblings``: the other origins' of this same store (workers). A
+        ``sole`` owner of its store claims the restored history they do not account for."""
+        base = dict(own)
+        if sole:
+            self._current(wall)
+            for (period, dim, name), r in self._restored_totals.items():
+                k = (self._label(period), dim, name)
+                su, st = siblings.get(k, (0.0, 0))
+                bu, bt = base.get(k, (0.0, 0))
+                base[k] = (max(bu, r.usd - su), max(bt, r.tokens - st))
+        self.base = base
+
+    def _label(self, period: str) -> str:
+        return self._day if period == "day" else self._month
 
     def label(self, period: str, wall: float) -> str:
         """The current day's or month's name (``2026-11-30``, ``2026-11``)."""
@@ -280,19 +329,9 @@ class Ledger:
         self.rows = {r: s for r, s in self.rows.items() if r[0][:7] >= prev}
         self._saved = {r: s for r, s in self._saved.items() if r in self.rows}
         self._restored = {r: s for r, s in self._restored.items() if r in self.rows}
-        t: dict[tuple[str, str, str], Tally] = {}
-        for row, s in self.rows.items():
-            for period, same in (("day", row[0] == day), ("month", row[0][:7] == month)):
-                if not same:
-                    continue
-                for dim, name in zip(HOT_DIMS, row[1:3]):
-                    tally = t.setdefault((period, dim, name), Tally())
-                    tally.usd += s.usd
-                    tally.tokens += s.tokens_in + s.tokens_out
-                    tally.requests += s.requests
-                    tally.unknown += s.unknown
-        self._totals = t
+        self._totals = _tallies(self.rows, day, month)
         self._targets = {}
+        self._restored_totals = _tallies(self._restored, day, month)
 
     def set_periods(self, periods: Periods) -> None:
         """A reload changed daily_reset or the time zone: today is re-read at once."""
@@ -331,6 +370,22 @@ class Ledger:
     def since_day(self, wall: float) -> str:
         """The first day label worth restoring: the first of last month."""
         return _previous_month(self.periods.month_of(wall)) + "-01"
+
+
+def _tallies(rows: dict[Row, Sums], day: str, month: str) -> dict[tuple[str, str, str], Tally]:
+    """Running totals per (period, key|client, name) of ``rows`` in ``day`` and ``month``."""
+    t: dict[tuple[str, str, str], Tally] = {}
+    for row, s in rows.items():
+        for period, same in (("day", row[0] == day), ("month", row[0][:7] == month)):
+            if not same:
+                continue
+            for dim, name in zip(HOT_DIMS, row[1:3]):
+                tally = t.setdefault((period, dim, name), Tally())
+                tally.usd += s.usd
+                tally.tokens += s.tokens_in + s.tokens_out
+                tally.requests += s.requests
+                tally.unknown += s.unknown
+    return t
 
 
 def _previous_month(month: str) -> str:
