@@ -25,11 +25,11 @@ total of a budgeted key or client per period, and adopts the others' into ``remo
 own total is ``base`` (what its origin had in Redis before this run, read once on first
 connecting) plus what it spent since it started (the running totals less the rows restored
 from SQLite): workers of one host share one SQLite store, so its restored history is
-everybody's and is never pushed. A budget then counts ``run + max(restored, base +
-others)``: Redis's view, or the restored history where that is more (Redis empty, a
-mid-period migration); until Redis is first reached, the local figures alone. A process
-that owns its store alone (no ``--workers``) claims the restored history Redis lacks as its
-own (``set_base(sole=True)``), so its totals go on as they did.
+everybody's and is never pushed. A budget counts its own total + the others' + the
+restored history that no Redis row held when it connected (``set_base``: a store moved to
+Redis mid-period, or a Redis restarted empty); until Redis is first reached, the local
+figures alone. A process that owns its store alone (no ``--workers``) claims that history
+as its own, so its pushed totals go on as they did.
 """
 from __future__ import annotations
 
@@ -112,6 +112,7 @@ class Ledger:
         # tokens); None until Redis is first reached (then budgets count local figures)
         self.base: dict[tuple[str, str, str], tuple[float, int]] | None = None
         self._restored_totals: dict[tuple[str, str, str], Tally] = {}  # like _totals
+        self._gap: dict[tuple[str, str, str], tuple[float, int]] = {}  # see set_base
 
     # -- the hot path
 
@@ -188,11 +189,13 @@ class Ledger:
         return t.tokens if self.base is None else self._shared(t, dim, name, period)[1]
 
     def _shared(self, t: Tally, dim: str, name: str, period: str) -> tuple[float, int]:
-        """With Redis reached: run + max(restored, base + others) (see the module doc)."""
+        """With Redis reached: own total + history Redis lacks + others' (module doc)."""
         r = self._restored_totals.get((period, dim, name)) or _ZERO
-        bu, bt = self.base.get((self._label(period), dim, name)) or (0.0, 0)
+        k = (self._label(period), dim, name)
+        bu, bt = self.base.get(k) or (0.0, 0)
+        gu, gt = self._gap.get(k) or (0.0, 0)
         ou, ot = self._others(dim, name, period) if self.remote else (0.0, 0)
-        return (t.usd - r.usd + max(r.usd, bu + ou), t.tokens - r.tokens + max(r.tokens, bt + ot))
+        return t.usd - r.usd + bu + gu + ou, t.tokens - r.tokens + bt + gt + ot
 
     def own(self, dim: str, name: str, period: str, wall: float) -> tuple[float, int]:
         """This process's own total (pushed to Redis): base + what it spent since start."""
@@ -203,17 +206,21 @@ class Ledger:
 
     def set_base(self, own: dict, siblings: dict, sole: bool, wall: float) -> None:
         """Redis first reached: ``own`` (label, dim, name) -> (usd, tokens), this origin's
-        totals there; ``siblings``: the other origins' of this same store (workers). A
-        ``sole`` owner of its store claims the restored history they do not account for."""
-        base = dict(own)
-        if sole:
-            self._current(wall)
-            for (period, dim, name), r in self._restored_totals.items():
-                k = (self._label(period), dim, name)
-                su, st = siblings.get(k, (0.0, 0))
-                bu, bt = base.get(k, (0.0, 0))
-                base[k] = (max(bu, r.usd - su), max(bt, r.tokens - st))
-        self.base = base
+        totals there; ``siblings``: the other origins' of this same store (workers). The
+        restored history beyond both is in no Redis row (a store moved to Redis mid-period,
+        a Redis restarted empty): a ``sole`` owner of its store claims it as its own
+        (pushed), a worker counts it here only (every worker restored it)."""
+        base, gap = dict(own), {}
+        self._current(wall)
+        for (period, dim, name), r in self._restored_totals.items():
+            k = (self._label(period), dim, name)
+            (ou, ot), (su, st) = base.get(k, (0.0, 0)), siblings.get(k, (0.0, 0))
+            g = (max(0.0, r.usd - ou - su), max(0, r.tokens - ot - st))
+            if sole:
+                base[k] = (ou + g[0], ot + g[1])
+            elif g != (0.0, 0):
+                gap[k] = g
+        self.base, self._gap = base, gap
 
     def _label(self, period: str) -> str:
         return self._day if period == "day" else self._month
