@@ -124,15 +124,16 @@ class Budgets:
         return self.ledger.reserve(target, hold.client, hold.usd, hold.tokens)
 
     def share(self, key: str, client: str | None, wall: float) -> None:
-        """After a spend: tell the other processes this one's totals of the budgeted key
-        and client (they add them to theirs: keypool.shared_redis)."""
-        if self.shared is None:
+        """After a spend: tell the other processes this one's own totals of the budgeted
+        key and client (they add them to theirs: keypool.shared_redis). Not before Redis
+        was first reached: its own earlier total there is not known yet (Ledger.own)."""
+        if self.shared is None or self.ledger.base is None:
             return
         for dim, name, table in (("key", key, self.keys), ("client", client, self.clients)):
             if name is not None and name in table:
                 for period in ("day", "month"):
-                    t = self.ledger.tally(dim, name, period, wall)
-                    self.shared.spent(self.ledger.label(period, wall), dim, name, t.usd, t.tokens)
+                    usd, tokens = self.ledger.own(dim, name, period, wall)
+                    self.shared.spent(self.ledger.label(period, wall), dim, name, usd, tokens)
 
     # -- keys -------------------------------------------------------------------------
 

@@ -52,8 +52,9 @@ class RedisState(SharedSlots, LocalState):
 
     def __init__(self, spec, pool, ledger=None, spend_origin: str = ""):
         self.spec, self.pool, self.ledger = spec, pool, ledger
-        # who this process's spend totals belong to, stable across its restarts (its
-        # state_dir): a restarted process replaces its own totals instead of adding to them
+        # who this process's spend totals belong to, stable across its restarts: ORIGIN
+        # (a hash of host and state_dir), ORIGIN/wN for worker N of `keymux run --workers`
+        # (one store, one origin per worker): a restarted process goes on from its own total
         self.spend_origin = spend_origin or os.urandom(6).hex()
         self.push_spend = None  # () -> None: queue this process's budgeted totals (resync)
         self.prefix = spec.prefix
@@ -102,6 +103,20 @@ class RedisState(SharedSlots, LocalState):
     def _adopt_spend(self, who: str, label: str, dim: str, name: str, usd, tokens) -> None:
         if self.ledger is not None and who != self.spend_origin:
             self.ledger.remote.setdefault((label, dim, name), {})[who] = (float(usd), int(tokens))
+
+    def _base_spend(self, rows: list[tuple], wall: float) -> None:
+        """Once, before this process pushes any total: what its origin had in Redis (a
+        restarted process, or worker slot, goes on from it) and what the other workers of
+        its store have (keypool.spend.Ledger.set_base)."""
+        store = self.spend_origin.split("/", 1)[0]
+        own, siblings = {}, {}
+        for who, label, dim, name, usd, tokens in rows:
+            if who == self.spend_origin:
+                own[(label, dim, name)] = (float(usd), int(tokens))
+            elif who.split("/", 1)[0] == store:
+                u, t = siblings.get((label, dim, name), (0.0, 0))
+                siblings[(label, dim, name)] = (u + float(usd), t + int(tokens))
+        self.ledger.set_base(own, siblings, "/" not in self.spend_origin, wall)
 
     # -- status -----------------------------------------------------------------------
 
@@ -196,10 +211,14 @@ class RedisState(SharedSlots, LocalState):
             self._queue(("ev", ev))
         if self.ledger is not None:
             wall = self.pool.clock.wall()
+            rows = []
             for period in ("day", "month"):
                 label = self.ledger.label(period, wall)
-                for row in await shared_rows.read_spend(self.client, self.prefix, label):
-                    self._adopt_spend(*row)
+                rows += await shared_rows.read_spend(self.client, self.prefix, label)
+            if self.ledger.base is None:  # first reached: this origin's earlier totals
+                self._base_spend(rows, wall)
+            for row in rows:
+                self._adopt_spend(*row)
             if self.push_spend is not None:
                 self.push_spend()
 

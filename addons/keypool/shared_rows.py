@@ -7,8 +7,8 @@ pipeline and owns the connection.
 - ``PREFIX:outage``: one hash, provider -> its live outage (an ``OutageEvent``'s dict:
   since, next probe, fp); the field is removed when the outage ends; the hash expires a
   day after its last write (a row left by a fleet that stopped costs one probe);
-- ``PREFIX:spend:LABEL``: a hash per period, "who|dim|name" -> [usd, tokens], this
-  process's running totals of budgeted clients and keys.
+- ``PREFIX:spend:LABEL``: a hash per period, "who|dim|name" -> [usd, tokens], each
+  process's own totals of budgeted clients and keys (keypool.spend, Ledger.own).
 """
 from __future__ import annotations
 

@@ -11,12 +11,25 @@ the state store's ``spend_day`` table (the Recorder's batch) and restored at sta
     Ledger.reserve(key, client, usd, tokens) -> Hold; release(hold)  (budgets: estimates
     Ledger.committed(dim, name, period, wall) -> spent + reserved   held between admit and
     Ledger.committed_tokens(dim, name, period, wall)                 finish)
+    Ledger.set_base(own, siblings, sole); own(dim, name, period, wall) -> (usd, tokens)
+                                             budgets shared through Redis (see below)
     Ledger.snapshot(wall, fleet=None) -> dict for /_keymux/stats (fleet: other processes'
                                              rows, store/fleetspend.py)
     Ledger.drain() -> {(day, key, client, provider, model): sums} for the store
     Ledger.restore(rows); Ledger.set_periods(periods)       at start; on reload
 
 A request whose price is unknown adds its tokens and counts in ``unknown``, never 0 USD.
+
+Budgets shared through Redis (keypool.shared_redis): each process pushes its **own**
+total of a budgeted key or client per period, and adopts the others' into ``remote``. Its
+own total is ``base`` (what its origin had in Redis before this run, read once on first
+connecting) plus what it spent since it started (the running totals less the rows restored
+from SQLite): workers of one host share one SQLite store, so its restored history is
+everybody's and is never pushed. A budget counts its own total + the others' + the
+restored history that no Redis row held when it connected (``set_base``: a store moved to
+Redis mid-period, or a Redis restarted empty); until Redis is first reached, the local
+figures alone. A process that owns its store alone (no ``--workers``) claims that history
+as its own, so its pushed totals go on as they did.
 """
 from __future__ import annotations
 
@@ -76,6 +89,7 @@ class Hold:
 
 
 Row = tuple[str, str, str, str, str]  # (day, key, client, provider, model)
+_ZERO = Tally()  # read only
 
 
 class Ledger:
@@ -94,6 +108,11 @@ class Ledger:
         # other processes' totals (keypool.shared): (period label, dim, name) -> origin ->
         # (usd, tokens); empty unless several processes share budgets through Redis
         self.remote: dict[tuple[str, str, str], dict[str, tuple[float, int]]] = {}
+        # this process's own totals in Redis before this run: (label, dim, name) -> (usd,
+        # tokens); None until Redis is first reached (then budgets count local figures)
+        self.base: dict[tuple[str, str, str], tuple[float, int]] | None = None
+        self._restored_totals: dict[tuple[str, str, str], Tally] = {}  # like _totals
+        self._gap: dict[tuple[str, str, str], tuple[float, int]] = {}  # see set_base
 
     # -- the hot path
 
@@ -160,14 +179,51 @@ class Ledger:
 
     def spent(self, dim: str, name: str, period: str, wall: float) -> float:
         if dim in HOT_DIMS:
-            usd = self.tally(dim, name, period, wall).usd
-            return usd + self._others(dim, name, period)[0] if self.remote else usd
+            t = self.tally(dim, name, period, wall)
+            return t.usd if self.base is None else self._shared(t, dim, name, period)[0]
         return self.totals(dim, name, period, wall).usd
 
     def tokens(self, dim: str, name: str, period: str, wall: float) -> int:
         """Tokens in + out of key or client ``name`` in the period (a daily_tokens budget)."""
-        n = self.tally(dim, name, period, wall).tokens
-        return n + self._others(dim, name, period)[1] if self.remote else n
+        t = self.tally(dim, name, period, wall)
+        return t.tokens if self.base is None else self._shared(t, dim, name, period)[1]
+
+    def _shared(self, t: Tally, dim: str, name: str, period: str) -> tuple[float, int]:
+        """With Redis reached: own total + history Redis lacks + others' (module doc)."""
+        r = self._restored_totals.get((period, dim, name)) or _ZERO
+        k = (self._label(period), dim, name)
+        bu, bt = self.base.get(k) or (0.0, 0)
+        gu, gt = self._gap.get(k) or (0.0, 0)
+        ou, ot = self._others(dim, name, period) if self.remote else (0.0, 0)
+        return t.usd - r.usd + bu + gu + ou, t.tokens - r.tokens + bt + gt + ot
+
+    def own(self, dim: str, name: str, period: str, wall: float) -> tuple[float, int]:
+        """This process's own total (pushed to Redis): base + what it spent since start."""
+        t = self.tally(dim, name, period, wall)
+        r = self._restored_totals.get((period, dim, name)) or _ZERO
+        bu, bt = (self.base or {}).get((self._label(period), dim, name)) or (0.0, 0)
+        return bu + t.usd - r.usd, bt + t.tokens - r.tokens
+
+    def set_base(self, own: dict, siblings: dict, sole: bool, wall: float) -> None:
+        """Redis first reached: ``own`` (label, dim, name) -> (usd, tokens), this origin's
+        totals there; ``siblings``: the other origins' of this same store (workers). The
+        restored history beyond both is in no Redis row (a store moved to Redis mid-period,
+        a Redis restarted empty): a ``sole`` owner of its store claims it as its own
+        (pushed), a worker counts it here only (every worker restored it)."""
+        base, gap = dict(own), {}
+        self._current(wall)
+        for (period, dim, name), r in self._restored_totals.items():
+            k = (self._label(period), dim, name)
+            (ou, ot), (su, st) = base.get(k, (0.0, 0)), siblings.get(k, (0.0, 0))
+            g = (max(0.0, r.usd - ou - su), max(0, r.tokens - ot - st))
+            if sole:
+                base[k] = (ou + g[0], ot + g[1])
+            elif g != (0.0, 0):
+                gap[k] = g
+        self.base, self._gap = base, gap
+
+    def _label(self, period: str) -> str:
+        return self._day if period == "day" else self._month
 
     def label(self, period: str, wall: float) -> str:
         """The current day's or month's name (``2026-11-30``, ``2026-11``)."""
@@ -280,19 +336,9 @@ class Ledger:
         self.rows = {r: s for r, s in self.rows.items() if r[0][:7] >= prev}
         self._saved = {r: s for r, s in self._saved.items() if r in self.rows}
         self._restored = {r: s for r, s in self._restored.items() if r in self.rows}
-        t: dict[tuple[str, str, str], Tally] = {}
-        for row, s in self.rows.items():
-            for period, same in (("day", row[0] == day), ("month", row[0][:7] == month)):
-                if not same:
-                    continue
-                for dim, name in zip(HOT_DIMS, row[1:3]):
-                    tally = t.setdefault((period, dim, name), Tally())
-                    tally.usd += s.usd
-                    tally.tokens += s.tokens_in + s.tokens_out
-                    tally.requests += s.requests
-                    tally.unknown += s.unknown
-        self._totals = t
+        self._totals = _tallies(self.rows, day, month)
         self._targets = {}
+        self._restored_totals = _tallies(self._restored, day, month)
 
     def set_periods(self, periods: Periods) -> None:
         """A reload changed daily_reset or the time zone: today is re-read at once."""
@@ -331,6 +377,22 @@ class Ledger:
     def since_day(self, wall: float) -> str:
         """The first day label worth restoring: the first of last month."""
         return _previous_month(self.periods.month_of(wall)) + "-01"
+
+
+def _tallies(rows: dict[Row, Sums], day: str, month: str) -> dict[tuple[str, str, str], Tally]:
+    """Running totals per (period, key|client, name) of ``rows`` in ``day`` and ``month``."""
+    t: dict[tuple[str, str, str], Tally] = {}
+    for row, s in rows.items():
+        for period, same in (("day", row[0] == day), ("month", row[0][:7] == month)):
+            if not same:
+                continue
+            for dim, name in zip(HOT_DIMS, row[1:3]):
+                tally = t.setdefault((period, dim, name), Tally())
+                tally.usd += s.usd
+                tally.tokens += s.tokens_in + s.tokens_out
+                tally.requests += s.requests
+                tally.unknown += s.unknown
+    return t
 
 
 def _previous_month(month: str) -> str:

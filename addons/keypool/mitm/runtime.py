@@ -78,7 +78,9 @@ def _share(gw: Gateway, config: Config) -> None:
         return
     from ..shared_redis import RedisState, SharedStateCollector, safe_url
     origin = hashlib.sha256(f"{socket.gethostname()}|{config.state_dir.resolve()}".encode())
-    gw.pool.shared = shared = RedisState(config.state, gw.pool, gw.ledger, origin.hexdigest()[:12])
+    worker = os.environ.get("KEYMUX_WORKER")  # workers share a store, not a spend origin
+    spend_origin = origin.hexdigest()[:12] + (f"/w{worker}" if worker else "")
+    gw.pool.shared = shared = RedisState(config.state, gw.pool, gw.ledger, spend_origin)
     gw.budgets.shared = shared  # client and key budgets count every process's spend
 
     def push_spend() -> None:  # on (re)connecting: this process's totals, for the others
