@@ -11,11 +11,11 @@ import tempfile
 import time
 
 import pytest
-from redis.exceptions import (AuthenticationError, ConnectionError, NoScriptError,
+from redis.exceptions import (AuthenticationError, ConnectionError, DataError, NoScriptError,
                               ResponseError)
 
 from keypool import shared_lane
-from keypool.shared_lane import _Wire, make_lane, pack, parse
+from keypool.shared_lane import _pack_args, _Wire, make_lane, pack, parse
 
 from tests.redisserver import RedisServer, needs_redis
 
@@ -101,9 +101,14 @@ def test_a_garbled_reply_or_a_lost_connection_fails_every_waiting_call():
     asyncio.run(main())
 
 
-def test_pack_is_what_the_parser_reads_back():
+def test_pack_is_what_the_parser_reads_back_and_the_call_packs_the_same():
     raw = pack("EVALSHA", b"ab", 2, "k:1", 0.25, "é")
     assert parse(raw) == ([b"EVALSHA", b"ab", b"2", b"k:1", b"0.25", "é".encode()], len(raw))
+    for args in ((2, "k:1", "k:2", 100, 0.0012, "tok:1"), (1, "é", 3), (b"\x00", 1)):
+        assert b"*%d\r\n" % len(args) + _pack_args(args) == pack(*args)
+    for bad in (None, True):
+        with pytest.raises(DataError):
+            _pack_args((1, bad))
 
 
 def test_every_url_form_gets_the_protocol_lane_and_a_credential_provider_redis_pys():
