@@ -254,6 +254,12 @@ class Lane:
             task.exception()  # retrieved: each waiting call has raised it already
 
     async def _connect(self) -> _Wire:
+        try:
+            return await self._connect_wire()
+        except asyncio.CancelledError:  # close() (the calls waiting are not cancelled)
+            raise ConnectionError("shared state lane closed") from None
+
+    async def _connect_wire(self) -> _Wire:
         conn, loop = self.conn, asyncio.get_running_loop()
         wire = _Wire(self._lost)
         async with asyncio.timeout(conn.socket_connect_timeout):

@@ -253,3 +253,16 @@ def test_rediss_verifies_as_redis_py_would_and_takes_its_ssl_options(tmp_path):
                 await a.call(0, "x")
             await a.close()
         asyncio.run(main())
+
+
+def test_closing_while_connecting_fails_the_waiting_calls_with_connectionerror():
+    async def main():
+        mute = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)  # never answers
+        a = lane(f"redis://127.0.0.1:{mute.sockets[0].getsockname()[1]}/0")
+        call = asyncio.ensure_future(a.call(0, "x"))
+        await asyncio.sleep(0.05)
+        await a.close()
+        with pytest.raises(ConnectionError):
+            await call
+        mute.close()
+    asyncio.run(main())
