@@ -4,8 +4,8 @@
 1. In process: the p50/p99 of one shared reservation (the Lua check-and-reserve, one Redis
    round trip), the only Redis call on the request path: a key with rpm and in-flight, and
    the biggest call (the key's tpm too, and a client's rpm and budget hold); and the client
-   side's own cost: keymux's Lane against ProtoLane (a prototype of a cheaper call, a bare
-   asyncio Protocol), both calling a trivial script.
+   side's own cost: keymux's Lane (a bare asyncio Protocol) against PooledLane (redis-py's
+   connection, the Lane before; still the fallback), both calling a trivial script.
 2. End to end: sequential requests (keep-alive, one client) through keymux with the default
    state and with the Redis backend, on a key with an rpm limit (so every attempt reserves),
    alternated over rounds; the added p50 is the median over rounds of redis p50 - sqlite p50.
@@ -33,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import deque
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "addons"))
@@ -52,10 +51,11 @@ def pct(xs: list[float], p: float) -> float:
 
 
 async def reserve_times(url: str, n: int, full: bool = False, kbudget: bool = False,
-                        limits: bool = True) -> list[float]:
+                        limits: bool = True, pooled: bool = False) -> list[float]:
     """``full``: the biggest call: the key's rpm, in-flight and tpm, and the client's rpm
     and budget hold (the first attempt of a client with both, keypool.shared_lua);
-    ``kbudget``: the key's budget hold too; ``limits`` False: the key has no rpm/in-flight."""
+    ``kbudget``: the key's budget hold too; ``limits`` False: the key has no rpm/in-flight;
+    ``pooled``: on redis-py's lane (PooledLane, the lane before the Protocol one)."""
     from keypool.budgets import Budgets
     from keypool.clock import SystemClock
     from keypool.config import ClientSpec, Config, KeySpec, StateSpec
@@ -72,6 +72,10 @@ async def reserve_times(url: str, n: int, full: bool = False, kbudget: bool = Fa
     pool = Pool(Config(providers=dict(PRESETS), keys=(spec,)), SystemClock())
     state = RedisState(StateSpec("redis", url, "bench", 30.0), pool, Ledger())
     state.ok = True
+    if pooled:
+        from keypool.shared_lane_pooled import PooledLane
+        from keypool.shared_lua import RESERVE
+        state._lane = PooledLane(state.client.connection_pool, RESERVE)
     client = ClientSpec("c", "t", rpm=10**9, budget=Budget(daily_usd=1e9, daily_tokens=10**12))
     budgets = Budgets(state.ledger, SystemClock())
     key, out = pool.by_name["b"], []
@@ -94,104 +98,35 @@ async def reserve_times(url: str, n: int, full: bool = False, kbudget: bool = Fa
     return out
 
 
-# -- a cheaper way to make the same call: a prototype, measured beside keymux's Lane --
+# -- the client side of the call: the Protocol lane against redis-py's --
 
 TRIVIAL = "return {1, 0}"  # both lanes run this: the difference is the client side alone
 
 
-class ProtoLane(asyncio.Protocol):
-    """What the reserve call could cost on a bare asyncio Protocol (a prototype for the
-    report, not keymux's code): the EVALSHA command packed by hand into one bytes object,
-    written with ``transport.write`` (no ``drain``, no StreamWriter), the ``*2 :a :b``
-    reply parsed by hand in ``data_received`` and handed to the waiting future there: no
-    reader task, no redis-py parser, one task switch instead of two."""
-
-    def __init__(self) -> None:
-        self.transport = None
-        self.buf = b""
-        self.waiting: deque = deque()
-
-    @classmethod
-    async def open(cls, host: str, port: int, script: str) -> tuple["ProtoLane", bytes]:
-        _, lane = await asyncio.get_running_loop().create_connection(cls, host, port)
-        sha = await lane.call(b"*3\r\n$6\r\nSCRIPT\r\n$4\r\nLOAD\r\n" + _bulk(script.encode()))
-        return lane, sha
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def call(self, packed: bytes) -> asyncio.Future:
-        fut = asyncio.get_running_loop().create_future()
-        self.waiting.append(fut)
-        self.transport.write(packed)
-        return fut
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        while (got := self.reply()) is not None:
-            answer, self.buf = got
-            fut = self.waiting.popleft()
-            (fut.set_exception if isinstance(answer, Exception) else fut.set_result)(answer)
-
-    def reply(self) -> tuple[object, bytes] | None:
-        """The first whole reply in the buffer and what follows it, or None (not all here):
-        an array of integers (RESERVE's answer), a bulk string (the sha), an error."""
-        buf = self.buf
-        end = buf.find(b"\r\n")
-        if end < 0:
-            return None
-        kind, head, pos = buf[:1], buf[1:end], end + 2
-        if kind == b"*":
-            out = []
-            for _ in range(int(head)):
-                e = buf.find(b"\r\n", pos)
-                if e < 0:
-                    return None
-                out.append(int(buf[pos + 1:e]))
-                pos = e + 2
-            return out, buf[pos:]
-        if kind == b"$":
-            size = int(head)
-            if len(buf) < pos + size + 2:
-                return None
-            return buf[pos:pos + size], buf[pos + size + 2:]
-        return RuntimeError(head.decode()), buf[pos:]
-
-
-def _bulk(b: bytes) -> bytes:
-    return b"$%d\r\n%s\r\n" % (len(b), b)
-
-
-def evalsha(sha: bytes, *args) -> bytes:
-    parts = [b"EVALSHA", sha] + [a if isinstance(a, bytes) else str(a).encode() for a in args]
-    return b"*%d\r\n" % len(parts) + b"".join(map(_bulk, parts))
-
-
 async def lane_times(url: str, n: int) -> dict[str, tuple[list[float], float]]:
-    """keymux's Lane and the ProtoLane, each calling TRIVIAL with a reserve's arguments,
-    alternated in blocks of 250 calls: name -> (each call's wall time, CPU per call)."""
+    """keymux's Lane (a bare asyncio Protocol) and PooledLane (redis-py's connection and a
+    reader task, the Lane before it and still the fallback), each calling TRIVIAL with a
+    reserve's arguments, alternated in blocks of 250 calls: name -> (each call's wall time,
+    CPU per call)."""
     import redis.asyncio as aioredis
-    from keypool.shared_lane import Lane
+    from keypool.shared_lane import make_lane
+    from keypool.shared_lane_pooled import PooledLane
     pool = aioredis.ConnectionPool.from_url(url)
-    lane = Lane(pool, TRIVIAL)
-    host, port = url.split("//")[1].split("/")[0].split(":")
-    proto, sha = await ProtoLane.open(host, int(port), TRIVIAL)
+    lanes = {"Lane": make_lane(pool, TRIVIAL), "PooledLane": PooledLane(pool, TRIVIAL)}
     args = (2, "bench:rpm:b", "bench:inf:b", 1000000, 0)
-    out = {"Lane": [], "ProtoLane": []}
+    out = {name: [] for name in lanes}
     cpu = dict.fromkeys(out, 0.0)  # this process's CPU: steadier than wall time when shared
     for block in range(max(2, 2 * n // 250)):
-        name = "Lane" if block % 2 == 0 else "ProtoLane"
+        name = "Lane" if block % 2 == 0 else "PooledLane"
+        call = lanes[name].call
         c0 = time.process_time()
         for i in range(250):
             t0 = time.perf_counter()
-            if name == "Lane":
-                await lane.call(*args, f"tok:{i}", 30000)
-            else:
-                await proto.call(evalsha(sha, *args, f"tok:{i}", 30000))
+            await call(*args, f"tok:{i}", 30000)
             out[name].append(time.perf_counter() - t0)
         cpu[name] += time.process_time() - c0
-    await lane.close()
-    proto.transport.close()
+    for lane in lanes.values():
+        await lane.close()
     await pool.disconnect()
     return {name: (times, cpu[name] / len(times)) for name, times in out.items()}
 
@@ -244,12 +179,18 @@ def parser() -> str:
 def in_process(url: str, n: int) -> None:
     """The reservation through RedisState.reserve, and the two lanes' client cost."""
     for full in (False, True):
-        times = asyncio.run(reserve_times(url, n, full))
         what = "key rpm+in-flight+tpm, client rpm+budget hold" if full else "key rpm+in-flight"
-        print(f"[{parser()} parser] shared reservation (Lua, one round trip; {what}): p50 "
-              f"{pct(times, .5) * 1e3:.3f} ms, p99 {pct(times, .99) * 1e3:.3f} ms")
+        got: dict[bool, list] = {False: [], True: []}
+        for r in range(4):  # Lane and PooledLane alternated: medians of each one's runs
+            for pooled in ((False, True) if r % 2 == 0 else (True, False)):
+                times = asyncio.run(reserve_times(url, n // 2, full, pooled=pooled))
+                got[pooled].append((pct(times, .5), pct(times, .99)))
+        for pooled, runs in got.items():
+            p50, p99 = (statistics.median(x[i] for x in runs) * 1e3 for i in (0, 1))
+            print(f"[{parser()} parser] shared reservation (Lua, one round trip; {what}) on "
+                  f"{'PooledLane' if pooled else 'Lane'}: p50 {p50:.3f} ms, p99 {p99:.3f} ms")
     for name, (t, cpu) in asyncio.run(lane_times(url, n)).items():
-        print(f"[{parser()} parser] {name:<9} calling '{TRIVIAL}': p50 {pct(t, .5) * 1e6:.0f} us, "
+        print(f"[{parser()} parser] {name:<10} calling '{TRIVIAL}': p50 {pct(t, .5) * 1e6:.0f} us, "
               f"p99 {pct(t, .99) * 1e6:.0f} us, this process's CPU {cpu * 1e6:.1f} us a call")
 
 

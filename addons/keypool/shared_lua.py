@@ -39,7 +39,7 @@ import asyncio
 from redis.exceptions import RedisError
 
 from .shared import Slot
-from .shared_lane import Lane
+from .shared_lane import make_lane
 
 # A reservation that takes longer is given up: the attempt goes ahead on local limits (a
 # reservation Redis made meanwhile counts in the window; its in-flight slot lapses by ttl).
@@ -245,7 +245,7 @@ class SharedSlots:
         self._names: dict[str, tuple[str, ...]] = {}  # key name -> its Redis keys
         self._settles: dict[str, list] = {}  # key name -> [token, real tokens, ...]
         self._settle = self.client.register_script(SETTLE)
-        self._lane = Lane(self.client.connection_pool, RESERVE)
+        self._lane = make_lane(self.client.connection_pool, RESERVE)
         self._refresh = self.client.register_script(REFRESH)
 
     def needs_slot(self, key, ask=None) -> bool:

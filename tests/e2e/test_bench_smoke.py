@@ -58,5 +58,5 @@ def test_bench_overhead_prints_every_row_and_the_redis_round_trip():
 def test_bench_shared_prints_the_reservation_and_the_added_p50():
     out = run("bench_shared.py", "--requests", "20", "--rounds", "1", "--calls", "250")
     assert re.search(r"shared reservation .* p50 [\d.]+ ms", out), out
-    assert re.search(r"ProtoLane .* CPU [\d.]+ us a call", out), out
+    assert re.search(r"PooledLane .* CPU [\d.]+ us a call", out), out
     assert re.search(r"^redis: added p50 [+-][\d.]+ ms", out, re.M), out
