@@ -155,6 +155,14 @@ def get(gw: "GatewayProcess", path: str) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
+def stats(gw: "GatewayProcess") -> dict:
+    """/_keymux/stats as the sidecar reads it (its admin token: needed once clients exist)."""
+    req = urllib.request.Request(gw.url + "/_keymux/stats",
+                                 headers={"x-keymux-admin-token": SIDECAR_TOKEN})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.loads(r.read())
+
+
 def health(gw: "GatewayProcess") -> dict:
     return json.loads(get(gw, "/_keymux/health")[1])
 

@@ -16,7 +16,7 @@ from keypool.budgets import estimate
 from keypool.demo.mock_responses import prompt_tokens
 from keypool.periods import Periods
 
-from .harness import SIDECAR_TOKEN, GatewayProcess, wait_for
+from .harness import SIDECAR_TOKEN, GatewayProcess, stats, wait_for
 
 K1, K2 = "sk-budget-openai-000001", "sk-budget-openai-000002"
 TOKEN = "kmx-budget-client-token-01"
@@ -65,11 +65,6 @@ def ask(oa=None):
                 e.response.headers.get("retry-after"), e.message)
 
 
-def stats(gw):
-    req = urllib.request.Request(gw.url + "/_keymux/stats",
-                                 headers={"x-keymux-admin-token": SIDECAR_TOKEN})
-    with urllib.request.urlopen(req, timeout=5) as r:
-        return json.loads(r.read())
 
 
 def metrics(gw):

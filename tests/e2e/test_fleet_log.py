@@ -12,7 +12,7 @@ import redis
 
 from tests.redisserver import RedisServer, needs_redis
 
-from .harness import SIDECAR_TOKEN, GatewayProcess, get, health, wait_for
+from .harness import GatewayProcess, get, health, stats, wait_for
 
 pytestmark = needs_redis
 
@@ -53,13 +53,6 @@ def chat(gw) -> int:
         conn.close()
 
 
-def stats(gw) -> dict:
-    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5)
-    try:
-        conn.request("GET", "/_keymux/stats", headers={"x-keymux-admin-token": SIDECAR_TOKEN})
-        return json.loads(conn.getresponse().read())
-    finally:
-        conn.close()
 
 
 def test_the_ui_shows_both_processes_requests(mock, redis_server, tmp_path_factory, confdir):

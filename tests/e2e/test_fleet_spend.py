@@ -7,14 +7,13 @@ import os
 import re
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.redisserver import RedisServer, needs_redis
 
-from .harness import SIDECAR_TOKEN, GatewayProcess, wait_for
+from .harness import GatewayProcess, stats, wait_for
 
 pytestmark = needs_redis
 
@@ -52,11 +51,6 @@ def chat(gw) -> float:
     return (r.usage.prompt_tokens * 1000 + r.usage.completion_tokens * 2000) / 1e6
 
 
-def stats(gw) -> dict:
-    req = urllib.request.Request(gw.url + "/_keymux/stats",
-                                 headers={"x-keymux-admin-token": SIDECAR_TOKEN})
-    with urllib.request.urlopen(req, timeout=5) as r:
-        return json.loads(r.read())
 
 
 def spent(gw) -> tuple[float, int]:

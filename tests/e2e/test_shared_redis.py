@@ -11,7 +11,7 @@ import pytest
 
 from tests.redisserver import RedisServer, needs_redis
 
-from .harness import SIDECAR_TOKEN, GatewayProcess, get, health, wait_for
+from .harness import GatewayProcess, get, health, stats, wait_for
 
 pytestmark = needs_redis
 
@@ -81,13 +81,6 @@ def chat(gw, model: str, timeout: float = 15, token: str = APP,
         conn.close()
 
 
-def stats(gw) -> dict:
-    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5)
-    try:
-        conn.request("GET", "/_keymux/stats", headers={"x-keymux-admin-token": SIDECAR_TOKEN})
-        return json.loads(conn.getresponse().read())
-    finally:
-        conn.close()
 
 
 def key_state(gw, name: str) -> dict:
