@@ -201,3 +201,32 @@ async def test_a_mitmproxy_that_differs_keeps_the_loopback_relay(monkeypatch, ca
 def _no_leftover_tasks():
     yield
     memrelay._tasks.clear()
+
+
+async def test_an_aiohttp_reply_is_closed_too_when_mitmproxy_closes_its_side():
+    import aiohttp
+
+    from keypool.mitm.upstream import AiohttpReply
+
+    async def serve(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\none\r\n")
+        await writer.drain()
+        await asyncio.sleep(10)
+
+    srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+    r = await started()
+    try:
+        async with aiohttp.ClientSession() as session:
+            port = srv.sockets[0].getsockname()[1]
+            reply = AiohttpReply(await session.get(f"http://127.0.0.1:{port}/"))
+            token = r.park(reply, idle_s=30)
+            reader, writer = await mitm_connect(r.port)
+            writer.write(f"GET /{token} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+            await reader.readuntil(b"one\r\n")
+            writer.close()
+            await until(lambda: not memrelay._tasks)  # the relay's handler ended
+            assert reply._resp.closed
+    finally:
+        await r.close()
+        srv.close()
