@@ -3,7 +3,9 @@
 mitmproxy streams only responses it reads from a server. When keymux has found a key
 whose answer is a good stream (after re-issuing failed attempts, before any byte went to
 the client), it parks that open reply here and points the flow at this loopback server;
-mitmproxy then fetches it and streams it chunk by chunk like any upstream's.
+mitmproxy then fetches it and streams it chunk by chunk like any upstream's. Its
+connection to this address is in memory (``memrelay``: no socket, no syscall per chunk)
+when mitmproxy's internals are as expected, over the loopback socket otherwise.
 
 Key secrets the upstream echoes are masked here, in the head and in every chunk, before
 mitmproxy (and so the client, the flow, ``-w`` files and ``-v`` logs) sees a byte.
