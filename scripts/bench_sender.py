@@ -5,7 +5,8 @@ The lean HTTP/1.1 client (``keymux_sender=lean``) and aiohttp (``keymux_sender=a
 against the same raw loopback upstream (a fixed answer: its cost is the same for both),
 interleaved round by round; CPU is the process's (time.process_time), so the difference is
 the sender's. Streams go upstream -> sender -> relay -> a raw reader, as mitmproxy reads
-the relay; per chunk.
+the relay; per chunk, over the relay's loopback socket and in memory (``memrelay``, what
+mitmproxy gets from its patched ``open_connection``).
 
     .venv/bin/python scripts/bench_sender.py [--rounds 5] [--attempts 2000] [--chunks 4000]
 
@@ -24,7 +25,9 @@ from types import SimpleNamespace
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "addons"))
 
 from keypool.echo import Masker  # noqa: E402
+from keypool.mitm import memrelay  # noqa: E402
 from keypool.mitm.relay import Relay  # noqa: E402
+from mitmproxy.proxy import server as mitm_server  # noqa: E402
 from keypool.mitm.upstream import Upstream  # noqa: E402
 from keypool.providers import ProviderSpec  # noqa: E402
 
@@ -77,12 +80,13 @@ async def attempts(up: Upstream, port: int, n: int) -> float:
     return (time.process_time() - t0) / n * 1e6
 
 
-async def stream(up: Upstream, relay: Relay, port: int, chunks: int) -> float:
+async def stream(up: Upstream, relay: Relay, port: int, chunks: int,
+                 connect=asyncio.open_connection) -> float:
     masker = Masker(("sk-bench-secret-0000000000000",))  # as with keys configured
     t0 = time.process_time()
     reply = await up.send(plan(port, "/v1/stream"), "POST", FIELDS)
     token = relay.park(reply, 30.0, masker)
-    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    reader, writer = await connect("127.0.0.1", relay.port)
     writer.write(f"GET /{token} HTTP/1.1\r\nhost: relay\r\n\r\n".encode())
     await reader.readuntil(b"\r\n\r\n")
     while True:  # the relay's chunked answer, read as it comes (as mitmproxy does)
@@ -101,7 +105,9 @@ async def main(args) -> None:
     await relay.start()
     senders = {"lean": Upstream(), "aiohttp": Upstream()}
     senders["aiohttp"].lean = False
-    got = {(s, k): [] for s in senders for k in ("attempt", "chunk")}
+    got = {(s, k): [] for s in senders for k in ("attempt", "chunk", "memory")}
+    memrelay.install()  # as the addon does: mitmproxy's open_connection, relay in memory
+    in_memory = mitm_server.asyncio.open_connection
     for s, up in senders.items():  # warm up: connections, imports, caches
         await attempts(up, port, 50)
         await stream(up, relay, port, args.chunks)
@@ -109,6 +115,7 @@ async def main(args) -> None:
         for s, up in senders.items():
             got[(s, "attempt")].append(await attempts(up, port, args.attempts))
             got[(s, "chunk")].append(await stream(up, relay, port, args.chunks))
+            got[(s, "memory")].append(await stream(up, relay, port, args.chunks, in_memory))
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     for up in senders.values():
         await up.close()
@@ -121,6 +128,11 @@ async def main(args) -> None:
         rounds = ", ".join(f"{a / b:.2f}" for a, b in zip(got[("lean", k)], got[("aiohttp", k)]))
         print(f"{unit}: lean {lean:.1f}, aiohttp {aio:.1f}, lean/aiohttp {lean / aio:.3f} "
               f"(rounds: {rounds})")
+    for s in senders:  # the relay's hop: over loopback TCP vs in memory (memrelay)
+        tcp, mem = (statistics.median(got[(s, k)]) for k in ("chunk", "memory"))
+        rounds = ", ".join(f"{m / t:.2f}" for t, m in zip(got[(s, "chunk")], got[(s, "memory")]))
+        print(f"us per relayed stream chunk, {s}: loopback {tcp:.1f}, in memory {mem:.1f}, "
+              f"memory/loopback {mem / tcp:.3f} (rounds: {rounds})")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 mitmproxy streams only responses it reads from a server. When keymux has found a key
 whose answer is a good stream (after re-issuing failed attempts, before any byte went to
 the client), it parks that open reply here and points the flow at this loopback server;
-mitmproxy then fetches it and streams it chunk by chunk like any upstream's.
+mitmproxy then fetches it and streams it chunk by chunk like any upstream's. Its
+connection to this address is in memory (``memrelay``: no socket, no syscall per chunk)
+when mitmproxy's internals are as expected, over the loopback socket otherwise.
 
 Key secrets the upstream echoes are masked here, in the head and in every chunk, before
 mitmproxy (and so the client, the flow, ``-w`` files and ``-v`` logs) sees a byte.
@@ -16,6 +18,7 @@ import secrets
 
 from ..answers import reason as reason_phrase
 from ..echo import Masker
+from . import memrelay
 
 logger = logging.getLogger("keymux")
 UNCLAIMED_S = 30.0  # a parked reply nobody fetched (the client left) is closed after this
@@ -28,11 +31,17 @@ class Relay:
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         self.port: int | None = None
         self._server: asyncio.Server | None = None
+        self._local: dict | None = None  # memrelay's registry, when mitmproxy is patched
 
     async def start(self) -> int:
         if self._server is None:
+            # The socket stays: it reserves the address and serves whatever does not come
+            # through mitmproxy's patched open_connection (memrelay: in memory).
             self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
             self.port = self._server.sockets[0].getsockname()[1]
+            self._local = memrelay.install()
+            if self._local is not None:
+                self._local[("127.0.0.1", self.port)] = self._serve
         return self.port
 
     def park(self, reply, idle_s: float | None = None, masker: Masker = Masker(())) -> str:
@@ -79,6 +88,8 @@ class Relay:
     async def close(self) -> None:
         for token in list(self.parked):
             self.discard(token)
+        if self._local is not None:
+            self._local.pop(("127.0.0.1", self.port), None)
         if self._server is not None:
             self._server.close()
 
@@ -105,6 +116,9 @@ async def _relay(reply, idle_s: float | None, masker: Masker,
     masking = masker.stream()
     feed = masking.feed if masker else None  # no secrets configured: nothing to scan
     write, transport = writer.write, writer.transport
+    watch = getattr(writer, "watch", None)  # in memory: mitmproxy leaving closes the reply
+    if watch is not None:
+        watch(reply)
     try:
         pump = getattr(reply, "pump", None)
         if pump is not None:
@@ -131,6 +145,8 @@ async def _relay(reply, idle_s: float | None, masker: Masker,
         logger.info("keymux: stream cut short: %s", type(e).__name__)
         return False
     finally:
+        if watch is not None:
+            watch(None)
         reply.close()
 
 
