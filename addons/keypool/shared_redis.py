@@ -33,6 +33,8 @@ from .shared import LocalState, apply, clear_event, cool_event, decode, local_ev
 from .shared_health import learn_event, live_outages, outage_event
 from .shared_lua import SharedSlots
 
+LEARN_EVERY_S = 0.25  # a key's learned budget goes to the others at most this often
+
 logger = logging.getLogger("keymux")
 
 RETRY_S = 0.5          # between reconnection attempts while Redis is unreachable
@@ -69,6 +71,8 @@ class RedisState(SharedSlots, LocalState):
         self._out: deque = deque()
         self._wake = asyncio.Event()
         self._learned: dict = {}  # key name -> key: its learned budget, at the next write
+        self._learn_sent: dict[str, float] = {}  # key name -> when its last event went out
+        self._learn_timer: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task] = []
         self.client = aioredis.Redis.from_url(spec.url, socket_timeout=2.0,
                                               socket_connect_timeout=1.0)
@@ -87,6 +91,30 @@ class RedisState(SharedSlots, LocalState):
 
     def learned(self, key) -> None:
         self._learned[key.name] = key  # coalesced: one event per key per write
+        self._wake.set()
+
+    def _due_learned(self) -> list:
+        """The learned budgets to tell now: a key's at most every LEARN_EVERY_S (each answer
+        with rate-limit headers teaches one; one event per answer cost a Redis write and a
+        pub/sub delivery per request), at once when it is exhausted. The others wait for a
+        timer (each process also learns from its own answers meanwhile)."""
+        now, due, wait = time.monotonic(), [], None
+        for name, key in list(self._learned.items()):
+            ev = learn_event(self.pool, key)
+            left = self._learn_sent.get(name, -LEARN_EVERY_S) + LEARN_EVERY_S - now
+            if ev is not None and left > 0 and ev.requests != 0 and ev.tokens != 0:
+                wait = left if wait is None else min(wait, left)
+                continue
+            del self._learned[name]
+            if ev is not None:
+                self._learn_sent[name] = now
+                due.append(ev)
+        if wait is not None and self._learn_timer is None:
+            self._learn_timer = asyncio.get_running_loop().call_later(wait, self._learn_due)
+        return due
+
+    def _learn_due(self) -> None:
+        self._learn_timer = None
         self._wake.set()
 
     def _queue(self, item) -> None:
@@ -150,6 +178,8 @@ class RedisState(SharedSlots, LocalState):
                        loop.create_task(self._keep_slots())]
 
     async def stop(self) -> None:
+        if self._learn_timer is not None:
+            self._learn_timer.cancel()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -234,8 +264,7 @@ class RedisState(SharedSlots, LocalState):
 
     async def _flush(self) -> None:
         if self._learned:
-            keys, self._learned = self._learned.values(), {}
-            self._out.extend(("ev", ev) for k in keys if (ev := learn_event(self.pool, k)))
+            self._out.extend(("ev", ev) for ev in self._due_learned())
         while self._out:
             batch = [self._out.popleft() for _ in range(min(len(self._out), 256))]
             pipe = self.client.pipeline(transaction=False)

@@ -101,6 +101,30 @@ def test_a_learned_budget_is_adopted_by_the_other_process(redis_url):
     asyncio.run(main())
 
 
+def test_learned_budgets_are_told_once_per_interval_unless_exhausted(redis_url, monkeypatch):
+    import keypool.shared_redis as shared_redis
+    monkeypatch.setattr(shared_redis, "LEARN_EVERY_S", 5.0)  # long: a wait cannot pass for "at once"
+    async def main():
+        a, b = node(redis_url, "learnrate"), node(redis_url, "learnrate")
+        try:
+            assert await until(lambda: a.shared.ok and b.shared.ok)
+            ka, kb = a.by_name["k1"], b.by_name["k1"]
+            left = lambda: kb.limits.requests.current(b.clock.monotonic())
+            for n in range(500, 450, -1):  # 50 answers in a burst, each teaching one
+                ka.limits.learn(a.clock.monotonic(), n, 30.0, None, None)
+                a.shared.learned(ka)
+                await asyncio.sleep(0)
+            assert await until(lambda: left() is not None)
+            first = left()
+            assert not await until(lambda: left() != first, timeout=0.5)  # the rest wait
+            ka.limits.learn(a.clock.monotonic(), 0, 30.0, None, None)  # exhausted: told at once
+            a.shared.learned(ka)
+            assert await until(lambda: left() == 0, timeout=3.0)
+        finally:
+            await stop(a, b)
+    asyncio.run(main())
+
+
 def test_a_process_that_reconnects_or_starts_late_adopts_a_live_outage(redis_url):
     import redis
     async def main():
