@@ -138,6 +138,12 @@ class TimeOfDay:
     info: object
 
 
+def warm() -> None:
+    """Load genai-prices' table now (at start, off the loop) rather than on the first lookup."""
+    from genai_prices import data_snapshot
+    data_snapshot.get_snapshot()
+
+
 def genai_rates(provider_id: str, model: str, wall: float) -> object:
     """Rates for genai-prices' model, its ModelPrice when rates cannot express it, a
     TimeOfDay when they change within the day, or None."""

@@ -18,7 +18,7 @@ from weakref import WeakKeyDictionary
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ProxyMode
 
-from .. import exposure, keylog, reissue
+from .. import exposure, keylog, prices, reissue
 from ..answers import Answer
 from ..canon import HeaderMap
 from ..config import Config, load_config
@@ -26,7 +26,8 @@ from ..errors import ConfigError
 from ..gateway import Gateway
 from ..ticket import Plan
 from ..usage import SseTap, usage_of_body
-from . import attempts, boundary, clientauth, conns, flows, keytest, modelfetch, responses, runtime
+from . import (attempts, boundary, clientauth, conns, flows, heap, keytest, modelfetch,
+               responses, runtime)
 from .commands import Commands
 from .failclosed import FailClosed
 from .relay import Relay
@@ -57,6 +58,7 @@ class Keymux:
         self._loaded_digest: bytes | None = None
         self.watcher: ConfigWatcher | None = None
         self._flusher: asyncio.Task | None = None
+        self._settling: asyncio.Task | None = None  # mitm/heap.py: warm up, then freeze
         self._flush_failing = False
         self.upstream = Upstream()
         self.relay = Relay()
@@ -151,6 +153,7 @@ class Keymux:
             self.runtime.gateway.pool.shared.start()  # keypool.shared: once per process
         self._watch(ctx.options.keymux_config)
         flows.comment_column()
+        self._settling = asyncio.get_running_loop().create_task(heap.settle_after(prices.warm))
 
     def _watch(self, path: str) -> None:
         if self.watcher is not None:
@@ -384,8 +387,9 @@ class Keymux:
             runtime.active = None
         if self.watcher is not None:
             self.watcher.stop()
-        if self._flusher is not None:
-            self._flusher.cancel()
+        for task in (self._flusher, self._settling):
+            if task is not None:
+                task.cancel()
         self._release_streams()
         if self.runtime is not None:  # shutdown or script reload: persist what we have
             self.runtime.flush()
