@@ -58,7 +58,6 @@ class Keymux:
         self._loaded_digest: bytes | None = None
         self.watcher: ConfigWatcher | None = None
         self._flusher: asyncio.Task | None = None
-        self._settling: asyncio.Task | None = None  # mitm/heap.py: warm up, then freeze
         self._flush_failing = False
         self.upstream = Upstream()
         self.relay = Relay()
@@ -153,7 +152,7 @@ class Keymux:
             self.runtime.gateway.pool.shared.start()  # keypool.shared: once per process
         self._watch(ctx.options.keymux_config)
         flows.comment_column()
-        self._settling = asyncio.get_running_loop().create_task(heap.settle_after(prices.warm))
+        heap.settle_soon(prices.warm)
 
     def _watch(self, path: str) -> None:
         if self.watcher is not None:
@@ -387,9 +386,8 @@ class Keymux:
             runtime.active = None
         if self.watcher is not None:
             self.watcher.stop()
-        for task in (self._flusher, self._settling):
-            if task is not None:
-                task.cancel()
+        if self._flusher is not None:
+            self._flusher.cancel()
         self._release_streams()
         if self.runtime is not None:  # shutdown or script reload: persist what we have
             self.runtime.flush()
