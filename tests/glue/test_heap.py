@@ -66,9 +66,11 @@ def test_running_warms_the_price_table_then_settles(tmp_path, monkeypatch):
     asyncio.run(main())
 
 
-def test_warm_loads_genai_prices_table():
+def test_warm_loads_genai_prices_table(monkeypatch):
     from genai_prices import data_snapshot
 
     from keypool import prices
+    loaded = []
+    monkeypatch.setattr(data_snapshot, "get_snapshot", lambda: loaded.append(1))
     prices.warm()
-    assert data_snapshot.get_snapshot() is data_snapshot.get_snapshot()  # cached, not reloaded
+    assert loaded == [1]

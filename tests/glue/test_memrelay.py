@@ -137,12 +137,14 @@ async def test_a_slow_reader_pauses_the_upstream_read_and_gets_every_byte():
         await r.close()
 
 
-async def test_mitmproxy_closing_its_side_closes_a_silent_stream_at_once():
-    async def one_then_silence(writer):
-        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\none\r\n")
-        await writer.drain()
-        await asyncio.sleep(10)
+async def one_then_silence(writer):
+    """An upstream that sends one chunk, then nothing."""
+    writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\none\r\n")
+    await writer.drain()
+    await asyncio.sleep(10)
 
+
+async def test_mitmproxy_closing_its_side_closes_a_silent_stream_at_once():
     r = await started()
     try:
         async with Raw(one_then_silence) as up:
@@ -159,11 +161,6 @@ async def test_mitmproxy_closing_its_side_closes_a_silent_stream_at_once():
 
 
 async def test_a_stream_silent_past_its_idle_limit_ends_mitmproxys_read():
-    async def one_then_silence(writer):
-        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\none\r\n")
-        await writer.drain()
-        await asyncio.sleep(10)
-
     r = await started()
     try:
         async with Raw(one_then_silence) as up:

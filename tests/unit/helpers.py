@@ -1,4 +1,7 @@
 """Builders for unit tests: configs in code, without YAML."""
+import asyncio
+import time
+
 from keypool.config import ClientSpec, Config, KeySpec, Routing
 from keypool.providers import PRESETS, ProviderSpec
 
@@ -21,3 +24,14 @@ def local(name="local", models=("mock-*",), auth="bearer", **kw):
 
 def client(name, token, models=()):
     return ClientSpec(name=name, token=token, models=tuple(models))
+
+
+async def until(cond, timeout: float = 5.0) -> bool:
+    """Wait for ``cond()`` (a function or a coroutine function) on the running loop: True
+    once it holds, False past ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (await cond() if asyncio.iscoroutinefunction(cond) else cond()):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True

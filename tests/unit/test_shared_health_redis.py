@@ -12,7 +12,7 @@ from keypool.config import StateSpec
 from keypool.pool import Pool, ProviderOutage
 
 from tests.redisserver import RedisServer, needs_redis
-from .helpers import config, key
+from .helpers import config, key, until
 
 pytestmark = needs_redis
 
@@ -33,13 +33,6 @@ def node(url, prefix, keys=KEYS):
     return pool
 
 
-async def until(cond, timeout=2.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.002)
-    return True
 
 
 def outage_in(p):

@@ -11,7 +11,7 @@ from keypool.pool import Pool
 from keypool.shared import LOCAL
 
 from tests.redisserver import RedisServer, needs_redis
-from .helpers import config, key
+from .helpers import config, key, until
 
 pytestmark = needs_redis
 
@@ -30,13 +30,6 @@ def make(url, prefix, keys, ttl=30.0):
     return pool
 
 
-async def until(cond, timeout=2.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.005)
-    return True
 
 
 def test_two_reservers_never_pass_the_rpm(redis_url, monkeypatch):

@@ -17,7 +17,7 @@ from keypool.spend import Ledger
 from keypool.usage import Usage
 
 from tests.redisserver import RedisServer, needs_redis
-from .helpers import config, key
+from .helpers import config, key, until
 
 pytestmark = needs_redis
 WALL = time.time()
@@ -64,13 +64,6 @@ class Node:
         return self.state.client.hgetall(h)
 
 
-async def until(cond, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not await cond() if asyncio.iscoroutinefunction(cond) else not cond():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
 
 
 async def started(*nodes):
