@@ -26,8 +26,8 @@ from ..errors import ConfigError
 from ..gateway import Gateway
 from ..ticket import Plan
 from ..usage import SseTap, usage_of_body
-from . import (attempts, boundary, clientauth, conns, flows, heap, keytest, modelfetch,
-               responses, runtime)
+from . import (attempts, boundary, clientauth, conns, dispatch, flows, heap, keytest,
+               modelfetch, responses, runtime)
 from .commands import Commands
 from .failclosed import FailClosed
 from .relay import Relay
@@ -82,6 +82,9 @@ class Keymux:
                           "client for direct connections, aiohttp through a proxy) or "
                           "'aiohttp' (every attempt through aiohttp).",
                           choices=("lean", "aiohttp"))
+        loader.add_option("keymux_fast_hooks", bool, True,
+                          "Dispatch mitmproxy's hooks only to the addons that define them "
+                          "(planned per hook; mitmproxy walks every addon for every event).")
         conns.install(ctx.master)  # before the proxy listens: every connection is guarded
         self.clientauth = clientauth.install(ctx.master)  # masks client tokens first
         runtime.exit_cleanly_at_exit(ctx.master)
@@ -92,6 +95,10 @@ class Keymux:
         if ctx.options.keymux_flow_body_kb < 0:
             raise exceptions.OptionsError("keymux: keymux_flow_body_kb must be 0 or more")
         self.flow_body_cap = ctx.options.keymux_flow_body_kb * 1024
+        if ctx.options.keymux_fast_hooks:
+            dispatch.install(ctx.master.addons)  # idempotent
+        else:
+            dispatch.uninstall(ctx.master.addons)
         self._bind()  # before any options.update: a refusal must not recurse through it
         if ctx.options.connection_strategy != "lazy":
             # A request the gateway answers itself must not open an upstream connection.
@@ -384,6 +391,7 @@ class Keymux:
     def done(self) -> None:
         if runtime.active is self:
             runtime.active = None
+        dispatch.uninstall(ctx.master.addons)  # a removed script leaves mitmproxy's own
         if self.watcher is not None:
             self.watcher.stop()
         if self._flusher is not None:
