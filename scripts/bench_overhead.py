@@ -7,6 +7,9 @@ concurrency 1 and 16:
 
 - ``direct``: the mock upstream itself; ``mitmdump``: plain mitmdump, reverse mode;
 - ``keymux``: one worker, default state (SQLite);
+- ``mitmdump-planned``: plain mitmdump with keymux's planned hook dispatch and nothing else
+  (scripts/planned_hooks.py): what keymux's own work costs shows against this row;
+- ``keymux-mitmhooks``: keymux with ``keymux_fast_hooks=false`` (mitmproxy's own dispatch);
 - ``keymux-2w``: two workers on one port (SO_REUSEPORT, Redis state, as ``keymux run
   --workers 2`` starts them);
 - ``keymux-redis``: one worker with ``state: {backend: redis}`` and keys with an rpm, so
@@ -38,8 +41,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchlib import (cpu_tree, free_port, keymux, mitmdump, redis_server, start, stop,
-                      two_workers, wait_up, write_keys)
+from benchlib import (cpu_tree, free_port, keymux, mitmdump, planned, redis_server, start,
+                      stop, two_workers, wait_up, write_keys)
 
 BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]})
 RPM = 1_000_000  # high enough never to refuse: the reservation is made, never full
@@ -89,7 +92,10 @@ def commands(tmp: Path, mock_port: int, redis_url: str | None) -> dict[str, list
     py, mitm = sys.executable, mitmdump(sys.executable, tmp, mock_port)
     cmds = {"direct": [py, "-m", "keypool.demo.mock_upstream", "--port"],
             "mitmdump": mitm + ["-p"],
-            "keymux": keymux(mitm, write_keys(tmp / "keys.yaml", mock_port)) + ["-p"]}
+            "keymux": keymux(mitm, write_keys(tmp / "keys.yaml", mock_port)) + ["-p"],
+            "mitmdump-planned": planned(mitm) + ["-p"],
+            "keymux-mitmhooks": keymux(mitm, write_keys(tmp / "keys-mitmhooks.yaml", mock_port))
+            + ["--set", "keymux_fast_hooks=false", "-p"]}
     if redis_url:  # keymux-redis right after keymux: the pair whose p50s are compared
         shared = write_keys(tmp / "shared.yaml", mock_port, rpm=RPM, state=redis_url)
         cmds["keymux-redis"] = keymux(mitm, shared) + ["-p"]
@@ -153,6 +159,13 @@ def report(results: dict, names: list[str], args) -> None:
         print(f"\nc={c}: keymux/mitmdump req/s = {k['rps'] / p['rps']:.3f}; "
               f"p50 {k['p50'] - p['p50']:+.3f} ms; p99 {k['p99'] - p['p99']:+.3f} ms; "
               f"CPU per request {k['cpu_us'] / p['cpu_us']:.3f}x")
+        for a, b in (("keymux", "mitmdump"), ("keymux", "mitmdump-planned"),
+                     ("keymux-mitmhooks", "mitmdump")):
+            rps = [x["rps"] / y["rps"] for x, y in zip(results[(a, c)], results[(b, c)])]
+            cpu = [x["cpu_us"] / y["cpu_us"] for x, y in zip(results[(a, c)], results[(b, c)])]
+            print(f"  {a}/{b}, median of per-round ratios: req/s {statistics.median(rps):.3f}"
+                  f" ({', '.join(f'{r:.2f}' for r in rps)}); CPU per request "
+                  f"{statistics.median(cpu):.3f}x")
     if ("keymux-redis", 1) in results:
         # each round's pair ran back to back: the difference per round, then the median
         added = [r["p50"] - k["p50"] for r, k in zip(results[("keymux-redis", 1)],

@@ -12,7 +12,10 @@ per SSE event delivered, the harness's own CPU (the mock's and the clients') and
 keymux/plain CPU per chunk and keymux-2w/keymux streams completed.
 
     .venv/bin/python scripts/bench_streams.py [--conc 64 256] [--seconds 6] [--rounds 3]
-        [--targets plain keymux keymux-2w]
+        [--targets plain keymux keymux-2w plain-planned]
+
+``plain-planned`` is plain mitmdump with keymux's planned hook dispatch only
+(scripts/planned_hooks.py): keymux's own cost per stream shows against it.
 
 Targets (issue 12): keymux's CPU per chunk <= 1.1x plain mitmdump's; at 256 streams two
 workers complete >= 1.3x the streams of one with a lower gap p99. keymux-2w uses a Redis
@@ -33,8 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import (ROOT, cpu_tree, free_port, keymux, mitmdump, redis_server, start, stop,
-                      loop_factory, two_workers, wait_up, write_keys)
+from benchlib import (ROOT, cpu_tree, free_port, keymux, mitmdump, planned, redis_server,
+                      start, stop, loop_factory, two_workers, wait_up, write_keys)
 
 AUTH = "Bearer sk-bench-0000000000000"
 
@@ -60,6 +63,9 @@ def targets(tmp: Path, mock_port: int, base: str | None = None,
     fleet = write_keys(tmp / "fleet.yaml", mock_port, state=redis_url or "")
     found = {
         "plain": lambda port: mitm + ["-p", str(port), "--set", "stream_large_bodies=1"],
+        # plain mitmdump with keymux's planned hook dispatch only: keymux's own cost apart
+        "plain-planned": lambda port: planned(mitm) + ["-p", str(port),
+                                                      "--set", "stream_large_bodies=1"],
         "keymux": lambda port: keymux(mitm, config) + ["-p", str(port)],
         # Two workers on one port, as `keymux run --workers 2` starts them (SO_REUSEPORT);
         # the CPU is summed over the launcher's whole process tree.
@@ -264,11 +270,11 @@ def report(results: dict, args) -> None:
           f"{args.gap_ms:g} ms apart per stream; usage asked by the client: {args.include_usage}; "
           f"mock: {args.mock}; harness loop: {'uvloop' if loop_factory() else 'asyncio'}; "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
-    print(f"{'target':<10} {'conc':>4} {'streams':>8} {'failed':>6} {'TTFT p50':>9} {'p99':>8} "
+    print(f"{'target':<13} {'conc':>4} {'streams':>8} {'failed':>6} {'TTFT p50':>9} {'p99':>8} "
           f"{'gap p99':>8} {'CPU %':>6} {'CPU us/chunk':>13} {'mock %':>7} {'load %':>7} "
           f"{'harness':>8}")
     for (t, c), m in sorted(med.items(), key=lambda kv: kv[0][1]):
-        print(f"{t:<10} {c:>4} {m['completed']:>8.0f} {m['failed']:>6.0f} {m['ttft50']:>8.1f}m "
+        print(f"{t:<13} {c:>4} {m['completed']:>8.0f} {m['failed']:>6.0f} {m['ttft50']:>8.1f}m "
               f"{m['ttft99']:>7.1f}m {m['gap99']:>7.1f}m {m['cpu%']:>6.1f} "
               f"{m['cpu_us_per_chunk']:>13.1f} {m['mock%']:>7.1f} {m['load%']:>7.1f} "
               f"{m['harness']:>7.1f}%")

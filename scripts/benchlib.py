@@ -62,7 +62,7 @@ def write_keys(path: Path, mock_port: int, *, rpm: int | None = None, state: str
     keys = "\n".join(f"  - {{name: bench-{i}, provider: mock, key: sk-bench-key-{i:012d}{limit}}}"
                      for i in range(n))
     text = (f"providers:\n  mock:\n    base_url: http://127.0.0.1:{mock_port}/v1\n"
-            f"keys:\n{keys}\n")
+            f"keys:\n{keys}\nstate_dir: {path.stem}-state\n")  # one store per target
     if state:
         text += f"state: {{backend: redis, url: {state}, prefix: {path.stem}}}\n"
     path.write_text(text)
@@ -73,6 +73,11 @@ def mitmdump(python: str, tmp: Path, mock_port: int) -> list[str]:
     """Plain mitmdump in reverse mode to the mock, quiet, its certificates in ``tmp``."""
     return [str(Path(python).parent / "mitmdump"), "--listen-host", "127.0.0.1", "-q",
             "--mode", f"reverse:http://127.0.0.1:{mock_port}", "--set", f"confdir={tmp}"]
+
+
+def planned(mitm: list[str]) -> list[str]:
+    """Plain mitmdump with keymux's planned hook dispatch only (scripts/planned_hooks.py)."""
+    return mitm + ["-s", str(ROOT / "scripts" / "planned_hooks.py")]
 
 
 def keymux(mitm: list[str], config: Path, addons: Path = ROOT / "addons") -> list[str]:

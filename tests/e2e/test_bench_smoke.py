@@ -32,9 +32,10 @@ def rows(out: str, first: str) -> list[list[str]]:
 @needs_redis
 def test_bench_streams_runs_each_target_without_failures():
     out = run("bench_streams.py", "--conc", "4", "--seconds", "0.5", "--rounds", "1",
-              "--chunks", "3", "--gap-ms", "10", "--targets", "plain", "keymux", "keymux-2w")
-    got = rows(out, "plain keymux keymux-2w")
-    assert [r[0] for r in got] == ["plain", "keymux", "keymux-2w"], out
+              "--chunks", "3", "--gap-ms", "10", "--targets", "plain", "keymux", "keymux-2w",
+              "plain-planned")
+    got = rows(out, "plain keymux keymux-2w plain-planned")
+    assert sorted(r[0] for r in got) == ["keymux", "keymux-2w", "plain", "plain-planned"], out
     assert all(int(r[2]) > 0 and r[3] == "0" for r in got), out  # streams done, none failed
     assert "harness" in out and "keymux-2w/keymux streams completed" in out
 
@@ -49,9 +50,11 @@ def test_bench_streams_demo_mock_still_serves():
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="needs Debian's wrk")
 def test_bench_overhead_prints_every_row_and_the_redis_round_trip():
     out = run("bench_overhead.py", "--seconds", "1", "--rounds", "1", timeout=180)
-    got = rows(out, "direct mitmdump keymux keymux-2w keymux-redis")
-    assert len(got) == 10 and all(r[-1] == "0" for r in got), out  # no non-2xx answer
+    got = rows(out, "direct mitmdump keymux mitmdump-planned keymux-mitmhooks keymux-2w "
+                    "keymux-redis")
+    assert len(got) == 14 and all(r[-1] == "0" for r in got), out  # no non-2xx answer
     assert re.search(r"Redis round trip .* added p50 [+-][\d.]+ ms", out), out
+    assert re.search(r"keymux/mitmdump-planned, median of per-round ratios: req/s [\d.]+", out)
 
 
 @needs_redis
