@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from .canon import Refused, parse_json
-from .pool import KeyState, Lease
+from .keystate import KeyState, Lease
 from .providers import CLIENT_AUTH_HEADERS, ProviderSpec
 from .routing import PROVIDER_HEADERS, Route
 
