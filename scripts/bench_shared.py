@@ -64,7 +64,8 @@ async def reserve_times(url: str, n: int, full: bool = False, kbudget: bool = Fa
     from keypool.providers import PRESETS
     from keypool.shared_ask import KeyAsk, ask_for
     from keypool.shared_redis import RedisState
-    from keypool.spend import Hold, Ledger
+    from keypool.spend import Ledger
+    from keypool.spend_sums import Hold
     spec = KeySpec(name="b", provider="openai", secret="sk-bench-00000000",
                    rpm=10**9 if limits else None, max_in_flight=10**6 if limits else None,
                    tpm=10**12 if full else None,

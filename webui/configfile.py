@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from keypool.config import Config, check_size, parse_config
+from keypool.config import Config, parse_config
+from keypool.config_text import check_size
 from keypool.envfile import interpolate, parse_dotenv
 from keypool.errors import ConfigError
 from keypool.redact import mask

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from keypool.store import fleetspend
 from keypool.store.fleetlog import CLIENT_BUCKET_S, CLIENT_FIELDS, CLIENT_KEEP_S, KEY_KEEP_S, names
-from keypool.spend import SUM_FIELDS
+from keypool.spend_sums import SUM_FIELDS
 from keypool.store.sqlite import REQUEST_FIELDS, SCHEMA, USAGE_FIELDS
 
 from .auditlog import SCHEMA as AUDIT_SCHEMA, AuditError, AuditLog

@@ -13,7 +13,8 @@ import datetime as dt
 import math
 
 from keypool.periods import Periods
-from keypool.spend import DIMS, SUM_FIELDS
+from keypool.spend import DIMS
+from keypool.spend_sums import SUM_FIELDS
 
 from .store import Store
 

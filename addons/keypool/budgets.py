@@ -32,7 +32,8 @@ from .config_money import Budget
 from .keylog import NOTICE
 from .limits import _BUDGET_FIELDS
 from .periods import zone
-from .spend import Hold, Ledger
+from .spend import Ledger
+from .spend_sums import Hold
 from .usage import Usage
 
 DEFAULT_OUTPUT_TOKENS = 256  # a request without max_tokens: the same guess as the tpm limits

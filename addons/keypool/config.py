@@ -11,13 +11,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
-import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode
 
 from .envfile import NodeReader, describe, is_null, line_of, parse_dotenv
 from .errors import ConfigError
 from .config_money import Budget, MoneyReader
-from .providers import AUTH_SCHEMES, NO_PROXY, PRESETS, ProviderSpec, split_base_url, split_proxy_url
+from .config_text import check_size, compose, read_text
+from .config_values import ValueReader
+from .providers import AUTH_SCHEMES, PRESETS, ProviderSpec
 
 STRATEGIES = ("round_robin", "weighted", "least_used", "least_busy", "random")
 
@@ -137,25 +138,19 @@ COOLDOWN_FIELDS = ("rate_limited_s", "server_error_s", "max_s", "auth_error_s")
 LOGGING_FIELDS = ("bodies", "retention_days")
 MIN_TOKEN_LEN = 8
 
-# A keys.yaml past this is refused before it is read: parsing holds the GIL, even on the
-# watcher's thread, and would stall every request (50 MB took >10 s).
-MAX_CONFIG_BYTES = 2 * 1024 * 1024
-
 _PROVIDER_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*\Z")
 _PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
     """Read ``path`` and the optional ``.env`` beside it; ``env`` (default os.environ) wins."""
     path = Path(path)
-    text = _read(path)
+    text = read_text(path)
     variables: dict[str, str] = {}
     dotenv = path.parent / ".env"
     if dotenv.is_file():
         try:
-            variables.update(parse_dotenv(_read(dotenv)))
+            variables.update(parse_dotenv(read_text(dotenv)))
         except ConfigError as e:  # parse_dotenv knows the line, not the file
             raise ConfigError(e.message, e.line, str(dotenv)) from None
     variables.update(os.environ if env is None else env)
@@ -171,105 +166,16 @@ def parse_config(
 ) -> Config:
     """keys.yaml text -> Config; the first problem found raises ConfigError."""
     check_size(text, source)
-    root = _compose(text, source)
+    root = compose(text, source)
     return _Reader(source, os.environ if env is None else env, base_dir).config(root)
 
 
-def check_size(text: str, source: str | None) -> None:
-    """Refuse a text past MAX_CONFIG_BYTES before anything parses it (the web UI too)."""
-    # Characters first (cheap): a text under the cap in characters is at most 4x it in bytes.
-    if len(text) > MAX_CONFIG_BYTES // 4:
-        size = len(text.encode("utf-8", "replace"))
-        if size > MAX_CONFIG_BYTES:
-            raise ConfigError(_too_big(size), 1, source)
-
-
-def _too_big(size: int) -> str:
-    return (f"the file is {size / 1048576:.1f} MiB; keys.yaml (and its .env) may be at most"
-            f" {MAX_CONFIG_BYTES // 1048576} MiB: keep bodies, logs and data elsewhere")
-
-
-def _read(path: Path) -> str:
-    """The file's text, refused by its size before a byte of it is read or parsed."""
-    try:
-        with path.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            data = f.read(MAX_CONFIG_BYTES + 1)  # a file growing as we read is capped too
-        if max(size, len(data)) > MAX_CONFIG_BYTES:
-            raise ConfigError(_too_big(max(size, len(data))), 1, str(path))
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ConfigError("the file is not valid UTF-8", path=str(path)) from None
-    except OSError as e:
-        raise ConfigError(f"cannot read the file: {e.strerror or e}", path=str(path)) from None
-
-
-def _compose(text: str, source: str | None) -> MappingNode:
-    """YAML text -> the root node; nodes (not objects) so that every value keeps its line."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as e:
-        # Only the problem text, never a snippet: the offending line may hold a secret.
-        message = f"invalid YAML: {e.problem or e.context}"
-        if e.context and e.problem and e.context_mark:  # "while scanning ... on line 3: ..."
-            message = f"invalid YAML: {e.context} on line {e.context_mark.line + 1}: {e.problem}"
-        line = e.problem_mark.line + 1 if e.problem_mark else None
-        raise ConfigError(message, line, source) from None
-    except yaml.reader.ReaderError as e:
-        code = e.character if isinstance(e.character, int) else ord(e.character)
-        line = text.count("\n", 0, e.position) + 1
-        raise ConfigError(f"invalid YAML: {e.reason} (#x{code:04x})", line, source) from None
-    if root is None:
-        raise ConfigError("the file is empty", 1, source)
-    if not isinstance(root, MappingNode):
-        raise ConfigError("the top level must be a mapping (version:, providers:, keys:, ...)",
-                          line_of(root), source)
-    return root
-
-
-class _Reader(MoneyReader, NodeReader):
-    """keys.yaml's schema: sections, names, URLs, headers, times."""
+class _Reader(MoneyReader, ValueReader, NodeReader):
+    """keys.yaml's schema: its sections (values: ValueReader, money: MoneyReader)."""
 
     def __init__(self, source: str | None, env: Mapping[str, str], base_dir: Path | None):
         super().__init__(source, env)
         self.base_dir = base_dir
-
-    def name(self, node: Node, path: str) -> str:
-        value = self.string(node, path)
-        if not _NAME.match(value):
-            self.fail(node, f"{path}: {value!r} is not a valid name (up to 64 letters, digits"
-                            " and _ . : -, starting with a letter or digit)")
-        return value
-
-    def url(self, node: Node, path: str) -> str:
-        value = self.string(node, path)
-        try:
-            split_base_url(value)
-        except ValueError as e:
-            self.fail(node, f"{path}: {e}")
-        return value
-
-    def proxy(self, node: Node, path: str) -> str:
-        """An http(s) proxy URL (credentials allowed, never echoed) or ``none``."""
-        value = self.string(node, path).strip()
-        if value.lower() == NO_PROXY:
-            return NO_PROXY
-        try:
-            split_proxy_url(value)
-        except ValueError as e:
-            self.fail(node, f"{path}: {e}")
-        return value
-
-    def headers(self, node: Node, path: str) -> tuple[tuple[str, str], ...]:
-        out = []
-        for name, value_node in self.fields(node, path).items():
-            if not _HEADER_NAME.match(name):
-                self.fail(value_node, f"{path}: {name!r} is not a valid header name")
-            value = self.string(value_node, f"{path}.{name}")
-            if "\r" in value or "\n" in value:  # would let the config inject headers
-                self.fail(value_node, f"{path}.{name}: a header value must be a single line")
-            out.append((name.lower(), value))  # case-insensitive; the presets use lower case
-        return tuple(out)
 
     # -- sections
 
@@ -318,17 +224,6 @@ class _Reader(MoneyReader, NodeReader):
         if isinstance(node, ScalarNode) and node.style is None and node.value in SURFACE_MODES:
             return node.value
         return self.choice(SURFACE_MODES)(node, path)
-
-    def names_list(self, node: Node, path: str) -> tuple[str, ...]:
-        """A list of origins or host names, compared case-insensitively; "*" stands alone."""
-        out = []
-        for i, item in enumerate(self.items(node, path)):
-            value = self.string(item, f"{path}[{i}]").strip()
-            if not value or any(c.isspace() or c in "/@" for c in value.split("://", 1)[-1]):
-                self.fail(item, f"{path}[{i}]: {value!r} is not a host name or origin"
-                                " (like gw.example.com, or https://app.example.com)")
-            out.append(value)
-        return tuple(out)
 
     def version(self, node: Node, path: str) -> int:
         value = self.typed(node, path)

@@ -1,6 +1,6 @@
 """The gateway's decisions, free of I/O.
 
-    admit(request)  -> Answer (the gateway answers itself) | Ticket
+    admit(request)  -> Answer (the gateway answers itself) | Ticket   (keypool.admission)
     pick(ticket)    -> Plan (one attempt on one key)      | NoKeyAvailable
     judge(plan, status, headers, body) -> Verdict: cool the key? re-issue?
     finish(plan, status, usage)        -> pool counters, limits, metrics
@@ -14,26 +14,25 @@ from __future__ import annotations
 import random
 from typing import Callable, Mapping
 
-from . import answers, endpoints, exposure, policy, refusals
+from . import admission, answers, policy, refusals
 from .answers import Answer
 from .budgets import Budgets
-from .canon import MB, Refused, canonical_target, inflate, model_problem, screen_head, too_large
-from .clients import ClientAuth, presented_token
+from .canon import MB, screen_head
+from .clients import ClientAuth
 from .clock import Clock, SystemClock
 from .config import Config
 from .echo import Masker
 from .globs import GlobSet
-from .limits import ClientRate, estimate_tokens
-from .shared_ask import ask_for
+from .limits import ClientRate
 from .metrics import Metrics
 from .pool import WHOLE_KEY, NoKeyAvailable, Pool, ProviderOutage
 from .prices import Pricer
 from .redact import scrub
 from .refusals import RefusalLimit, Seen
-from .routing import PROVIDER_HEADERS, RouteError, Router
+from .routing import Router
 from .spend import NO_CLIENT, Ledger
 from .store.recorder import Recorder
-from .ticket import MODEL_PATHS, Plan, Ticket, read_json, request_row, rewrite_body
+from .ticket import Plan, Ticket, request_row
 from .usage import Usage
 
 BODY_LOG_LIMIT = 64 * 1024  # logging.bodies keeps at most this much of each body
@@ -89,7 +88,7 @@ class Gateway:
     def admit(self, method: str, path: str, headers: Mapping[str, str],
               body: bytes | None) -> Answer | Ticket:
         seen = Seen()
-        result = self._admit(method, path, headers, body, seen)
+        result = admission.admit(self, method, path, headers, body, seen)
         if isinstance(result, Answer):
             self.count_answer(result)
             self.log_refusal(result, seen)
@@ -127,97 +126,6 @@ class Gateway:
     @property
     def max_body(self) -> int:
         return int(self.config.routing.max_body_mb * MB)
-
-    def _admit(self, method: str, path: str, headers: Mapping[str, str],
-               body: bytes | None, seen: Seen) -> Answer | Ticket:
-        """``body`` is as the client sent it (still compressed): it is inflated only once
-        the client is authenticated, and only up to max_body_mb. ``seen`` gathers what a
-        refusal's log row may tell (path, client name, model, provider)."""
-        try:
-            target = canonical_target(path)
-        except Refused as e:
-            seen.path = path
-            return answers.error(e.status, e.message, e.code)
-        route_path = seen.path = target.path  # every decision below is taken on this one form
-        if (refused := exposure.guard(self, route_path, headers)) is not None:  # browsers, open binds
-            return refused
-        own = endpoints.reserved(self, method, route_path, headers)
-        if own is not None:
-            return own
-        anthropic = route_path.startswith("/v1/messages")
-        if not route_path.startswith("/v1/"):
-            return answers.error(404, f"keymux serves /v1/... paths, not {route_path[:100]}",
-                                 "unknown_path")
-        client = None
-        if not self.clients.open:
-            client = self.clients.identify(presented_token(headers))
-            if client is None:
-                return answers.error(401, "missing or invalid client token", "invalid_client_token",
-                                     anthropic=anthropic)
-            seen.client = client.name
-        if method == "GET" and (route_path == "/v1/models" or route_path.startswith("/v1/models/")):
-            return endpoints.models(self, route_path, headers, client)
-        try:
-            body, data = self._read_body(route_path, headers, body)
-        except Refused as e:
-            return answers.error(e.status, e.message, e.code, anthropic=anthropic)
-        model = seen.model = data.get("model") if data else None
-        if route_path in MODEL_PATHS and not model:
-            return answers.error(400, "the request body must name a 'model'", "missing_model",
-                                 anthropic=anthropic)
-        header = headers.get(PROVIDER_HEADERS[0]) or headers.get(PROVIDER_HEADERS[1])
-        try:
-            route = self.router.resolve(path=route_path, model=model, header=header)
-        except RouteError as e:
-            route, route_error = None, e
-        wanted = route.model if route else model
-        if route:
-            seen.provider = route.provider.name
-        if not self.clients.allows(client, wanted):
-            return answers.error(403, f"client '{client.name}' may not use model '{wanted[:100]}'",
-                                 "model_not_allowed", anthropic=anthropic)
-        if route is None:
-            return answers.error(route_error.status, route_error.message, route_error.code,
-                                 anthropic=anthropic)
-        if client is not None and client.budget is not None:  # before rpm: uses no slot
-            over = self.budgets.over(client.name, client.budget, self.clock.wall())
-            if over is not None:
-                return over.answer(anthropic)
-        now = self.clock.monotonic()
-        if client is not None and client.rpm:
-            wait = self.client_rate.check(client.name, client.rpm, now)
-            if wait > 0:
-                return answers.error(429, f"client '{client.name}' is over its {client.rpm} "
-                                     "requests per minute", "client_rate_limited",
-                                     retry_after=wait, anthropic=anthropic)
-        new_body, strip = rewrite_body(route_path, route, data, model, body)
-        ticket = Ticket(path=target.upstream, route=route, client=client.name if client else None,
-                        body=new_body, stream=bool(data and data.get("stream") is True),
-                        strip_usage=strip, anthropic=anthropic,
-                        est_tokens=estimate_tokens(data, len(body or b"")),
-                        arrived=now, deadline=now + self.config.routing.timeout_s,
-                        arrived_wall=self.clock.wall())
-        if self.budgets.active:  # no await from the check above to here: one step
-            ticket.hold = self.budgets.hold(ticket.client, route.provider.name, route.model,
-                                            data, len(body or b""), ticket.arrived_wall)
-        if client is not None and self.pool.shared.shares_limits:  # and across processes
-            ticket.ask = ask_for(client, ticket.hold, self.budgets, ticket.arrived_wall, anthropic)
-        return ticket
-
-    def _read_body(self, route_path: str, headers: Mapping[str, str],
-                   body: bytes | None) -> tuple[bytes | None, dict | None]:
-        """The body inflated (bounded) and its JSON read; Refused (4xx) if it cannot be."""
-        limit = self.max_body
-        if body and len(body) > limit:  # mitmproxy's body_size_limit normally stops it first
-            raise too_large(limit)
-        if body:
-            body = inflate(body, headers.get("content-encoding", ""), limit)
-        data = read_json(route_path, headers, body)
-        if data is not None and "model" in data:
-            problem = model_problem(data["model"])
-            if problem:
-                raise Refused(400, problem, "invalid_model")
-        return body, data
 
     def pick(self, ticket: Ticket) -> Plan:
         """Lease a key not yet tried for this ticket, or raise NoKeyAvailable."""

@@ -30,7 +30,7 @@ from .routing import RouteError, Router
 
 if TYPE_CHECKING:
     from .gateway import Gateway
-    from .pool import KeyState
+    from .keystate import KeyState
 
 DEFAULT_TTL_S = 3600      # a provider's list is fetched again after this long
 RETRY_S = 60.0            # a failed fetch is tried again after this (or the TTL, if shorter)

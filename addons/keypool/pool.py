@@ -1,4 +1,4 @@
-"""The key pool: per-key live state, eligibility and selection.
+"""The key pool: eligibility and selection over the keys' live state (keypool.keystate).
 
 All methods are synchronous and O(keys of one provider); the event loop calls them between
 awaits, so a pick and its acquire cannot interleave with another flow's.
@@ -16,83 +16,21 @@ from __future__ import annotations
 import logging
 import math
 import random
-from dataclasses import dataclass, field
 
 from .clock import Clock
-from .config import Config, KeySpec
+from .config import Config
 from .globs import GlobSet
 from . import poolstate
 from .keylog import KeyLog
-from .limits import DailyCounters, KeyLimits, Reservation
+from .keystate import KeyState, Lease, new_state
 from .periods import Periods
 from .outage import WINDOW_S, Outages
-from .redact import mask
 from .shared import LOCAL
 from .strategies import STRATEGIES
 
 from .poolstate import DEAD, WHOLE_KEY, fingerprint  # noqa: F401  (re-exported)
 
-IN_FLIGHT_POLL_S = 0.05  # a key at max_in_flight frees up when a request ends; look again soon
-
 logger = logging.getLogger("keymux")
-
-
-@dataclass(eq=False, slots=True)
-class KeyState:
-    spec: KeySpec
-    masked: str = ""
-    globs: GlobSet = field(default_factory=GlobSet)
-    limits: KeyLimits = field(default_factory=lambda: KeyLimits(None, None))
-    daily: DailyCounters = field(default_factory=DailyCounters)
-    in_flight: int = 0
-    requests: int = 0
-    successes: int = 0
-    failures: int = 0
-    failures_by_class: dict[str, int] = field(default_factory=dict)
-    latency_sum: float = 0.0
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cool: dict[str, float] = field(default_factory=dict)  # scope -> monotonic end
-    reason: dict[str, str] = field(default_factory=dict)  # scope -> outcome that cooled it
-    needs_probe: set[str] = field(default_factory=set)
-    probing: set[str] = field(default_factory=set)
-    failures_in_row: int = 0
-    last_used: float = -math.inf
-    last_status: int | str | None = None  # the last attempt's status, or why it had none
-    rr_current: float = 0.0
-    retired: bool = False  # removed from the config; finishes its in-flight requests only
-    shared_hold: float = 0.0  # monotonic end: other processes hold its rpm/in-flight slots
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    def allows(self, model: str | None) -> bool:
-        return not self.globs or model is None or self.globs.matches(model)
-
-    def blocked_until(self, model: str | None, now: float) -> float:
-        """0.0 if this key may take a request for ``model`` now, else when it may."""
-        until = 0.0
-        for scope in (WHOLE_KEY, model) if model else (WHOLE_KEY,):
-            end = self.cool.get(scope, 0.0)
-            if end > now:
-                until = max(until, end)
-            elif scope in self.probing:  # half-open and its one probe is still out
-                until = max(until, now + IN_FLIGHT_POLL_S)
-        if self.spec.max_in_flight and self.in_flight >= self.spec.max_in_flight:
-            until = max(until, now + IN_FLIGHT_POLL_S)
-        if self.shared_hold > now:
-            until = max(until, self.shared_hold)
-        return until
-
-    def state(self, now: float) -> str:
-        if not self.spec.enabled:
-            return "disabled"
-        if self.cool.get(WHOLE_KEY, 0.0) > now:
-            return "dead" if self.reason.get(WHOLE_KEY) == "auth" else "cooling"
-        # a model-scoped cooldown leaves the key serving every other model: still "ok",
-        # the cooling models are listed beside it (snapshot's cooling_models)
-        return "ok"
 
 
 def _renames(old: dict[str, KeyState], config: Config) -> dict[str, KeyState]:
@@ -112,11 +50,6 @@ def _renames(old: dict[str, KeyState], config: Config) -> dict[str, KeyState]:
     return {n[0]: gone[s][0] for s, n in new.items() if len(n) == 1 and len(gone[s]) == 1}
 
 
-def _new_state(spec: KeySpec, periods: Periods) -> KeyState:
-    return KeyState(spec=spec, masked=mask(spec.secret), globs=GlobSet(spec.models),
-                    limits=KeyLimits(spec.rpm, spec.tpm), daily=DailyCounters(periods))
-
-
 class NoKeyAvailable(Exception):
     """No key can take this request now.
 
@@ -133,16 +66,6 @@ class NoKeyAvailable(Exception):
 
 class ProviderOutage(NoKeyAvailable):
     """The provider is down (most of its keys failed together): answer 503 at once."""
-
-
-@dataclass(slots=True)
-class Lease:
-    """One request's hold on a key: released exactly once."""
-    key: KeyState
-    reservation: Reservation
-    probes: tuple[str, ...]
-    provider_probe: bool = False  # this attempt probes a provider in outage
-    slot: object = None  # a shared reservation (keypool.shared.Slot), released with the lease
 
 
 class Pool:
@@ -181,7 +104,7 @@ class Pool:
                 prev.daily.periods = self.periods
                 fresh[spec.name] = prev
             else:
-                fresh[spec.name] = _new_state(spec, self.periods)
+                fresh[spec.name] = new_state(spec, self.periods)
         kept = {id(k) for k in fresh.values()}
         for prev in old.values():
             if id(prev) not in kept:

@@ -65,7 +65,7 @@ def restore_state(pool, rows: list[dict]) -> int:
 
 
 def describe(k, now: float, wall: float, hold_checks=()) -> dict:
-    """``k``: a pool.KeyState. ``state`` is over_budget for a key that would serve but for
+    """``k``: a keystate.KeyState. ``state`` is over_budget for a key that would serve but for
     its money budget (keypool.budgets)."""
     done = k.successes + k.failures
     whole = max(0.0, k.cool.get(WHOLE_KEY, 0.0) - now)

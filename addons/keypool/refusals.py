@@ -23,7 +23,7 @@ KNOWN_PATHS = MODEL_PATHS | {"/v1/models"}
 
 
 class Seen:
-    """What ``Gateway._admit`` had learnt when it answered: filled as it goes."""
+    """What ``admission.admit`` had learnt when it answered: filled as it goes."""
 
     __slots__ = ("path", "client", "model", "provider")
 

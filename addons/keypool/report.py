@@ -13,7 +13,8 @@ import sqlite3
 from pathlib import Path
 
 from .periods import Periods
-from .spend import DIMS, SUM_FIELDS
+from .spend import DIMS
+from .spend_sums import SUM_FIELDS
 
 _SINCE = re.compile(r"(\d{1,5})([dhw])\Z")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}\Z")

@@ -33,62 +33,17 @@ as its own, so its pushed totals go on as they did.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 from .periods import Periods
+from .spend_sums import HOT_DIMS, SUM_FIELDS, Hold, Row, Sums, Tally, previous_month, tallies
 from .usage import Usage
 
 DIMS = ("key", "client", "provider", "model")
-HOT_DIMS = ("key", "client")  # kept as running totals (budgets read them per request)
 PERIODS = ("day", "month")
 NO_CLIENT = "-"         # an open gateway's requests (not a valid client name)
 OTHER_MODEL = "other"   # past MAX_MODELS distinct models a day: client input stays bounded
 MAX_MODELS = 500
-SUM_FIELDS = ("usd", "requests", "unknown", "tokens_in", "tokens_out", "cache_read",
-              "cache_write")
-
-
-@dataclass(slots=True)
-class Sums:
-    usd: float = 0.0      # what the priced requests cost
-    requests: int = 0     # every request counted, priced or not
-    unknown: int = 0      # ... of which the price is unknown
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cache_read: int = 0
-    cache_write: int = 0
-
-
-    def merge(self, other: "Sums") -> None:
-        for f in SUM_FIELDS:
-            setattr(self, f, getattr(self, f) + getattr(other, f))
-
-    def shown(self) -> dict:
-        d = asdict(self)
-        d["usd"] = round(self.usd, 8)
-        return d
-
-
-@dataclass(slots=True)
-class Tally:
-    """A running total for a budget to read per request: four fields, cheap to add to."""
-    usd: float = 0.0
-    tokens: int = 0      # in + out
-    requests: int = 0
-    unknown: int = 0
-
-
-@dataclass(slots=True)
-class Hold:
-    """An estimate reserved for a request in flight (released once, settled by ``add``)."""
-    key: str | None
-    client: str
-    usd: float
-    released: bool = False
-    tokens: int = 0       # a daily_tokens budget's estimate
-
-
-Row = tuple[str, str, str, str, str]  # (day, key, client, provider, model)
 _ZERO = Tally()  # read only
 
 
@@ -332,13 +287,13 @@ class Ledger:
         month = day[:7]
         self._day, self._month = day, month
         self._models = {r[4] for r in self.rows if r[0] == day}
-        prev = _previous_month(month)
+        prev = previous_month(month)
         self.rows = {r: s for r, s in self.rows.items() if r[0][:7] >= prev}
         self._saved = {r: s for r, s in self._saved.items() if r in self.rows}
         self._restored = {r: s for r, s in self._restored.items() if r in self.rows}
-        self._totals = _tallies(self.rows, day, month)
+        self._totals = tallies(self.rows, day, month)
         self._targets = {}
-        self._restored_totals = _tallies(self._restored, day, month)
+        self._restored_totals = tallies(self._restored, day, month)
 
     def set_periods(self, periods: Periods) -> None:
         """A reload changed daily_reset or the time zone: today is re-read at once."""
@@ -376,25 +331,4 @@ class Ledger:
 
     def since_day(self, wall: float) -> str:
         """The first day label worth restoring: the first of last month."""
-        return _previous_month(self.periods.month_of(wall)) + "-01"
-
-
-def _tallies(rows: dict[Row, Sums], day: str, month: str) -> dict[tuple[str, str, str], Tally]:
-    """Running totals per (period, key|client, name) of ``rows`` in ``day`` and ``month``."""
-    t: dict[tuple[str, str, str], Tally] = {}
-    for row, s in rows.items():
-        for period, same in (("day", row[0] == day), ("month", row[0][:7] == month)):
-            if not same:
-                continue
-            for dim, name in zip(HOT_DIMS, row[1:3]):
-                tally = t.setdefault((period, dim, name), Tally())
-                tally.usd += s.usd
-                tally.tokens += s.tokens_in + s.tokens_out
-                tally.requests += s.requests
-                tally.unknown += s.unknown
-    return t
-
-
-def _previous_month(month: str) -> str:
-    y, m = int(month[:4]), int(month[5:7])
-    return f"{y - 1}-12" if m == 1 else f"{y}-{m - 1:02d}"
+        return previous_month(self.periods.month_of(wall)) + "-01"

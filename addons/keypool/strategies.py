@@ -11,7 +11,7 @@ import random
 from typing import Callable, Sequence, TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .pool import KeyState
+    from .keystate import KeyState
 
 
 def round_robin(cands: Sequence["KeyState"], rng: random.Random) -> "KeyState":

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from .canon import Refused, parse_json
-from .pool import KeyState, Lease
+from .keystate import KeyState, Lease
 from .providers import CLIENT_AUTH_HEADERS, ProviderSpec
 from .routing import PROVIDER_HEADERS, Route
 
@@ -45,7 +45,7 @@ class Ticket:
     waited: float = 0.0            # measured (perf_counter): upstream + free-key waits, for
                                    # keymux_overhead_seconds (reissue.py says what counts)
     attempts: list[dict] = field(default_factory=list)
-    hold: object = None            # keypool.spend.Hold: a budget's estimate, until close()
+    hold: object = None            # keypool.spend_sums.Hold: a budget's estimate, until close()
     ask: object = None             # keypool.shared_ask.Ask: the client's admission, for
                                    # the first shared reserve call (Redis) to take
     shared_hold: str | None = None  # its budget hold's token in Redis, until close()

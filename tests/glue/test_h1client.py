@@ -10,7 +10,7 @@ import zlib
 import brotli
 import pytest
 
-from keypool.mitm import h1client, h1parse, h1reply
+from keypool.mitm import h1client, h1framing, h1parse
 from keypool.mitm.conninfo import ConnInfo
 from keypool.mitm.upstream import _HOP_BYTES
 from keypool.reissue import UpstreamError
@@ -314,7 +314,7 @@ async def test_pump_pauses_reading_while_the_writer_holds_data():
 
         async def drain():
             # reading is paused while the writer drains (unless the body is all in)
-            drains.append(reply._conn.paused or reply._state == h1reply.DONE)
+            drains.append(reply._conn.paused or reply._state == h1framing.DONE)
             await asyncio.sleep(0)
 
         def sink(piece):

@@ -8,7 +8,8 @@ import pytest
 import yaml
 from ruamel.yaml import YAML
 
-from keypool.config import MAX_CONFIG_BYTES, load_config, parse_config
+from keypool.config import load_config, parse_config
+from keypool.config_text import MAX_CONFIG_BYTES
 from keypool.errors import ConfigError
 from keypool.yamlrules import ambiguity
 

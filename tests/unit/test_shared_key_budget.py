@@ -117,7 +117,8 @@ def test_key_ask_for_a_budgeted_key_only():
     from keypool.budgets import Budgets
     from keypool.clock import SystemClock
     from keypool.shared_ask import key_ask_for
-    from keypool.spend import Hold, Ledger
+    from keypool.spend import Ledger
+    from keypool.spend_sums import Hold
     from .helpers import config
     budgets = Budgets(Ledger(), SystemClock())
     budgets.update(config(keys=[key("k", budget=Budget(daily_usd=2.0)), key("free")]))

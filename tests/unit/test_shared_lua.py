@@ -11,7 +11,8 @@ from keypool.config import ClientSpec, StateSpec
 from keypool.config_money import Budget
 from keypool.pool import Pool
 from keypool.shared_ask import ask_for
-from keypool.spend import Hold, Ledger
+from keypool.spend import Ledger
+from keypool.spend_sums import Hold
 
 from tests.redisserver import RedisServer, needs_redis
 from .helpers import config, key

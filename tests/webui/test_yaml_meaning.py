@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from keypool.config import MAX_CONFIG_BYTES, load_config
+from keypool.config import load_config
+from keypool.config_text import MAX_CONFIG_BYTES
 from keypool.errors import ConfigError
 from webui import live  # noqa: E402
 from webui.configfile import ConfigFile  # noqa: E402

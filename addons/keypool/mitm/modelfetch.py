@@ -20,7 +20,7 @@ from mitmproxy import ctx, exceptions, http
 from .. import modellist
 from ..gateway import Gateway
 from ..keytest import FIELDS, message_of
-from ..pool import Lease
+from ..keystate import Lease
 from ..redact import scrub
 from ..reissue import UpstreamError
 from ..routing import Route

@@ -17,7 +17,8 @@ from typing import Callable
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from ..config import MAX_CONFIG_BYTES, Config, load_config
+from ..config import Config, load_config
+from ..config_text import MAX_CONFIG_BYTES
 from ..errors import ConfigError
 
 logger = logging.getLogger("keymux")

@@ -24,7 +24,7 @@ import datetime as dt
 import json
 import time
 
-from ..spend import SUM_FIELDS
+from ..spend_sums import SUM_FIELDS
 
 KEEP_DAYS = 63                  # this month and the last, as the ledger keeps
 KEEP_S = KEEP_DAYS * 86400
