@@ -145,13 +145,13 @@ def report(results: dict, names: list[str], args) -> None:
     med = {k: {f: statistics.median(x[f] for x in v) for f in FIELDS} for k, v in results.items()}
     print(f"\nmedians of {args.rounds} rounds x {args.seconds}s, wrk POST /v1/chat/completions; "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
-    print(f"{'path':<13} {'conc':>4} {'req/s':>8} {'x plain':>7} {'p50 ms':>7} {'p99 ms':>7} "
+    print(f"{'path':<16} {'conc':>4} {'req/s':>8} {'x plain':>7} {'p50 ms':>7} {'p99 ms':>7} "
           f"{'cpu us/req':>10} {'x plain':>7} {'of it Redis':>11} {'non-2xx':>7}")
     for c in (1, 16):
         p = med[("mitmdump", c)]
         for t in names:
             m = med[(t, c)]
-            print(f"{t:<13} {c:>4} {m['rps']:>8.0f} {m['rps'] / p['rps']:>7.3f} {m['p50']:>7.3f} "
+            print(f"{t:<16} {c:>4} {m['rps']:>8.0f} {m['rps'] / p['rps']:>7.3f} {m['p50']:>7.3f} "
                   f"{m['p99']:>7.3f} {m['cpu_us']:>10.0f} {m['cpu_us'] / p['cpu_us']:>7.3f} "
                   f"{m['redis_us']:>11.0f} {m['non2xx']:>7.0f}")
     for c in (1, 16):

@@ -16,9 +16,8 @@ from time import perf_counter
 from weakref import WeakKeyDictionary
 
 from mitmproxy import ctx, exceptions, http
-from mitmproxy.proxy.mode_specs import ProxyMode
 
-from .. import exposure, keylog, prices, reissue
+from .. import keylog, prices, reissue
 from ..answers import Answer
 from ..canon import HeaderMap
 from ..config import Config, load_config
@@ -27,7 +26,7 @@ from ..gateway import Gateway
 from ..ticket import Plan
 from ..usage import SseTap, usage_of_body
 from . import (attempts, boundary, clientauth, conns, dispatch, flows, heap, keytest,
-               modelfetch, responses, runtime)
+               modelfetch, options, responses, runtime)
 from .commands import Commands
 from .failclosed import FailClosed
 from .relay import Relay
@@ -69,22 +68,7 @@ class Keymux:
         self.flow_body_cap = 256 * 1024
 
     def load(self, loader) -> None:
-        loader.add_option("keymux_config", str, "config/keys.yaml",
-                          "Path of keymux's key pool (keys.yaml).")
-        loader.add_option("keymux_allow_open_gateway", bool, False,
-                          "Serve a bind beyond loopback without a clients: section (anyone "
-                          "who reaches the port spends your keys).")
-        loader.add_option("keymux_flow_body_kb", int, 256,
-                          "How much of a streamed answer (and of a failed attempt's body) a "
-                          "flow keeps, in KB, so mitmweb can show it; 0 keeps none.")
-        loader.add_option("keymux_sender", str, "lean",
-                          "How keymux sends attempts to providers: 'lean' (its own HTTP/1.1 "
-                          "client for direct connections, aiohttp through a proxy) or "
-                          "'aiohttp' (every attempt through aiohttp).",
-                          choices=("lean", "aiohttp"))
-        loader.add_option("keymux_fast_hooks", bool, True,
-                          "Dispatch mitmproxy's hooks only to the addons that define them "
-                          "(planned per hook; mitmproxy walks every addon for every event).")
+        options.declare(loader)
         conns.install(ctx.master)  # before the proxy listens: every connection is guarded
         self.clientauth = clientauth.install(ctx.master)  # masks client tokens first
         runtime.exit_cleanly_at_exit(ctx.master)
@@ -92,47 +76,7 @@ class Keymux:
     def configure(self, updated: set[str]) -> None:
         if "keymux_config" in updated or self.gateway is None:
             self._load(ctx.options.keymux_config)
-        if ctx.options.keymux_flow_body_kb < 0:
-            raise exceptions.OptionsError("keymux: keymux_flow_body_kb must be 0 or more")
-        self.flow_body_cap = ctx.options.keymux_flow_body_kb * 1024
-        if ctx.options.keymux_fast_hooks:
-            dispatch.install(ctx.master.addons)  # idempotent
-        else:
-            dispatch.uninstall(ctx.master.addons)
-        self._bind()  # before any options.update: a refusal must not recurse through it
-        if ctx.options.connection_strategy != "lazy":
-            # A request the gateway answers itself must not open an upstream connection.
-            ctx.options.update(connection_strategy="lazy")
-        self.upstream.configure(ctx.options, updated)  # before _limit_bodies: the user's limit
-        _limit_bodies(self.gateway, self.upstream)
-        if not ctx.options.keep_host_header:
-            # The Host check (DNS rebinding, keypool.exposure) needs the client's own Host;
-            # keymux names the provider's host on every flow it routes.
-            ctx.options.update(keep_host_header=True)
-        if ctx.options.stream_large_bodies:
-            # mitmproxy would send a large request on, with the client's headers, before
-            # the request hook could route it (it re-streams even when a requestheaders
-            # hook says no). Refuse rather than leak a client token.
-            raise exceptions.OptionsError(
-                "keymux: stream_large_bodies must stay unset (request bodies are read whole "
-                "to route them; responses that are event streams are streamed anyway)")
-
-    def _bind(self) -> None:
-        """Tell the gateway where it listens; refuse an open gateway beyond loopback."""
-        opts = ctx.options
-        try:
-            modes = [ProxyMode.parse(m) for m in opts.mode]
-        except ValueError:
-            modes = []  # mitmproxy reports a bad mode itself
-        binds = exposure.Binds(
-            tuple((m.listen_host(opts.listen_host), m.listen_port(opts.listen_port))
-                  for m in modes) or ((opts.listen_host, opts.listen_port),),
-            allow_open=opts.keymux_allow_open_gateway,
-            sidecar_token=os.environ.get("KEYMUX_SIDECAR_TOKEN") or None)
-        exposure.bind(self.gateway, binds)  # first: a refused gateway answers 403 meanwhile
-        refusal = exposure.open_refusal(binds, self.gateway.config)
-        if refusal is not None:
-            raise exceptions.OptionsError(f"keymux: refusing to start: {refusal}")
+        self.flow_body_cap = options.apply(self.gateway, self.upstream, updated)
 
     def _load(self, path: str) -> None:
         self._loaded_digest = digest(path)
@@ -179,7 +123,7 @@ class Keymux:
             return
         before = set(gw.pool.by_name)
         gw.update(config)
-        _limit_bodies(gw, self.upstream)
+        options.limit_bodies(gw, self.upstream)
         gw.reload_error = None
         gw.metrics.reloaded(True)
         logger.warning("keymux: config reloaded: %d keys%s", len(config.keys),
@@ -419,16 +363,6 @@ class Keymux:
     async def _close_io(self) -> None:
         await self.relay.close()
         self.upstream.retire()  # not close(): requests in flight must not blame their keys
-
-
-def _limit_bodies(gw: Gateway, upstream: Upstream) -> None:
-    """mitmproxy's body_size_limit = routing.max_body_mb (or the user's own, if smaller): it
-    refuses a larger Content-Length before reading a byte, and stops a chunked body once it
-    passes the limit (413 either way, connection closed). For responses keymux's sender
-    applies the user's own value (upstream.py)."""
-    limit = upstream.request_limit(gw.max_body)
-    if ctx.options.body_size_limit != limit:
-        ctx.options.update(body_size_limit=limit)
 
 
 def _log_loaded(config) -> None:
