@@ -134,6 +134,24 @@ async def test_addons_added_and_removed_after_planning_are_seen():
                    ("late", "request")]
 
 
+async def test_a_chain_rebound_or_resized_behind_the_managers_methods_is_seen():
+    """clientauth moves itself to the front by rebinding ``chain``; others insert in place."""
+    log = []
+    with taddons.context(loadcore=False) as tctx:
+        am = tctx.master.addons
+        dispatch.install(am)
+        first, second, third = Rec("first", log), Rec("second", log), Rec("third", log)
+        for rec in (first, second, third):
+            am.register(rec)
+        am.chain.append(second)
+        await am.trigger_event(RequestHook(tflow.tflow()))
+        am.chain = [first, *am.chain]  # rebound, as clientauth._to_front does
+        await am.trigger_event(RequestHook(tflow.tflow()))
+        am.chain.insert(0, third)  # resized in place
+        await am.trigger_event(RequestHook(tflow.tflow()))
+    assert [tag for tag, _ in log] == ["second", "first", "second", "third", "first", "second"]
+
+
 async def test_a_rebound_hook_is_the_one_called():
     log = []
     with taddons.context(loadcore=False) as tctx:

@@ -12,9 +12,10 @@ Kept as mitmproxy does it: chain order, nested addons right after their parent (
 ``traverse`` yields them); an exception in a hook is logged by mitmproxy's own ``safecall``
 and skips the rest of that top-level addon's hooks; ``AddonHalt`` ends the event;
 ``OptionsError`` and ``BaseException`` propagate; the hook is looked up when it is called,
-so a rebound method is the one that runs. A plan is dropped whenever the chain changes
-(``register``, ``remove``, ``clear``, ``add``: how mitmproxy's docs require addons to
-manage sub-addons; script reloads go through them too). Lifecycle events (load, configure,
+so a rebound method is the one that runs. A plan is dropped whenever the chain changes:
+through ``register``, ``remove``, ``clear``, ``add`` (how mitmproxy's docs require addons to
+manage sub-addons; script reloads go through them too), or when ``chain`` is rebound or
+changes length behind them. Lifecycle events (load, configure,
 running, done) and hooks some addon defines as something not callable (mitmproxy reports
 those) take mitmproxy's own path. ``uninstall`` puts mitmproxy's dispatch back.
 """
@@ -40,6 +41,7 @@ class Dispatch:
         self._traverse, self._safecall = traverse, safecall
         self._halt, self._options_error = exceptions.AddonHalt, exceptions.OptionsError
         self.plans: dict[str, tuple | None] = {}  # None: take mitmproxy's own path
+        self._chain: tuple[list, int] = (manager.chain, len(manager.chain))  # planned over
 
     def plan(self, name: str) -> tuple | None:
         groups = []
@@ -61,6 +63,11 @@ class Dispatch:
         if name in LIFECYCLE:  # rare, and addons may join the chain while they run
             self.plans.clear()
             return await self.original(event)
+        chain = self.manager.chain
+        if chain is not self._chain[0] or len(chain) != self._chain[1]:
+            # rebound or resized behind the manager's methods (clientauth moves itself first)
+            self.plans.clear()
+            self._chain = (chain, len(chain))
         try:
             groups = self.plans[name]
         except KeyError:
