@@ -12,7 +12,7 @@ per SSE event delivered, the harness's own CPU (the mock's and the clients') and
 keymux/plain CPU per chunk and keymux-2w/keymux streams completed.
 
     .venv/bin/python scripts/bench_streams.py [--conc 64 256] [--seconds 6] [--rounds 3]
-        [--targets plain keymux keymux-2w plain-planned]
+        [--targets plain keymux keymux-2w plain-planned] [--stagger]
 
 ``plain-planned`` is plain mitmdump with keymux's planned hook dispatch only
 (scripts/planned_hooks.py): keymux's own cost per stream shows against it.
@@ -185,12 +185,23 @@ class Client(asyncio.Protocol):
             self.run.leave()
 
 
-async def load(port: int, conc: int, seconds: float, req: bytes) -> Run:
+async def load(port: int, conc: int, seconds: float, req: bytes, spread: float = 0.0) -> Run:
+    """``spread``: the clients' first requests spaced evenly over that many seconds (0: all
+    at once, and since every stream lasts as long, they stay in step)."""
     run = Run(port, req, conc, seconds)
-    for _ in range(conc):
-        run.connect()
+    loop = asyncio.get_running_loop()
+    for i in range(conc):
+        loop.call_later(i * spread / conc, run.connect)
     await run.finished
     return run
+
+
+def stream_length(args) -> float:
+    return args.gap_ms * (args.chunks + 2) / 1000  # role, chunks, stop, [DONE]: gaps
+
+
+def spread(args) -> float:
+    return stream_length(args) if args.stagger else 0.0
 
 
 def own_cpu() -> float:
@@ -198,10 +209,11 @@ def own_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run_one(port: int, pid: int, mock_pid: int, conc: int, seconds: float, req: bytes) -> dict:
+def run_one(port: int, pid: int, mock_pid: int, conc: int, seconds: float, req: bytes,
+            spread: float = 0.0) -> dict:
     cpu0, mock0, own0, t0 = cpu_tree(pid), cpu_tree(mock_pid), own_cpu(), time.perf_counter()
     # in-flight streams finish before it returns
-    st = asyncio.run(load(port, conc, seconds, req), loop_factory=loop_factory())
+    st = asyncio.run(load(port, conc, seconds, req, spread), loop_factory=loop_factory())
     own, mock = own_cpu() - own0, cpu_tree(mock_pid) - mock0
     cpu, wall = cpu_tree(pid) - cpu0, time.perf_counter() - t0
     q = statistics.quantiles
@@ -225,6 +237,10 @@ def main() -> None:
     ap.add_argument("--targets", nargs="+", default=["plain", "keymux"])
     ap.add_argument("--base", metavar="DIR",
                     help="also run keymux from this checkout (target 'base'), e.g. main's")
+    ap.add_argument("--stagger", action="store_true",
+                    help="spread the clients' first requests over one stream's length (by "
+                         "default they start together and stay in step: bursts of C "
+                         "requests)")
     ap.add_argument("--mock", choices=("bench", "demo"), default="bench",
                     help="the upstream: scripts/benchmock.py (cheap) or the demo/test mock")
     args = ap.parse_args()
@@ -253,7 +269,7 @@ def main() -> None:
                         pid = procs[1 + list(ports).index(t)].pid
                         req = request(ports[t], args.include_usage)
                         results[(t, c)].append(run_one(ports[t], pid, procs[0].pid, c,
-                                                       args.seconds, req))
+                                                       args.seconds, req, spread(args)))
                 print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
         finally:
             stop(procs)
@@ -268,6 +284,7 @@ def report(results: dict, args) -> None:
     med = {k: {f: statistics.median(x[f] for x in v) for f in FIELDS} for k, v in results.items()}
     print(f"\nmedians of {args.rounds} rounds x {args.seconds:g}s; {args.chunks} chunks "
           f"{args.gap_ms:g} ms apart per stream; usage asked by the client: {args.include_usage}; "
+          f"clients start {'staggered' if args.stagger else 'together'}; "
           f"mock: {args.mock}; harness loop: {'uvloop' if loop_factory() else 'asyncio'}; "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
     print(f"{'target':<13} {'conc':>4} {'streams':>8} {'failed':>6} {'TTFT p50':>9} {'p99':>8} "
@@ -280,10 +297,11 @@ def report(results: dict, args) -> None:
               f"{m['harness']:>7.1f}%")
     print("(CPU %: the proxy's process tree; mock % and load %: the harness's upstream and "
           "clients; harness: their share of all three's CPU)")
-    stream_s = args.gap_ms * (args.chunks + 2) / 1000  # role, chunks, stop, [DONE]: gaps
+    stream_s = stream_length(args)
     for c in args.conc:
         # closed loop: a client fits whole streams only, so this bounds every ratio
-        print(f"c={c}: a proxy that delays nothing completes {c * int(args.seconds // stream_s)}"
+        ideal = sum(int((args.seconds - i * spread(args) / c) // stream_s) for i in range(c))
+        print(f"c={c}: a proxy that delays nothing completes {ideal}"
               f" streams (each takes {stream_s:.2f} s)")
         for t in sorted({t for t, _ in results if t != "plain"}):
             if (t, c) not in results or ("plain", c) not in results:
