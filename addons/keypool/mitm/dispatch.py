@@ -116,6 +116,8 @@ def install(manager) -> bool:
         setattr(manager, method, _dropping_plans(getattr(manager, method), d))
     manager.trigger_event = d.trigger_event
     setattr(manager, MARK, d)
+    logger.info("keymux: mitmproxy's hooks go only to the addons that define them "
+                "(--set keymux_fast_hooks=false: mitmproxy's own dispatch)")
     return True
 
 
