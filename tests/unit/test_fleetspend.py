@@ -157,3 +157,52 @@ def test_days_back_and_prune():
     fs.add(drained(1.0))
     fs.written()
     assert [r[0] for r in fs.run] == ["2026-11-30"]
+
+
+class Counting:
+    """A redis client whose pipelines record the hashes they read."""
+
+    def __init__(self, client):
+        self.client, self.read = client, []
+
+    def pipeline(self, **kw):
+        pipe, read = self.client.pipeline(**kw), self.read
+        hgetall = pipe.hgetall
+
+        def counted(name):
+            read.append(name)
+            return hgetall(name)
+        pipe.hgetall = counted
+        return pipe
+
+
+def test_earlier_days_are_read_again_only_every_past_refresh_s(server, monkeypatch):
+    """Yesterday, today and tomorrow each time; the rest of the month (final but for a late
+    flush, and ~10 µs a row to decode) every PAST_REFRESH_S."""
+    import keypool.store.fleetspend as fsm
+    r = redis.Redis.from_url(server.url)
+
+    def theirs(usd, day):
+        r.hset(day_key("s6", day), json.dumps(["them@9", "k1", "app", "openai", "gpt-4o"],
+                                              separators=(",", ":")),
+               json.dumps([usd, 1, 0, 0, 0, 0, 0]))
+
+    def month_usd(fs):
+        return {row[0]: sums[0] for row, sums in fs.view.items()}
+
+    theirs(1.0, "2026-11-02")
+    theirs(2.0, DAY)
+    fs = FleetSpend("s6", "me@1")
+    fs.labels, fs.based = (DAY, MONTH), True
+    counting = Counting(r)
+    fs.read(counting)
+    assert len(counting.read) == 31 and month_usd(fs) == {"2026-11-02": 1.0, DAY: 2.0}
+    theirs(1.5, "2026-11-02")  # a late flush to an earlier day
+    theirs(2.5, DAY)
+    counting.read.clear()
+    fs.read(counting)
+    assert counting.read == [day_key("s6", "2026-11-29"), day_key("s6", DAY)]
+    assert month_usd(fs) == {"2026-11-02": 1.0, DAY: 2.5}  # today's at once
+    monkeypatch.setattr(fsm, "PAST_REFRESH_S", 0.0)
+    fs.read(counting)
+    assert month_usd(fs) == {"2026-11-02": 1.5, DAY: 2.5}  # the earlier day's, once due

@@ -28,6 +28,7 @@ from ..spend_sums import SUM_FIELDS
 
 KEEP_DAYS = 63                  # this month and the last, as the ledger keeps
 KEEP_S = KEEP_DAYS * 86400
+PAST_REFRESH_S = 60.0           # days before yesterday: re-read this often (late flushes)
 NF = len(SUM_FIELDS)
 
 Row = tuple[str, str, str, str, str]  # (day, key, client, provider, model)
@@ -73,6 +74,8 @@ class FleetSpend:
         self.view: dict[Row, list[float]] | None = None
         self.view_month = ""
         self.view_at: float | None = None      # when (Unix time)
+        self._days: dict[str, dict[Row, list[float]]] = {}  # per day, the others' rows
+        self._days_month, self._days_read = "", 0.0          # whose month, read when
 
     def add(self, drained: dict[Row, dict]) -> None:
         """The ledger's deltas of one flush (Batch.spend)."""
@@ -134,25 +137,43 @@ class FleetSpend:
                 del d[row]
 
     def read(self, client) -> None:
-        """The fleet's rows of this month (every ID's but this run's spend), into ``view``."""
+        """The fleet's rows of this month (every ID's but this run's spend), into ``view``.
+
+        Yesterday, today and tomorrow are read each time; earlier days only every
+        PAST_REFRESH_S (they are final but for a late flush): a month of rows costs ~10 µs
+        each to decode, in a thread that holds the GIL."""
         day, month = self.labels
         if not day or not self.based:
             return
         days = [f"{month}-{i:02d}" for i in range(1, 32)]
+        now = time.monotonic()
+        if month != self._days_month or now - self._days_read >= PAST_REFRESH_S:
+            wanted, self._days = days, {}
+            self._days_month, self._days_read = month, now
+        else:
+            wanted = [d for d in days if d in set(days_back(day, 1))]
         pipe = client.pipeline(transaction=False)
-        for d in days:
+        for d in wanted:
             pipe.hgetall(day_key(self.prefix, d))
+        for d, raw in zip(wanted, pipe.execute()):
+            self._days[d] = self._others(d, raw)
         view: dict[Row, list[float]] = {}
-        for d, raw in zip(days, pipe.execute()):
-            for field, value in raw.items():
-                try:
-                    who, rest, sums = decode(field, value)
-                except (ValueError, TypeError):
-                    continue
-                if who != self.id:
-                    row = (d, *rest)
-                    view[row] = _plus(view.get(row), sums)
+        for rows in self._days.values():  # rows hold their day: no two days collide
+            view.update(rows)
         for row, sums in self.base.items():  # this ID's earlier spend: from memory
             if row[0][:7] == month:
-                view[row] = _plus(view.get(row), sums)
+                view[row] = _plus(view.get(row), sums)  # a new list: the cache stays as read
         self.view, self.view_month, self.view_at = view, month, time.time()
+
+    def _others(self, day: str, raw: dict) -> dict[Row, list[float]]:
+        """One day's hash: every other ID's rows, summed per row."""
+        rows: dict[Row, list[float]] = {}
+        for field, value in raw.items():
+            try:
+                who, rest, sums = decode(field, value)
+            except (ValueError, TypeError):
+                continue
+            if who != self.id:
+                row = (day, *rest)
+                rows[row] = _plus(rows.get(row), sums)
+        return rows
