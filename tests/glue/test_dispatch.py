@@ -174,6 +174,31 @@ async def test_a_hook_that_is_not_callable_takes_mitmproxys_path_which_reports_i
     assert any("not callable" in m for m in logged)
 
 
+class Raising:
+    """An addon whose attribute lookup raises (a broken ``__getattr__``)."""
+    name = "raising"
+
+    def __getattr__(self, attr):
+        if attr == "request":
+            raise RuntimeError("lookup failed")
+        raise AttributeError(attr)
+
+
+async def test_an_addon_whose_lookup_raises_is_handled_as_mitmproxy_does():
+    """mitmproxy logs the error and goes on to the next addon; so does the planned path."""
+    results = []
+    for planned in (False, True):
+        log = []
+        with taddons.context(loadcore=False) as tctx, Logged() as logged:
+            tctx.master.addons.add(Raising(), Rec("after", log))
+            if planned:
+                dispatch.install(tctx.master.addons)
+            await tctx.master.addons.trigger_event(RequestHook(tflow.tflow()))
+        results.append((log, logged))
+    assert results[0] == results[1]
+    assert results[0][0] == [("after", "request")] and "lookup failed" in results[0][1][0]
+
+
 async def test_events_no_addon_handles_cost_a_dict_lookup():
     with taddons.context(loadcore=False) as tctx:
         tctx.master.addons.add(Quiet())

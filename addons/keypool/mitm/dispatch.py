@@ -47,13 +47,16 @@ class Dispatch:
         groups = []
         for top in self.manager.chain:
             found = []
-            for addon in self._traverse([top]):
-                hook = getattr(addon, name, None)
-                if not hook or isinstance(hook, types.ModuleType):  # as mitmproxy skips them
-                    continue
-                if not callable(hook):
-                    return None  # mitmproxy's own dispatch reports it, every time
-                found.append(addon)
+            try:
+                for addon in self._traverse([top]):
+                    hook = getattr(addon, name, None)
+                    if not hook or isinstance(hook, types.ModuleType):  # mitmproxy skips them
+                        continue
+                    if not callable(hook):
+                        return None  # mitmproxy's own dispatch reports it, every time
+                    found.append(addon)
+            except Exception:  # an addon whose lookup raises: mitmproxy's path logs it
+                return None
             if found:
                 groups.append(tuple(found))
         return tuple(groups)
