@@ -206,3 +206,25 @@ def test_earlier_days_are_read_again_only_every_past_refresh_s(server, monkeypat
     monkeypatch.setattr(fsm, "PAST_REFRESH_S", 0.0)
     fs.read(counting)
     assert month_usd(fs) == {"2026-11-02": 1.5, DAY: 2.5}  # the earlier day's, once due
+
+
+def test_a_failed_read_of_the_whole_month_is_tried_again_next_time(server):
+    """Redis away during the read of the whole month: the next read is of the whole month
+    again, not of the recent days over an emptied cache."""
+    r = redis.Redis.from_url(server.url)
+    r.hset(day_key("s7", "2026-11-02"), json.dumps(["them@9", "k1", "app", "openai", "gpt-4o"],
+                                                  separators=(",", ":")),
+           json.dumps([1.0, 1, 0, 0, 0, 0, 0]))
+    fs = FleetSpend("s7", "me@1")
+    fs.labels, fs.based = (DAY, MONTH), True
+
+    class Down:
+        def pipeline(self, **kw):
+            raise redis.ConnectionError("away")
+
+    with pytest.raises(redis.ConnectionError):
+        fs.read(Down())
+    counting = Counting(r)
+    fs.read(counting)
+    assert len(counting.read) == 31
+    assert {row[0]: sums[0] for row, sums in fs.view.items()} == {"2026-11-02": 1.0}

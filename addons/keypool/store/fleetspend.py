@@ -147,16 +147,17 @@ class FleetSpend:
             return
         days = [f"{month}-{i:02d}" for i in range(1, 32)]
         now = time.monotonic()
-        if month != self._days_month or now - self._days_read >= PAST_REFRESH_S:
-            wanted, self._days = days, {}
-            self._days_month, self._days_read = month, now
-        else:
-            wanted = [d for d in days if d in set(days_back(day, 1))]
+        whole = month != self._days_month or now - self._days_read >= PAST_REFRESH_S
+        recent = set(days_back(day, 1))
+        wanted = days if whole else [d for d in days if d in recent]
         pipe = client.pipeline(transaction=False)
         for d in wanted:
             pipe.hgetall(day_key(self.prefix, d))
-        for d, raw in zip(wanted, pipe.execute()):
-            self._days[d] = self._others(d, raw)
+        fresh = {d: self._others(d, raw) for d, raw in zip(wanted, pipe.execute())}
+        if whole:  # only once read: a failed read leaves the cache (and its age) as it was
+            self._days, self._days_month, self._days_read = fresh, month, now
+        else:
+            self._days.update(fresh)
         view: dict[Row, list[float]] = {}
         for rows in self._days.values():  # rows hold their day: no two days collide
             view.update(rows)
